@@ -1,0 +1,31 @@
+"""The one error type for user mistakes, rendered by the CLI as a single line with exit code 2."""
+
+from __future__ import annotations
+
+import difflib
+from typing import Iterable
+
+USER_ERROR_EXIT = 2
+GATE_FAILED_EXIT = 3
+
+
+class UserError(Exception):
+    """A problem the user can fix (bad input, a missing file, an unknown name).
+
+    The message must name the problem and the fix in one line. The CLI prints it as
+    ``error: <message>`` on stderr and exits with code 2, without a traceback.
+    """
+
+
+def did_you_mean(name: str, choices: Iterable[str]) -> str:
+    """Return `` (did you mean 'x'?)`` for the closest choice, or an empty string."""
+    close = difflib.get_close_matches(str(name), list(choices), n=1, cutoff=0.6)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def unknown_name(kind: str, name: str, choices: Iterable[str]) -> UserError:
+    """A failed registry lookup: names what was asked for and lists what exists."""
+    choices = sorted(choices)
+    return UserError(
+        f"unknown {kind} '{name}'{did_you_mean(name, choices)}; choose one of: {', '.join(choices)}"
+    )
