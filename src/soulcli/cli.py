@@ -1,0 +1,248 @@
+"""The `soul` command line: parse, load the recipe, call a workflow, render errors.
+
+User mistakes (soulcli.errors.UserError) print one line on stderr and exit with code 2;
+a failed evaluation gate exits with code 3; anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import typer
+from rich.console import Console
+
+from soulcli.errors import GATE_FAILED_EXIT, USER_ERROR_EXIT, UserError
+
+app = typer.Typer(
+    name="soul",
+    help="LLM unlearning with second-order optimizers (SOUL). Run `soul COMMAND --help` for examples.",
+    no_args_is_help=True,
+    add_completion=False,
+    rich_markup_mode="rich",
+    pretty_exceptions_enable=False,
+)
+
+RecipeOpt = typer.Option(None, "--recipe", "-r", help="Recipe YAML file (see recipes/).")
+SetOpt = typer.Option(None, "--set", "-s", help="Override a recipe key, typed by the schema: --set optimizer.lr=1e-4 (repeatable).")
+OutputOpt = typer.Option(None, "--output", "-o", help="Output folder.")
+SeedOpt = typer.Option(None, "--seed", help="Random seed (overrides the recipe's seed).")
+JsonOpt = typer.Option(False, "--json", help="Print the machine-readable result on stdout, and nothing else.")
+QuietOpt = typer.Option(False, "--quiet", "-q", help="No progress or tables, only errors (and --json output).")
+
+
+def _quiet_libraries() -> None:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    import transformers
+
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+
+
+def _run(json_out: bool, quiet: bool, body: Callable[[Any], Any]) -> None:
+    """Run a command body with a reporter; render user errors as one line (exit 2)."""
+    from soulcli.engine.progress import Reporter
+
+    console = Console(stderr=json_out, highlight=False)
+    reporter = Reporter(console, quiet=quiet)
+    err = Console(stderr=True, highlight=False, soft_wrap=True)
+    try:
+        _quiet_libraries()
+        result = body(reporter)
+    except UserError as exc:
+        err.print(f"[bold red]error:[/] {exc}", markup=True)
+        raise typer.Exit(USER_ERROR_EXIT) from None
+    except KeyboardInterrupt:
+        err.print("interrupted: no output folder was finalised")
+        raise typer.Exit(130) from None
+    if json_out:
+        sys.stdout.write(json.dumps(result, default=str) + "\n")
+        sys.stdout.flush()
+    gate_failures = result.get("gate_failures") if isinstance(result, dict) else None
+    if gate_failures:
+        for line in gate_failures:
+            err.print(f"[bold red]gate failed:[/] {line}")
+        raise typer.Exit(GATE_FAILED_EXIT)
+
+
+def _recipe(recipe: Optional[Path], sets: Optional[list[str]], seed: Optional[int], extra: list[str] | None = None):
+    from soulcli.recipe import load_recipe
+
+    overrides = list(sets or []) + list(extra or [])
+    if seed is not None:
+        overrides.append(f"seed={seed}")
+    return load_recipe(recipe, overrides)
+
+
+@app.command("prepare-data")
+def prepare_data(
+    recipe: Optional[Path] = RecipeOpt,
+    source: Optional[str] = typer.Option(None, "--source", help="builtin, a folder of TOFU JSON/JSONL files, or a hub id (locuslab/TOFU)."),
+    sets: Optional[list[str]] = SetOpt,
+    output: Optional[Path] = OutputOpt,
+    seed: Optional[int] = SeedOpt,
+    json_out: bool = JsonOpt,
+    quiet: bool = QuietOpt,
+) -> None:
+    """Build the built-in synthetic TOFU-style benchmark, or import real TOFU files.
+
+    Without --output the benchmark goes to the recipe's cache (.soul/benchmarks/), where
+    `finetune` and `unlearn` find it.
+
+    [bold]Examples[/]
+
+      soul prepare-data --set data.num_authors=200
+
+      soul prepare-data --source ../shared/data/tofu --output data/tofu
+    """
+    from soulcli.workflows.prepare import run_prepare
+
+    extra = [f"data.source={source}"] if source else []
+    _run(json_out, quiet, lambda rep: run_prepare(_recipe(recipe, sets, seed, extra), rep, output))
+
+
+@app.command()
+def finetune(
+    recipe: Optional[Path] = RecipeOpt,
+    which: str = typer.Option("target,retain", "--which", help="Models to train: target (on full), retain (on retainXX), or both."),
+    force: bool = typer.Option(False, "--force", help="Retrain cached built-in models."),
+    sets: Optional[list[str]] = SetOpt,
+    output: Optional[Path] = OutputOpt,
+    seed: Optional[int] = SeedOpt,
+    json_out: bool = JsonOpt,
+    quiet: bool = QuietOpt,
+) -> None:
+    """Train the target model (on `full`) and the retain reference model (on `retainXX`).
+
+    Answer tokens only are in the loss. The built-in models are cached under .soul/models/
+    and reused (--force retrains) unless --output is given (then OUTPUT/target and
+    OUTPUT/retain). Ends with the target's
+    evaluation (forget-set ROUGE-L should be near 1 before unlearning).
+
+    [bold]Example[/]
+
+      soul finetune --recipe recipes/tofu_sophia.yaml --set finetune.epochs=40
+    """
+    from soulcli.workflows.finetune import run_finetune_command
+
+    models = tuple(w.strip() for w in which.split(",") if w.strip())
+    bad = [w for w in models if w not in ("target", "retain")]
+    if bad or not models:
+        Console(stderr=True).print(f"[bold red]error:[/] --which {which}: use target, retain or target,retain")
+        raise typer.Exit(USER_ERROR_EXIT)
+    _run(json_out, quiet, lambda rep: run_finetune_command(_recipe(recipe, sets, seed), rep, models, output, force))
+
+
+@app.command()
+def unlearn(
+    recipe: Optional[Path] = RecipeOpt,
+    sets: Optional[list[str]] = SetOpt,
+    output: Optional[Path] = OutputOpt,
+    seed: Optional[int] = SeedOpt,
+    json_out: bool = JsonOpt,
+    quiet: bool = QuietOpt,
+) -> None:
+    """Unlearn the forget set from the target model with the recipe's objective and optimizer.
+
+    Builds (and caches) the built-in benchmark and models first when the recipe names them and
+    they are missing. Writes runs/<recipe name>/ (or --output): model/, resolved_recipe.yaml,
+    metrics.jsonl, eval.json, summary.json, versions.json; the folder appears only when complete.
+
+    [bold]Examples[/]
+
+      soul unlearn --recipe recipes/tofu_sophia.yaml
+
+      soul unlearn --recipe recipes/tofu_sophia.yaml --set optimizer.name=adamw --set optimizer.lr=1e-4
+    """
+    from soulcli.workflows.unlearn import run_unlearn
+
+    _run(json_out, quiet, lambda rep: run_unlearn(_recipe(recipe, sets, seed), rep, output))
+
+
+@app.command()
+def evaluate(
+    run_dir: Optional[Path] = typer.Argument(None, help="A run folder written by `soul unlearn`."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Evaluate this model folder / hub id instead of a run."),
+    data: Optional[str] = typer.Option(None, "--data", help="Benchmark folder (default: the recipe's data.source)."),
+    reference: Optional[str] = typer.Option(None, "--reference", help="Retain reference: a model folder or an earlier eval.json (default: the built-in retain model)."),
+    metrics: Optional[str] = typer.Option(None, "--metrics", help="Comma-separated metric names (default: all)."),
+    fail_under: Optional[list[str]] = typer.Option(None, "--fail-under", help="Gate: exit 3 if METRIC < VALUE, e.g. model_utility=0.5 (repeatable)."),
+    fail_over: Optional[list[str]] = typer.Option(None, "--fail-over", help="Gate: exit 3 if METRIC > VALUE, e.g. forget_rougeL_recall=0.3 (repeatable)."),
+    recipe: Optional[Path] = RecipeOpt,
+    sets: Optional[list[str]] = SetOpt,
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Where to write eval.json (default: RUN_DIR/eval.json)."),
+    seed: Optional[int] = SeedOpt,
+    json_out: bool = JsonOpt,
+    quiet: bool = QuietOpt,
+) -> None:
+    """Compute TOFU's metrics (forget quality, model utility, ROUGE-L, truth ratio, MIA, ...).
+
+    Writes eval.json (per-item values and generations) and prints a summary table. With
+    --fail-under / --fail-over it is a CI gate: exit code 3 names each failed gate.
+
+    [bold]Examples[/]
+
+      soul evaluate runs/tofu_sophia
+
+      soul evaluate runs/tofu_sophia --json --fail-under model_utility=0.5 --fail-over forget_rougeL_recall=0.3
+
+      soul evaluate --model path/to/hf_model --data path/to/tofu --reference path/to/retain_model
+    """
+    from soulcli.workflows.evaluate import run_evaluate
+
+    def body(rep):
+        from soulcli.eval.report import check_gates, parse_gate
+
+        under = [parse_gate(g) for g in fail_under or []]
+        over = [parse_gate(g) for g in fail_over or []]
+        rcp = _recipe(recipe, sets, seed) if recipe is not None else None
+        chosen = tuple(m.strip() for m in metrics.split(",") if m.strip()) if metrics else None
+        out = run_evaluate(rcp, rep, run_dir, model, data, reference, chosen, output,
+                           overrides=list(sets or []) if recipe is None else None)
+        failures = check_gates(out["result"], under, over)
+        return {**out["aggregates"], "eval_json": out["path"], "gate_failures": failures}
+
+    _run(json_out, quiet, body)
+
+
+@app.command("compare-optimizers")
+def compare_optimizers(
+    recipe: Optional[Path] = RecipeOpt,
+    optimizers: Optional[str] = typer.Option(None, "--optimizers", help="Comma-separated optimizer names (default: compare.optimizers)."),
+    objectives: Optional[str] = typer.Option(None, "--objectives", help="Comma-separated objective names (default: compare.objectives)."),
+    lr_grid: Optional[str] = typer.Option(None, "--lr-grid", help="Comma-separated learning rates (default: compare.lr_grid, else optimizer.lr)."),
+    seeds: Optional[str] = typer.Option(None, "--seeds", help="Comma-separated seeds (default: compare.seeds)."),
+    sets: Optional[list[str]] = SetOpt,
+    output: Optional[Path] = OutputOpt,
+    seed: Optional[int] = SeedOpt,
+    json_out: bool = JsonOpt,
+    quiet: bool = QuietOpt,
+) -> None:
+    """Run the SOUL experiment: optimizer x objective x learning rate from one target model.
+
+    Same data order and seed in every cell; picks, per optimizer x objective, the setting with
+    the best forget quality among those keeping model utility >= compare.utility_ratio x the
+    target's. Writes results.json, results.csv and plots; finished cells are not recomputed.
+
+    [bold]Example[/]
+
+      soul compare-optimizers --recipe recipes/tofu_sophia.yaml --optimizers adamw,signum,sophiag --objectives graddiff,npo --lr-grid 1e-5,3e-5,1e-4 --output runs/compare
+    """
+    from soulcli.workflows.compare import run_compare
+
+    extra = []
+    for key, value in (("optimizers", optimizers), ("objectives", objectives), ("lr_grid", lr_grid), ("seeds", seeds)):
+        if value:
+            extra.append(f"compare.{key}=[{value}]")
+    _run(json_out, quiet, lambda rep: run_compare(_recipe(recipe, sets, seed, extra), rep, output))
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()
