@@ -104,4 +104,5 @@ def train_loop(
             task.update(1, loss=loss_value, **{k: v for k, v in terms.items() if isinstance(v, float)})
             if on_step_end is not None:
                 on_step_end(step + 1)
+                model.train()
     return LoopResult(num_steps, time.perf_counter() - start, tokens, last, rows)

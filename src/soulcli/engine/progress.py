@@ -70,6 +70,13 @@ class Reporter:
         if self.quiet or not self.console.is_terminal:
             yield task
             return
+        if self.progress is not None:  # nested: a second bar in the live display
+            task._rich_id = self.progress.add_task(description, total=total, info="")
+            try:
+                yield task
+            finally:
+                self.progress.remove_task(task._rich_id)
+            return
         with Progress(
             TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
             TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),

@@ -1,0 +1,319 @@
+"""compare-optimizers: the SOUL experiment (optimizer x objective x learning rate) in one run.
+
+Every cell starts from the same target model, with the same batch plan and seed, and is
+evaluated every ``eval.eval_every`` steps. Per optimizer x objective the setting (learning
+rate, step) with the highest forget quality among those keeping model utility at least
+``compare.utility_ratio`` x the target's is selected (mean over seeds). Finished cells are
+stored in ``cells/`` and never recomputed, so an interrupted comparison resumes.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import statistics
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from soulcli.engine.memory import PeakMemory
+from soulcli.engine.progress import Reporter
+from soulcli.engine.rundir import versions, write_json
+from soulcli.recipe import Recipe, recipe_to_dict, replace
+from soulcli.workflows import common
+
+TRACKED = ("forget_quality", "model_utility", "forget_rougeL_recall", "retain_rougeL_recall",
+           "forget_truth_ratio")
+SECOND_ORDER = {"sophiag", "sophiah", "adahessian", "influence"}
+
+
+@dataclass(frozen=True)
+class Cell:
+    objective: str
+    optimizer: str  # an optimizer name, or "influence" for the one-shot baseline
+    lr: float | None
+    seed: int
+
+    @property
+    def id(self) -> str:
+        lr = "oneshot" if self.lr is None else f"lr{self.lr:.0e}"
+        return f"{self.objective}-{self.optimizer}-{lr}-s{self.seed}"
+
+
+def grid(recipe: Recipe) -> list[Cell]:
+    c = recipe.compare
+    lrs = c.lr_grid or (recipe.optimizer.lr,)
+    cells = [Cell(obj, opt, lr, seed) for obj in c.objectives for opt in c.optimizers
+             for lr in lrs for seed in c.seeds]
+    if c.include_influence:
+        cells += [Cell("ga", "influence", None, seed) for seed in c.seeds]
+    return cells
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.partial")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+def cell_recipe(recipe: Recipe, cell: Cell) -> Recipe:
+    """The base recipe with the cell's optimizer, objective, learning rate and seed.
+
+    Optimizer ``args`` and ``objective_args`` carry over only where the new optimizer /
+    objective takes them (rho means nothing to AdamW).
+    """
+    from soulcli.objectives import objective_hparams
+    from soulcli.optim import optimizer_hparams
+
+    if cell.optimizer == "influence":
+        return replace(recipe, seed=cell.seed, unlearn={"method": "influence", "objective": "ga"})
+    known = optimizer_hparams(cell.optimizer)
+    args = {k: v for k, v in recipe.optimizer.args.items() if k in known}
+    okeys = objective_hparams(cell.objective)
+    oargs = {k: v for k, v in recipe.unlearn.objective_args.items() if k in okeys}
+    return replace(recipe, seed=cell.seed,
+                   optimizer={"name": cell.optimizer, "lr": cell.lr, "args": args},
+                   unlearn={"objective": cell.objective, "objective_args": oargs, "method": "iterative"})
+
+
+def run_cell(recipe: Recipe, cell: Cell, data_dir: Path, target_dir: Path, reference: dict | None,
+             reporter: Reporter, device: torch.device, eval_every: int) -> dict[str, Any]:
+    """Unlearn from the target model with the cell's settings, evaluating along the way."""
+    from soulcli.eval import evaluate_model
+    from soulcli.models.loading import apply_adapter, load_model
+    from soulcli.workflows.evaluate import eval_config
+    from soulcli.workflows.unlearn import unlearn_model
+
+    r = cell_recipe(recipe, cell)
+    common.setup_runtime(r)
+    model, tokenizer = load_model(str(target_dir), r.model.dtype, device)
+    model = apply_adapter(model, r.model.adapter, r.model.lora)
+    splits = common.eval_splits(data_dir, r)
+    cfg = eval_config(r, TRACKED)
+    evaluations: list[dict[str, Any]] = []
+    total = {"steps": None}
+
+    def evaluate(step: int) -> None:
+        res = evaluate_model(model, tokenizer, common.template_of(r), splits, cfg, reference=reference)
+        evaluations.append({"step": step, **{k: res["metrics"][k].get("value") for k in TRACKED}})
+
+    def on_step_end(step: int) -> None:
+        if step % eval_every == 0:
+            evaluate(step)
+
+    with PeakMemory(device) as mem:
+        record = unlearn_model(r, model, tokenizer, data_dir, reporter, device, cell.seed,
+                               on_step_end=on_step_end if cell.optimizer != "influence" else None)
+    total["steps"] = record["steps"]
+    if not evaluations or evaluations[-1]["step"] != record["steps"]:
+        evaluate(record["steps"])
+    rows = record["rows"]
+    step_times = [row["step_seconds"] for row in rows if "step_seconds" in row]
+    win = [row["win_rate"] for row in rows if "win_rate" in row]
+    return {
+        **asdict(cell), "id": cell.id, "steps": record["steps"],
+        "seconds": record["seconds"],
+        "time_per_step": statistics.mean(step_times) if step_times else record["seconds"],
+        "peak_memory_mb": round(mem.peak_mb, 1),
+        "mean_win_rate": statistics.mean(win) if win else None,
+        "evaluations": evaluations,
+    }
+
+
+def select(cells: list[dict], target_utility: float, ratio: float) -> list[dict[str, Any]]:
+    """Per optimizer x objective: the (lr, step) with the best mean forget quality among the
+    settings whose mean model utility is >= ratio x the target's; seeds give the spread."""
+    groups: dict[tuple[str, str], dict[tuple[Any, int], list[dict]]] = {}
+    for c in cells:
+        for ev in c["evaluations"]:
+            groups.setdefault((c["objective"], c["optimizer"]), {}).setdefault((c["lr"], ev["step"]), []).append(
+                {**ev, "seed": c["seed"], "mean_win_rate": c["mean_win_rate"], "time_per_step": c["time_per_step"],
+                 "peak_memory_mb": c["peak_memory_mb"]})
+    out = []
+    floor = ratio * target_utility
+    for (objective, optimizer), settings in groups.items():
+        best = None
+        for (lr, step), evs in settings.items():
+            fq = [e["forget_quality"] for e in evs if e["forget_quality"] is not None]
+            mu = [e["model_utility"] for e in evs if e["model_utility"] is not None]
+            if not fq or not mu:
+                continue
+            cand = {"lr": lr, "step": step, "fq": statistics.mean(fq), "mu": statistics.mean(mu), "evs": evs}
+            eligible = cand["mu"] >= floor
+            key = (eligible, cand["fq"], cand["mu"])
+            if best is None or key > best[0]:
+                best = (key, cand)
+        if best is None:
+            continue
+        cand = best[1]
+        evs = cand["evs"]
+
+        def spread(name: str) -> dict[str, float | None]:
+            vals = [e[name] for e in evs if e.get(name) is not None]
+            if not vals:
+                return {"mean": None, "std": None, "min": None, "max": None}
+            return {"mean": statistics.mean(vals), "std": statistics.pstdev(vals) if len(vals) > 1 else 0.0,
+                    "min": min(vals), "max": max(vals)}
+
+        out.append({
+            "objective": objective, "optimizer": optimizer, "lr": cand["lr"], "step": cand["step"],
+            "meets_utility_rule": best[0][0], "seeds": [e["seed"] for e in evs],
+            **{name: spread(name) for name in TRACKED},
+            "mean_win_rate": spread("mean_win_rate")["mean"],
+            "time_per_step": spread("time_per_step")["mean"],
+            "peak_memory_mb": spread("peak_memory_mb")["mean"],
+        })
+    return out
+
+
+def results_csv(cells: list[dict]) -> str:
+    buf = io.StringIO()
+    fields = ["objective", "optimizer", "lr", "seed", "step", *TRACKED, "time_per_step", "peak_memory_mb",
+              "mean_win_rate"]
+    w = csv.DictWriter(buf, fieldnames=fields)
+    w.writeheader()
+    for c in cells:
+        for ev in c["evaluations"]:
+            w.writerow({**{k: c[k] for k in ("objective", "optimizer", "lr", "seed", "time_per_step",
+                                             "peak_memory_mb", "mean_win_rate")}, **ev})
+    return buf.getvalue()
+
+
+def plot(cells: list[dict], selected: list[dict], target: dict, out_dir: Path) -> list[str]:
+    """The SOUL teaser (forget quality vs model utility) and the curves over steps."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    files = []
+    fig, ax = plt.subplots(figsize=(6.4, 4.8))
+    markers = {o: m for o, m in zip(sorted({s["objective"] for s in selected}), "osD^v<>p*")}
+    for s in selected:
+        so = s["optimizer"] in SECOND_ORDER
+        ax.scatter(s["model_utility"]["mean"], s["forget_quality"]["mean"], marker=markers[s["objective"]],
+                   s=70, color="tab:red" if so else "tab:blue", edgecolor="black", zorder=3)
+        ax.annotate(f"{s['optimizer']}\n{s['objective']}", (s["model_utility"]["mean"], s["forget_quality"]["mean"]),
+                    textcoords="offset points", xytext=(5, 4), fontsize=7)
+    ax.axvline(target["model_utility"], color="grey", ls="--", lw=1, label="target model utility")
+    ax.set_yscale("log")
+    ax.set_xlabel("model utility")
+    ax.set_ylabel("forget quality (KS p-value, log scale)")
+    ax.set_title("Forget quality vs model utility (red: second-order, blue: first-order)")
+    ax.legend(loc="lower left", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out_dir / "fq_vs_mu.png", dpi=130)
+    plt.close(fig)
+    files.append("fq_vs_mu.png")
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    for s in selected:
+        runs = [c for c in cells if c["objective"] == s["objective"] and c["optimizer"] == s["optimizer"]
+                and c["lr"] == s["lr"] and c["seed"] == s["seeds"][0]]
+        if not runs:
+            continue
+        evs = [{"step": 0, **{k: target[k] for k in TRACKED}}] + runs[0]["evaluations"]
+        steps = [e["step"] for e in evs]
+        style = "-" if s["optimizer"] in SECOND_ORDER else "--"
+        label = f"{s['optimizer']} / {s['objective']}"
+        axes[0].plot(steps, [max(e["forget_quality"] or 1e-30, 1e-30) for e in evs], style, marker=".", label=label)
+        axes[1].plot(steps, [e["model_utility"] for e in evs], style, marker=".", label=label)
+    axes[0].set_yscale("log")
+    axes[0].set_title("forget quality over steps (selected lr, first seed)")
+    axes[1].set_title("model utility over steps")
+    for ax in axes:
+        ax.set_xlabel("step")
+    axes[1].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out_dir / "curves.png", dpi=130)
+    plt.close(fig)
+    files.append("curves.png")
+    return files
+
+
+def render_table(selected: list[dict], target: dict, rule: str, console) -> None:
+    from rich.table import Table
+
+    def fmt(v: Any, digits: int = 3) -> str:
+        if v is None:
+            return "-"
+        return f"{v:.2e}" if isinstance(v, float) and 0 < abs(v) < 1e-2 else f"{v:.{digits}f}"
+
+    table = Table(title=f"compare-optimizers ({rule})")
+    for col in ("objective", "type", "optimizer", "lr", "step", "FQ mean [min, max]", "MU", "forget R-L",
+                "retain R-L", "win rate", "s/step"):
+        table.add_column(col)
+    table.add_row("target", "-", "-", "-", "0", fmt(target["forget_quality"]), fmt(target["model_utility"]),
+                  fmt(target["forget_rougeL_recall"]), fmt(target["retain_rougeL_recall"]), "-", "-")
+    for s in sorted(selected, key=lambda s: (s["objective"], s["optimizer"] in SECOND_ORDER, s["optimizer"])):
+        fq = s["forget_quality"]
+        table.add_row(
+            s["objective"], "SO" if s["optimizer"] in SECOND_ORDER else "FO", s["optimizer"],
+            "-" if s["lr"] is None else f"{s['lr']:g}", str(s["step"]),
+            f"{fmt(fq['mean'])} [{fmt(fq['min'])}, {fmt(fq['max'])}]" + ("" if s["meets_utility_rule"] else " *"),
+            fmt(s["model_utility"]["mean"]), fmt(s["forget_rougeL_recall"]["mean"]),
+            fmt(s["retain_rougeL_recall"]["mean"]), fmt(s["mean_win_rate"]), fmt(s["time_per_step"]))
+    console.print(table)
+
+
+def run_compare(recipe: Recipe, reporter: Reporter, output: Path | None = None) -> dict[str, Any]:
+    from soulcli.eval import evaluate_model
+    from soulcli.models.loading import load_model
+    from soulcli.workflows.evaluate import eval_config, reference_stats
+
+    device = common.setup_runtime(recipe)
+    out_dir = Path(output or recipe.output_dir or Path("runs") / f"{recipe.name}_compare")
+    cells_dir = out_dir / "cells"
+    cells_dir.mkdir(parents=True, exist_ok=True)
+    data_dir, target_dir = common.target_model_path(recipe, reporter)
+    ref_dir = common.reference_model_path(recipe, reporter, data_dir)
+    reference = reference_stats(recipe, ref_dir, data_dir, reporter, device) if ref_dir else None
+
+    target_file = cells_dir / "target.json"
+    if target_file.is_file():
+        target = json.loads(target_file.read_text())
+    else:
+        model, tokenizer = load_model(str(target_dir), recipe.model.dtype, device)
+        res = evaluate_model(model, tokenizer, common.template_of(recipe), common.eval_splits(data_dir, recipe),
+                             eval_config(recipe, TRACKED), reference=reference)
+        target = {k: res["metrics"][k].get("value") for k in TRACKED}
+        _write_atomic(target_file, json.dumps(target))
+
+    from soulcli.data.tofu import forget_split_names
+
+    n_forget = len(common.load_split(data_dir, forget_split_names(common.forget_pct(recipe))[0]))
+    steps = recipe.unlearn.max_steps or recipe.unlearn.epochs * -(-n_forget // recipe.unlearn.batch_size)
+    eval_every = recipe.eval.eval_every or max(1, steps // 5)
+    cells = grid(recipe)
+    reporter.info(f"Comparing {len(cells)} cells ({steps} steps each, evaluated every {eval_every} steps) in {out_dir}")
+    results = []
+    with reporter.task("grid", len(cells)) as task:
+        for cell in cells:
+            path = cells_dir / f"{cell.id}.json"
+            if path.is_file():
+                results.append(json.loads(path.read_text()))
+                task.update(1, cell=f"{cell.id} (done before)")
+                continue
+            reporter.info(f"cell {cell.id}")
+            res = run_cell(recipe, cell, data_dir, target_dir, reference, reporter, device, eval_every)
+            _write_atomic(path, json.dumps(res))
+            results.append(res)
+            task.update(1, cell=cell.id)
+
+    rule = (f"selected per optimizer x objective: best forget quality with model utility >= "
+            f"{recipe.compare.utility_ratio:g} x target's {target['model_utility']:.3f}; mean over seeds "
+            f"{list(recipe.compare.seeds)}; * = no setting met the rule, best utility shown")
+    selected = select(results, target["model_utility"], recipe.compare.utility_ratio)
+    summary = {"rule": rule, "target": target, "target_model": str(target_dir), "data": str(data_dir),
+               "selected": selected, "cells": results, "recipe": recipe_to_dict(recipe), "versions": versions()}
+    write_json(out_dir / ".results.json.partial", summary)
+    (out_dir / ".results.json.partial").replace(out_dir / "results.json")
+    _write_atomic(out_dir / "results.csv", results_csv(results))
+    plots = plot(results, selected, target, out_dir)
+    if not reporter.quiet:
+        render_table(selected, target, rule, reporter.console)
+        reporter.info(f"Results in {out_dir}: results.json, results.csv, {', '.join(plots)}")
+    return {"path": str(out_dir), "rule": rule, "target": target, "selected": selected}

@@ -1,0 +1,40 @@
+"""Batch plans: each forget item once per epoch; retain samples differ by step and by rank."""
+
+from soulcli.engine.sampling import epoch_batches, plan_unlearning
+
+
+def test_every_forget_item_once_per_epoch():
+    plan = plan_unlearning(n_forget=23, n_retain=100, batch_size=4, retain_batch_size=4, epochs=3,
+                           seed=1, use_retain=True)
+    per_epoch = 6  # ceil(23 / 4)
+    assert len(plan) == 3 * per_epoch
+    for e in range(3):
+        seen = [i for st in plan[e * per_epoch:(e + 1) * per_epoch] for i in st.forget]
+        assert sorted(seen) == list(range(23))
+    assert [st.forget for st in plan[:per_epoch]] != [st.forget for st in plan[per_epoch:2 * per_epoch]]
+
+
+def test_retain_samples_differ_across_steps_and_ranks():
+    kw = dict(n_forget=40, n_retain=1000, batch_size=4, retain_batch_size=8, epochs=1, seed=0, use_retain=True)
+    r0 = plan_unlearning(**kw, rank=0, world_size=2)
+    r1 = plan_unlearning(**kw, rank=1, world_size=2)
+    assert all(len(set(st.retain)) == 8 for st in r0)
+    assert len({tuple(st.retain) for st in r0}) == len(r0)  # differs across steps
+    assert all(a.retain != b.retain for a, b in zip(r0, r1))  # differs across ranks
+    f0 = {i for st in r0 for i in st.forget}
+    f1 = {i for st in r1 for i in st.forget}
+    assert f0.isdisjoint(f1) and f0 | f1 == set(range(40))  # each rank its own shard
+
+
+def test_plans_are_deterministic_and_max_steps_truncates():
+    a = plan_unlearning(10, 50, 3, 3, 2, 7, True)
+    b = plan_unlearning(10, 50, 3, 3, 2, 7, True)
+    assert a == b
+    assert len(plan_unlearning(10, 50, 3, 3, 2, 7, True, max_steps=5)) == 5
+    assert all(st.retain is None for st in plan_unlearning(10, 50, 3, 3, 1, 7, False))
+
+
+def test_epoch_batches_cover_each_epoch():
+    batches = epoch_batches(10, 4, 2, 0)
+    assert [len(b) for b in batches] == [4, 4, 2, 4, 4, 2]
+    assert sorted(i for b in batches[:3] for i in b) == list(range(10))
