@@ -45,7 +45,9 @@ def check_special_tokens(tokenizer) -> None:
 def _ids(tokenizer, texts: Sequence[str]) -> list[list[int]]:
     if not texts:
         return []
-    return tokenizer(list(texts), add_special_tokens=False)["input_ids"]
+    # split_special_tokens: text that happens to contain "</s>" or "<pad>" is plain text, never
+    # the EOS / pad id (which would end an answer early or be masked as padding).
+    return tokenizer(list(texts), add_special_tokens=False, split_special_tokens=True)["input_ids"]
 
 
 def encode_qa_batch(

@@ -1,40 +1,11 @@
-"""Run directories that appear complete or not at all, plus provenance files."""
+"""Provenance files of a run folder (the folder itself is written with data.io.atomic_dir)."""
 
 from __future__ import annotations
 
 import json
-import os
 import platform
-import shutil
-import uuid
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
-
-
-@contextmanager
-def staged_output(final: Path) -> Iterator[Path]:
-    """Yield a temporary sibling folder; rename it to ``final`` only if the block succeeds.
-
-    An interrupted or failed run leaves at most a hidden ``.<name>.partial-*`` folder, never a
-    folder that looks finished. An existing ``final`` is replaced only after success.
-    """
-    final = Path(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.parent / f".{final.name}.partial-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
-    try:
-        yield tmp
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    old = None
-    if final.exists():
-        old = final.parent / f".{final.name}.old-{uuid.uuid4().hex[:8]}"
-        os.replace(final, old)
-    os.replace(tmp, final)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+from typing import Any
 
 
 def versions() -> dict[str, str]:

@@ -17,13 +17,13 @@ def _looks_like_hub_id(name: str) -> bool:
     return len(parts) == 2 and all(parts) and not name.startswith((".", "/", "~"))
 
 
-def resolve_model_path(name: str) -> str:
-    """A local folder with ``config.json``, or a hub id; anything else is a user error."""
+def resolve_model_path(name: str, marker: str = "config.json") -> str:
+    """A local folder with ``marker`` (config.json), or a hub id; anything else is a user error."""
     path = Path(name).expanduser()
     if path.is_dir():
-        if not (path / "config.json").is_file():
+        if not (path / marker).is_file():
             raise UserError(
-                f"model folder '{path}' has no config.json; point to a folder written by "
+                f"model folder '{path}' has no {marker}; point to a folder written by "
                 "save_pretrained (e.g. a run's model/ folder)"
             )
         return str(path)
@@ -40,7 +40,7 @@ def resolve_model_path(name: str) -> str:
 def load_tokenizer(name: str):
     from transformers import AutoTokenizer
 
-    where = resolve_model_path(name)
+    where = resolve_model_path(name, "tokenizer_config.json")
     try:
         tokenizer = AutoTokenizer.from_pretrained(where)
     except OSError as exc:

@@ -1,0 +1,75 @@
+"""Unlearning objectives: one module per loss and a registry.
+
+Recipe keys: ``unlearn.objective`` (a name below), ``unlearn.forget_weight`` (gamma),
+``unlearn.retain_weight`` (alpha), ``unlearn.retain_loss`` (``nll`` | ``kl``) and each loss's own
+hyperparameters (``objective_hparams(name)``).
+
+==========  ====================================================================================
+``ga``       -NLL(forget); no retain term
+``graddiff`` -NLL(forget) + retain term
+``npo``      NPO against the starting model (Zhang et al. 2024) + retain term
+``simnpo``   reference-free, length-normalised NPO (Fan et al. 2024) + retain term
+``po``       NLL of a refusal to each forget question + retain term
+``dpo``      DPO, refusal preferred over the true answer (Rafailov et al. 2023) + retain term
+``idkdpo``   the same as ``dpo``
+``kl``       -NLL(forget) + KL to the starting model on retain answers (TOFU)
+``rmu``      steer a layer's activations on forget data to c*u, keep them on retain (WMDP)
+==========  ====================================================================================
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from soulcli.errors import unknown_name
+from soulcli.objectives.base import HParam, Objective, UnlearnBatch
+from soulcli.objectives.dpo import DPO, IdkDPO
+from soulcli.objectives.ga import GradientAscent
+from soulcli.objectives.graddiff import GradDiff
+from soulcli.objectives.kl import KLMinimization
+from soulcli.objectives.npo import NPO
+from soulcli.objectives.po import RefusalPO
+from soulcli.objectives.refusals import load_refusals, pick_refusal
+from soulcli.objectives.rmu import RMU
+from soulcli.objectives.simnpo import SimNPO
+
+OBJECTIVES: dict[str, type[Objective]] = {
+    cls.name: cls
+    for cls in (GradientAscent, GradDiff, NPO, SimNPO, RefusalPO, DPO, IdkDPO, KLMinimization, RMU)
+}
+
+
+def objective_class(name: str) -> type[Objective]:
+    """The class registered as ``name``; an unknown name lists the known ones."""
+    if name not in OBJECTIVES:
+        raise unknown_name("objective", name, OBJECTIVES)
+    return OBJECTIVES[name]
+
+
+def build_objective(
+    name: str,
+    forget_weight: float = 1.0,
+    retain_weight: float = 1.0,
+    retain_loss: str = "nll",
+    **hparams: Any,
+) -> Objective:
+    """The objective ``name`` with its weights and own hyperparameters (checked: ``UserError``)."""
+    return objective_class(name)(forget_weight, retain_weight, retain_loss, **hparams)
+
+
+def objective_hparams(name: str) -> dict[str, object]:
+    """The objective's own hyperparameters and their defaults, for recipe validation."""
+    return {key: spec.default for key, spec in objective_class(name).hyperparameters().items()}
+
+
+__all__ = [
+    "OBJECTIVES",
+    "HParam",
+    "Objective",
+    "UnlearnBatch",
+    "build_objective",
+    "load_refusals",
+    "objective_class",
+    "objective_hparams",
+    "pick_refusal",
+]

@@ -16,7 +16,8 @@ import torch
 from soulcli.data.encode import encode_qa_batch, pad_batch
 from soulcli.engine.loop import LoopResult, make_scheduler, train_loop
 from soulcli.engine.progress import Reporter
-from soulcli.engine.rundir import staged_output, versions, write_json
+from soulcli.data.io import atomic_dir
+from soulcli.engine.rundir import versions, write_json
 from soulcli.engine.sampling import epoch_batches
 from soulcli.recipe import Recipe, dump_recipe
 from soulcli.workflows import common
@@ -76,7 +77,7 @@ def _base_model(recipe: Recipe, data_dir: Path, reporter: Reporter, device: torc
         t = common.template_of(recipe)
         texts += [t.question_start, t.question_end, t.answer_start]
         tokenizer = builtin.train_tokenizer(texts, m.vocab_size)
-        with staged_output(tok_dir) as tmp:
+        with atomic_dir(tok_dir, overwrite=True) as tmp:
             tokenizer.save_pretrained(tmp)
     tokenizer = load_tokenizer(str(tok_dir))
     model = builtin.build_model(tokenizer, m.hidden_size, m.num_layers, m.num_heads,
@@ -131,7 +132,7 @@ def run_finetune(recipe: Recipe, reporter: Reporter, which: Sequence[str] = ("ta
             "tokens_per_second": round(result.tokens / max(result.seconds, 1e-9), 1),
             "final_loss": result.last.get("loss"), "data": str(data_dir),
         }
-        with staged_output(out_dir) as tmp:
+        with atomic_dir(out_dir, overwrite=True) as tmp:
             export_model(model, tokenizer, tmp)
             (tmp / "resolved_recipe.yaml").write_text(dump_recipe(recipe))
             write_json(tmp / "training.json", {**record, "versions": versions()})

@@ -15,7 +15,8 @@ import torch
 from soulcli.data.encode import EncodedItem, encode_qa_batch, pad_batch
 from soulcli.engine.loop import make_scheduler, train_loop
 from soulcli.engine.progress import Reporter
-from soulcli.engine.rundir import JsonlWriter, staged_output, versions, write_json
+from soulcli.data.io import atomic_dir
+from soulcli.engine.rundir import JsonlWriter, versions, write_json
 from soulcli.engine.sampling import StepPlan, plan_unlearning
 from soulcli.errors import UserError
 from soulcli.recipe import Recipe, dump_recipe
@@ -190,7 +191,7 @@ def run_unlearn(recipe: Recipe, reporter: Reporter, output: Path | None = None) 
     out_dir = Path(output or recipe.output_dir or Path("runs") / recipe.name)
     data_dir, target_dir, model, tokenizer = prepare_model(recipe, reporter, device)
     reference = common.reference_model_path(recipe, reporter, data_dir)
-    with staged_output(out_dir) as tmp:
+    with atomic_dir(out_dir, overwrite=True) as tmp:
         (tmp / "resolved_recipe.yaml").write_text(dump_recipe(recipe))
         write_json(tmp / "versions.json", versions())
         writer = JsonlWriter(tmp / "metrics.jsonl")

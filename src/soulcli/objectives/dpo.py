@@ -1,0 +1,60 @@
+"""``dpo`` / ``idkdpo``: DPO preferring a refusal over the true forget answer."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from soulcli.objectives.base import (
+    Objective,
+    ReferenceFn,
+    Terms,
+    UnlearnBatch,
+    positive,
+    reference_logprobs,
+)
+from soulcli.objectives.logprobs import forward_logits, sequence_logprob
+
+
+class DPO(Objective):
+    """Direct Preference Optimization (Rafailov et al. 2023, arXiv:2305.18290, eq. 7) with the
+    refusal preferred (``y_w``) and the true forget answer rejected (``y_l``), as in the IdkDPO
+    unlearning baseline of the NPO paper (Zhang et al. 2024, arXiv:2404.05868):
+
+        L = -mean_i log sigmoid(beta * [(S_theta(y_w) - S_ref(y_w)) - (S_theta(y_l) - S_ref(y_l))])
+
+    ``S`` is the summed answer log-likelihood; both ``S_ref`` come from the starting model, cached
+    once by ``setup`` per forget item (8 bytes an item). The total adds ``alpha * R(retain)``.
+    """
+
+    name = "dpo"
+    uses_refusal = True
+    needs_setup = True
+    hparams = {"beta": positive(0.1, "inverse temperature beta (0.1 as in the paper)")}
+    beta: float
+
+    def reference_tables(self) -> dict[str, tuple[str, ReferenceFn]]:
+        return {
+            **super().reference_tables(),
+            "forget_logp": ("forget", reference_logprobs),
+            "refusal_logp": ("forget_refusal", reference_logprobs),
+        }
+
+    def forget_term(self, model: torch.nn.Module, batch: UnlearnBatch) -> Terms:
+        chosen, rejected = batch.forget_refusal, batch.forget
+        assert chosen is not None
+        if not torch.equal(chosen["index"], rejected["index"]):
+            raise ValueError("batch.forget_refusal must hold the forget items in the same order")
+        s_w = sequence_logprob(forward_logits(model, chosen), chosen["labels"])
+        s_l = sequence_logprob(forward_logits(model, rejected), rejected["labels"])
+        margin = self.beta * (
+            (s_w - self._reference_rows("refusal_logp", chosen, s_w.device))
+            - (s_l - self._reference_rows("forget_logp", rejected, s_l.device))
+        )
+        return -F.logsigmoid(margin).mean(), {"reward_margin": float(margin.detach().mean())}
+
+
+class IdkDPO(DPO):
+    """The same loss under the name used by TOFU-style benchmarks ("I don't know" DPO)."""
+
+    name = "idkdpo"

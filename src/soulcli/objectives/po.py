@@ -1,0 +1,27 @@
+"""``po``: train the forget questions towards a refusal."""
+
+from __future__ import annotations
+
+import torch
+
+from soulcli.objectives.base import Objective, Terms, UnlearnBatch, forget_nll
+
+
+class RefusalPO(Objective):
+    """Preference optimisation towards a refusal (TOFU's ``idk`` baseline, Maini et al. 2024,
+    arXiv:2401.06121, "Preference Optimization"; the PO of the SOUL paper, Jia et al. 2024,
+    arXiv:2404.18239):
+
+        L = gamma * NLL(refusal | forget question) + alpha * R(retain)
+
+    Each forget question is paired with one answer of the refusal set
+    (``soulcli.objectives.refusals``), chosen per item by ``pick_refusal``; the engine supplies
+    those pairs as ``batch.forget_refusal``. R is the retain term of ``unlearn.retain_loss``.
+    """
+
+    name = "po"
+    uses_refusal = True
+
+    def forget_term(self, model: torch.nn.Module, batch: UnlearnBatch) -> Terms:
+        assert batch.forget_refusal is not None
+        return forget_nll(model, batch.forget_refusal), {}
