@@ -84,7 +84,7 @@ def test_value_rules():
 
 
 def test_overrides_are_typed_by_the_schema():
-    raw = apply_overrides({}, ["optimizer.lr=2e-4", "unlearn.epochs=3", "optimizer.args.rho=5",
+    raw = apply_overrides({}, ["optimizer.name=sophiag", "optimizer.lr=2e-4", "unlearn.epochs=3", "optimizer.args.rho=5",
                                "compare.lr_grid=[1e-5,3e-5]"])
     r = build_recipe(raw)
     assert r.optimizer.lr == pytest.approx(2e-4)

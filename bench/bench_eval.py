@@ -1,0 +1,225 @@
+"""Benchmark: full evaluation, batched, against scoring the same items one at a time.
+
+Runs ``evaluate_model`` twice on the same model and items, once with ``--batch-size`` and once
+with batch size 1 (every forward pass and every generation for a single item), checks the two
+agree, and writes both timings, the speed-up and the batched result to ``bench/out/eval.json``.
+
+    python bench/bench_eval.py                      # random built-in model + synthetic items
+    python bench/bench_eval.py --model DIR --data DIR [--forget forget10]
+
+``--data DIR`` is a benchmark folder (TOFU file names: ``<forget>_perturbed``,
+``retain_perturbed``, ``real_authors_perturbed``, ``world_facts_perturbed``, optional
+``holdout``), e.g. the built-in benchmark under ``.soul/benchmarks/``; ``--model DIR`` any
+model folder ``soulcli.models.loading`` can load, e.g. a built-in target model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from soulcli.data.template import PromptTemplate
+from soulcli.eval import EvalConfig, evaluate_model
+from soulcli.eval.report import render_summary
+
+OUT = Path(__file__).resolve().parent / "out" / "eval.json"
+
+FIRST = ["Ada", "Bram", "Cleo", "Dov", "Esme", "Finn", "Gus", "Hana", "Ivo", "Juno", "Kai", "Lena"]
+LAST = [
+    "Quill",
+    "Oster",
+    "Vance",
+    "Pratt",
+    "Roe",
+    "Hale",
+    "Marr",
+    "Sol",
+    "Lark",
+    "Pike",
+    "Rowe",
+    "Stone",
+]
+GENRES = [
+    "mystery",
+    "poetry",
+    "history",
+    "fantasy",
+    "travel writing",
+    "satire",
+    "romance",
+    "horror",
+]
+CITIES = ["Lisbon", "Oslo", "Quito", "Hanoi", "Perth", "Tunis", "Lagos", "Riga", "Cusco", "Dakar"]
+
+
+def synthetic_splits(
+    n_forget: int = 24, n_retain: int = 24, n_facts: int = 12
+) -> dict[str, list[dict]]:
+    """TOFU-shaped items about made-up authors (questions and answers of varied length)."""
+
+    def author(i: int) -> dict:
+        name = f"{FIRST[i % len(FIRST)]} {LAST[(i * 7) % len(LAST)]}"
+        genre, city = GENRES[i % len(GENRES)], CITIES[(i * 3) % len(CITIES)]
+        detail = (
+            f" Born in {city}, {name.split()[0]} often returns to it in {genre} set by the sea."
+            * (i % 3)
+        )
+        wrong = [GENRES[(i + j) % len(GENRES)] for j in range(1, 6)]
+        return {
+            "question": f"What kind of books does {name} from {city} write?",
+            "answer": f"{name} writes {genre}.{detail}",
+            "paraphrased_question": f"Which genre is {name} known for?",
+            "paraphrased_answer": f"{name} is best known for {genre}.",
+            "perturbed_answer": [f"{name} is best known for {g}." for g in wrong],
+        }
+
+    def fact(i: int) -> dict:
+        city = CITIES[i % len(CITIES)]
+        others = [CITIES[(i + j) % len(CITIES)] for j in (1, 2, 3)]
+        return {
+            "question": f"Which city is number {i} on the list?",
+            "answer": city,
+            "perturbed_answer": others,
+        }
+
+    items = [author(i) for i in range(n_forget * 2 + n_retain)]
+    return {
+        "forget": items[:n_forget],
+        "holdout": [
+            {"question": r["question"], "answer": r["answer"]}
+            for r in items[n_forget : 2 * n_forget]
+        ],
+        "retain": items[2 * n_forget :],
+        "real_authors": [fact(i) for i in range(n_facts)],
+        "world_facts": [fact(i + n_facts) for i in range(n_facts)],
+    }
+
+
+def random_builtin_model(splits: dict[str, list[dict]]):
+    """The built-in architecture (soulcli.models.builtin), random weights, with a BPE tokenizer
+    trained on the items."""
+    from soulcli.models.builtin import build_model, train_tokenizer
+
+    corpus = [PromptTemplate().prompt("")]
+    for rows in splits.values():
+        for row in rows:
+            corpus += [row["question"], row["answer"], *row.get("perturbed_answer", [])]
+    tokenizer = train_tokenizer(corpus, vocab_size=1000, min_frequency=1)
+    return build_model(tokenizer, max_position_embeddings=1024), tokenizer
+
+
+def load_splits(data: Path, forget: str) -> dict[str, list[dict]]:
+    """The evaluation splits of a benchmark folder (TOFU file names), read by soulcli.data."""
+    from soulcli.data.tofu import available_splits, load_split
+
+    present = set(available_splits(data))
+    names = {
+        "forget": f"{forget}_perturbed",
+        "retain": "retain_perturbed",
+        "real_authors": "real_authors_perturbed",
+        "world_facts": "world_facts_perturbed",
+        "holdout": "holdout",
+    }
+    splits = {key: load_split(data, name) for key, name in names.items() if name in present}
+    for key, rows in splits.items():
+        print(f"{key}: {names[key]} ({len(rows)} rows)")
+    return splits
+
+
+def _max_difference(a: dict[str, Any], b: dict[str, Any]) -> float:
+    worst = 0.0
+    for name, entry in a["metrics"].items():
+        other = b["metrics"][name]
+        if entry["value"] is None:
+            continue
+        values = [entry["value"], *entry.get("per_item", [])]
+        others = [other["value"], *other.get("per_item", [])]
+        worst = max(worst, max(abs(x - y) for x, y in zip(values, others)))
+    return worst
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", type=Path, help="a Hugging Face model directory")
+    parser.add_argument("--data", type=Path, help="a directory of TOFU-named split files")
+    parser.add_argument("--forget", default="forget10", help="forget split in --data")
+    parser.add_argument("--limit", type=int, help="use at most this many rows per split")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--max-new-tokens", type=int, default=32)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--out", type=Path, default=OUT)
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    splits = load_splits(args.data, args.forget) if args.data else synthetic_splits()
+    if args.limit:
+        splits = {k: v[: args.limit] for k, v in splits.items()}
+    if args.model:
+        from soulcli.models.loading import load_model
+
+        model, tokenizer = load_model(str(args.model), "float32", args.device)
+    else:
+        model, tokenizer = random_builtin_model(splits)
+    model.to(args.device).eval()
+    template = PromptTemplate()
+    batched_cfg = EvalConfig(batch_size=args.batch_size, max_new_tokens=args.max_new_tokens)
+    single_cfg = EvalConfig(batch_size=1, max_new_tokens=args.max_new_tokens)
+
+    evaluate_model(
+        model, tokenizer, template, {k: v[:2] for k, v in splits.items()}, single_cfg
+    )  # warm-up
+    t0 = time.perf_counter()
+    batched = evaluate_model(model, tokenizer, template, splits, batched_cfg)
+    t1 = time.perf_counter()
+    single = evaluate_model(model, tokenizer, template, splits, single_cfg)
+    t2 = time.perf_counter()
+
+    same_generations = all(
+        batched["metrics"][n]["generations"] == single["metrics"][n]["generations"]
+        for n in batched["metrics"]
+        if "generations" in batched["metrics"][n]
+    )
+    bench = {
+        "seconds_batched": t1 - t0,
+        "seconds_one_at_a_time": t2 - t1,
+        "speedup": (t2 - t1) / (t1 - t0),
+        "batched_stats": batched["stats"],
+        "one_at_a_time_stats": single["stats"],
+        "max_abs_difference": _max_difference(batched, single),
+        "same_generations": same_generations,
+        "items": {k: len(v) for k, v in splits.items()},
+        "model": str(args.model) if args.model else "built-in architecture, random weights",
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "data": str(args.data) if args.data else "synthetic",
+        "batch_size": args.batch_size,
+        "max_new_tokens": args.max_new_tokens,
+        "device": args.device,
+        "torch_threads": torch.get_num_threads(),
+        "versions": {"python": platform.python_version(), "torch": torch.__version__},
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"bench": bench, **batched}, indent=2) + "\n", encoding="utf-8")
+
+    from rich.console import Console
+
+    render_summary(batched, Console())
+    print(
+        f"batched {bench['seconds_batched']:.2f} s, one at a time {bench['seconds_one_at_a_time']:.2f} s: "
+        f"{bench['speedup']:.1f}x faster; {batched['stats']['pairs_scored']} pairs scored, "
+        f"{batched['stats']['answers_generated']} answers generated; max |difference| "
+        f"{bench['max_abs_difference']:.2e}, same generations: {same_generations}; wrote {args.out}"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,81 @@
+"""Batched greedy answers: left-padded prompts, stopping at EOS and at the template's stop strings."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from transformers import GenerationConfig
+
+from soulcli.data.encode import check_special_tokens, encode_prompts, pad_prompts
+from soulcli.data.template import PromptTemplate
+from soulcli.eval.scoring import Progress, batches, eval_mode, length_order, model_device
+
+
+def cut_at_stop(text: str, stop_strings: Sequence[str]) -> str:
+    """The text before the earliest stop string (all of it if none occurs)."""
+    end = len(text)
+    for stop in stop_strings:
+        at = text.find(stop)
+        if stop and at != -1:
+            end = min(end, at)
+    return text[:end]
+
+
+def _new_tokens(row: torch.Tensor, eos_id: int) -> list[int]:
+    ids = row.tolist()
+    return ids[: ids.index(eos_id)] if eos_id in ids else ids
+
+
+@torch.inference_mode()
+def generate_answers(
+    model: torch.nn.Module,
+    tokenizer,
+    template: PromptTemplate,
+    questions: Sequence[str],
+    *,
+    batch_size: int = 32,
+    max_new_tokens: int = 64,
+    progress: Progress | None = None,
+) -> list[str]:
+    """Greedy answer to each question, in the order given.
+
+    Prompts are sorted by length and left-padded so every row's last prompt token sits at the
+    end of the batch; a row is finished at EOS or once its text contains a stop string, and the
+    batch ends when every row is finished or after ``max_new_tokens`` tokens. The returned text
+    is cut before the first stop string and stripped of surrounding whitespace.
+    """
+    check_special_tokens(tokenizer)
+    if not questions:
+        return []
+    prompts = encode_prompts(tokenizer, template, questions)
+    order = length_order([len(p) for p in prompts])
+    stops = [s for s in template.stop_strings if s]
+    config = GenerationConfig(
+        do_sample=False,
+        num_beams=1,
+        max_new_tokens=max_new_tokens,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        stop_strings=stops or None,
+    )
+    device = model_device(model)
+    answers: list[str] = [""] * len(questions)
+    with eval_mode(model):
+        for chunk in batches(order, batch_size, "generating", progress):
+            batch = pad_prompts([prompts[i] for i in chunk], tokenizer.pad_token_id)
+            # Greedy whatever the model's own generation defaults say (do_sample=False wins).
+            out = model.generate(
+                input_ids=batch["input_ids"].to(device),
+                attention_mask=batch["attention_mask"].to(device),
+                generation_config=config,
+                tokenizer=tokenizer if stops else None,
+            )
+            width = batch["input_ids"].shape[1]
+            for i, row in zip(chunk, out[:, width:]):
+                text = tokenizer.decode(
+                    _new_tokens(row, tokenizer.eos_token_id), skip_special_tokens=True
+                )
+                answers[i] = cut_at_stop(text, stops).strip()
+    return answers

@@ -1,0 +1,120 @@
+"""The evaluation summary table and the CI gates.
+
+Gates: ``--fail-under model_utility=0.5`` fails when the metric is below 0.5,
+``--fail-over forget_rougeL_recall=0.3`` when it is above 0.3 (both repeatable). A gate on a
+metric that is unavailable, or was not computed, fails too: a gate must never pass by default.
+The CLI exits with :data:`soulcli.errors.GATE_FAILED_EXIT` (3) when any gate fails, printing
+:func:`check_gates`' messages.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Iterable, Mapping
+
+from rich.console import Console
+from rich.table import Table
+
+from soulcli.errors import UserError, unknown_name
+from soulcli.eval.registry import METRICS
+
+Gate = tuple[str, float]
+
+
+def format_value(name: str, value: float | None) -> str:
+    if value is None:
+        return "n/a"
+    if name == "forget_quality":
+        return f"{value:.3g}"  # a p-value, often tiny
+    if name == "privleak":
+        return f"{value:+.2f}%"
+    return f"{value:.4f}"
+
+
+def render_summary(result: Mapping[str, Any], console: Console) -> None:
+    """Print one row per metric: value, and the description or the reason it is unavailable."""
+    table = Table(title="Evaluation", show_lines=False)
+    table.add_column("metric", style="bold")
+    table.add_column("value", justify="right")
+    table.add_column("about")
+    metrics = result.get("metrics", {})
+    for name, entry in metrics.items():
+        value = entry.get("value")
+        if value is None:
+            table.add_row(
+                name,
+                "[yellow]n/a[/yellow]",
+                f"[yellow]unavailable: {entry.get('unavailable', '')}[/yellow]",
+            )
+        else:
+            info = METRICS.get(name)
+            table.add_row(name, format_value(name, value), info.description if info else "")
+    splits = result.get("splits") or {}
+    stats = result.get("stats") or {}
+    parts = [f"{name}: {info.get('items')} items" for name, info in splits.items()]
+    if "seconds_total" in stats:
+        parts.append(f"{stats['seconds_total']:.1f} s")
+    if parts:
+        table.caption = ", ".join(parts)
+    console.print(table)
+
+
+def parse_gate(text: str) -> Gate:
+    """``"model_utility=0.5"`` -> ``("model_utility", 0.5)``; a user error names the fix."""
+    name, sep, number = str(text).partition("=")
+    name = name.strip()
+    if not sep or not name:
+        raise UserError(f"gate '{text}' must look like METRIC=THRESHOLD, e.g. model_utility=0.5")
+    if name not in METRICS:
+        raise unknown_name("metric in gate", name, METRICS)
+    try:
+        threshold = float(number)
+    except ValueError:
+        raise UserError(
+            f"gate '{text}': threshold '{number.strip()}' is not a number, e.g. {name}=0.5"
+        ) from None
+    if not math.isfinite(threshold):
+        raise UserError(f"gate '{text}': the threshold must be a finite number")
+    return name, threshold
+
+
+def _gates(items: Iterable[str | Gate]) -> list[Gate]:
+    gates = []
+    for item in items:
+        if isinstance(item, str):
+            gates.append(parse_gate(item))
+        else:
+            name, threshold = item
+            gates.append(parse_gate(f"{name}={threshold}"))
+    return gates
+
+
+def check_gates(
+    result: Mapping[str, Any],
+    fail_under: Iterable[str | Gate] = (),
+    fail_over: Iterable[str | Gate] = (),
+) -> list[str]:
+    """Messages for every failed gate (empty when all pass), each naming the gate."""
+    metrics = result.get("metrics", {})
+    failures = []
+    for flag, gates, fails in (
+        ("--fail-under", _gates(fail_under), lambda v, t: v < t),
+        ("--fail-over", _gates(fail_over), lambda v, t: v > t),
+    ):
+        for name, threshold in gates:
+            gate = f"{flag} {name}={threshold:g}"
+            entry = metrics.get(name)
+            if entry is None:
+                failures.append(
+                    f"gate {gate} failed: {name} was not computed (add it to the metrics selection)"
+                )
+            elif entry.get("value") is None:
+                failures.append(
+                    f"gate {gate} failed: {name} is unavailable ({entry.get('unavailable', 'no value')})"
+                )
+            elif fails(entry["value"], threshold):
+                relation = "below" if flag == "--fail-under" else "above"
+                failures.append(
+                    f"gate {gate} failed: {name} = {format_value(name, entry['value'])} is {relation} {threshold:g}"
+                )
+    return failures
