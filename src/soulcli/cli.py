@@ -47,6 +47,8 @@ def _run(json_out: bool, quiet: bool, body: Callable[[Any], Any]) -> None:
     from soulcli.engine.progress import Reporter
 
     console = Console(stderr=json_out, highlight=False)
+    if not console.is_terminal:  # CI logs: wide enough that tables keep their columns
+        console = Console(stderr=json_out, highlight=False, width=160)
     reporter = Reporter(console, quiet=quiet)
     err = Console(stderr=True, highlight=False, soft_wrap=True)
     try:

@@ -202,7 +202,7 @@ def plot(cells: list[dict], selected: list[dict], target: dict, out_dir: Path) -
     ax.set_yscale("log")
     ax.set_xlabel("model utility")
     ax.set_ylabel("forget quality (KS p-value, log scale)")
-    ax.set_title("Forget quality vs model utility (red: second-order, blue: first-order)")
+    ax.set_title("Forget quality vs model utility\n(red: second-order, blue: first-order)", fontsize=10)
     ax.legend(loc="lower left", fontsize=8)
     fig.tight_layout()
     fig.savefig(out_dir / "fq_vs_mu.png", dpi=130)

@@ -105,7 +105,9 @@ def run_finetune(recipe: Recipe, reporter: Reporter, which: Sequence[str] = ("ta
     data_dir = common.benchmark_dir(recipe, reporter)
     paths = common.builtin_model_paths(recipe, data_dir)
     _, _, retain_name = forget_split_names(common.forget_pct(recipe))
-    general = common.maybe_split(data_dir, "general_knowledge") or []
+    # A random-init model knows nothing: it learns the general facts (which stand in for
+    # pretraining) beside the authors. A pretrained base is finetuned on the split alone, as in TOFU.
+    general = (common.maybe_split(data_dir, "general_knowledge") or []) if recipe.model.base == "builtin" else []
     plans = {
         "target": ("full", output / "target" if output else paths.target),
         "retain": (retain_name, output / "retain" if output else paths.retain),

@@ -1,0 +1,48 @@
+"""Every registered optimizer and every objective runs through `soul unlearn` on the micro recipe."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from soulcli.objectives import OBJECTIVES
+from soulcli.optim import OPTIMIZERS
+
+
+def _rows(run):
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.parametrize("name", sorted(OPTIMIZERS))
+def test_unlearn_with_every_optimizer(soul, pipeline, tmp_path, name):
+    run = tmp_path / "run"
+    out = soul.json("unlearn", "--set", f"optimizer.name={name}", "--set", "optimizer.args={}",
+                    "--output", str(run))
+    rows = _rows(run)
+    assert [r["step"] for r in rows] == [1, 2]
+    assert all(math.isfinite(r["loss"]) for r in rows)
+    assert "update_norm" in rows[0]
+    if name in ("sophiag", "sophiah"):
+        assert 0.0 <= rows[0]["win_rate"] <= 1.0 and rows[0]["hessian_norm"] > 0
+    if name == "adahessian":
+        assert rows[0]["hessian_norm"] > 0
+    assert out["optimizer"] == name and 0.0 <= out["metrics"]["model_utility"] <= 1.0
+
+
+@pytest.mark.parametrize("optimizer", ["adamw", "sophiag"])
+@pytest.mark.parametrize("objective", sorted(OBJECTIVES))
+def test_unlearn_with_every_objective(soul, pipeline, tmp_path, objective, optimizer):
+    run = tmp_path / "run"
+    soul.json("unlearn", "--set", f"unlearn.objective={objective}", "--set", f"optimizer.name={optimizer}",
+              "--set", "optimizer.args={}", "--output", str(run))
+    rows = _rows(run)
+    assert len(rows) == 2 and all(math.isfinite(r["loss"]) and math.isfinite(r["forget_loss"]) for r in rows)
+
+
+def test_influence_method(soul, pipeline, tmp_path):
+    run = tmp_path / "run"
+    out = soul.json("unlearn", "--set", "unlearn.method=influence", "--output", str(run))
+    rows = _rows(run)
+    assert len(rows) == 1 and out["method"] == "influence" and out["steps"] == 1
