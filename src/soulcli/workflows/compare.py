@@ -143,7 +143,8 @@ def select(cells: list[dict], target_utility: float, ratio: float) -> list[dict[
                 continue
             cand = {"lr": lr, "step": step, "fq": statistics.mean(fq), "mu": statistics.mean(mu), "evs": evs}
             eligible = cand["mu"] >= floor
-            key = (eligible, cand["fq"], cand["mu"])
+            # eligible: best forget quality; if none is, the one closest to the utility floor
+            key = (True, cand["fq"], cand["mu"]) if eligible else (False, cand["mu"], cand["fq"])
             if best is None or key > best[0]:
                 best = (key, cand)
         if best is None:

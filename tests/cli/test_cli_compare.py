@@ -1,0 +1,69 @@
+"""compare-optimizers: outputs, the fair selection rule, and resuming without recomputation."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+
+from soulcli.workflows.compare import select
+
+
+def _cell(opt, lr, seed, evals, win=None):
+    return {"objective": "graddiff", "optimizer": opt, "lr": lr, "seed": seed, "mean_win_rate": win,
+            "time_per_step": 0.1, "peak_memory_mb": 1.0,
+            "evaluations": [{"step": s, "forget_quality": fq, "model_utility": mu, "forget_rougeL_recall": 0.5,
+                             "retain_rougeL_recall": 0.9, "forget_truth_ratio": 0.6} for s, fq, mu in evals]}
+
+
+def test_selection_takes_best_forget_quality_among_settings_that_keep_utility():
+    cells = [
+        _cell("adamw", 1e-4, 0, [(5, 0.01, 0.85), (10, 0.9, 0.70)]),  # step 10 breaks the utility rule
+        _cell("adamw", 1e-4, 1, [(5, 0.03, 0.83), (10, 0.8, 0.70)]),
+        _cell("adamw", 3e-4, 0, [(5, 0.2, 0.80), (10, 0.95, 0.5)]),
+        _cell("adamw", 3e-4, 1, [(5, 0.4, 0.78), (10, 0.99, 0.5)]),
+    ]
+    (sel,) = select(cells, target_utility=0.88, ratio=0.9)  # floor 0.792
+    # lr 3e-4 step 5 has mean MU 0.79 < 0.792: not eligible; lr 1e-4 step 5 is
+    assert (sel["lr"], sel["step"], sel["meets_utility_rule"]) == (1e-4, 5, True)
+    assert sel["forget_quality"]["mean"] == pytest.approx(0.02)
+    assert sel["forget_quality"]["min"] == 0.01 and sel["forget_quality"]["max"] == 0.03
+    assert sel["forget_quality"]["std"] == pytest.approx(0.01)
+    assert sel["seeds"] == [0, 1]
+    (loose,) = select(cells, target_utility=0.88, ratio=0.5)  # floor 0.44: everything eligible
+    assert (loose["lr"], loose["step"]) == (3e-4, 10)
+
+
+def test_selection_flags_when_no_setting_keeps_utility():
+    (sel,) = select([_cell("signum", 1e-3, 0, [(5, 0.5, 0.1), (10, 0.9, 0.05)])], 0.9, 0.9)
+    assert sel["meets_utility_rule"] is False and sel["step"] == 5  # best utility among the failing
+
+
+def test_compare_outputs_and_resume(soul, pipeline, tmp_path):
+    out = tmp_path / "cmp"
+    args = ["compare-optimizers", "--optimizers", "adamw,sophiag", "--objectives", "graddiff", "--lr-grid",
+            "1e-3", "--set", "eval.eval_every=1", "--output", str(out)]
+    first = soul.json(*args)
+    for name in ("results.json", "results.csv", "fq_vs_mu.png", "curves.png"):
+        assert (out / name).is_file(), name
+    results = json.loads((out / "results.json").read_text())
+    ids = sorted(c["id"] for c in results["cells"])
+    assert ids == ["ga-influence-oneshot-s0", "graddiff-adamw-lr1e-03-s0", "graddiff-sophiag-lr1e-03-s0"]
+    sophia = next(c for c in results["cells"] if c["optimizer"] == "sophiag")
+    assert [e["step"] for e in sophia["evaluations"]] == [1, 2]
+    assert 0 <= sophia["mean_win_rate"] <= 1 and sophia["time_per_step"] > 0
+    rows = list(csv.DictReader((out / "results.csv").open()))
+    assert len(rows) == 2 + 2 + 1
+    assert "best forget quality with model utility >= 0.9" in first["rule"]
+    assert {s["optimizer"] for s in first["selected"]} == {"adamw", "sophiag", "influence"}
+
+    # resume: finished cells are read back, not recomputed
+    cell_file = out / "cells" / "graddiff-adamw-lr1e-03-s0.json"
+    cell = json.loads(cell_file.read_text())
+    cell["evaluations"][0]["forget_quality"] = 0.123456
+    cell_file.write_text(json.dumps(cell))
+    soul.json(*args)
+    again = json.loads((out / "results.json").read_text())
+    adamw = next(c for c in again["cells"] if c["optimizer"] == "adamw")
+    assert adamw["evaluations"][0]["forget_quality"] == 0.123456
