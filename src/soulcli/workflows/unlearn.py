@@ -91,6 +91,9 @@ def build_optimizer_for(recipe: Recipe, model):
     opt = build_optimizer(o.name, params, lr=o.lr, weight_decay=o.weight_decay, **o.args)
     kind = o.curvature or getattr(opt, "default_curvature", None)
     curvature = build_curvature(kind) if kind else None
+    if kind == "hutchinson" and hasattr(model, "set_attn_implementation"):
+        # Hessian-vector products need double backward, which fused SDPA kernels lack on CPU
+        model.set_attn_implementation("eager")
     return opt, curvature
 
 

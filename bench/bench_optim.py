@@ -1,0 +1,140 @@
+"""Optimizer step cost on the parameter shapes of a ~4M-parameter Llama.
+
+Times ``optimizer.step()`` alone (gradients are preset, no forward/backward) for torch's AdamW
+(fused, foreach, per-tensor loop) and for soulcli's optimizers with the hyperparameters the
+engine uses by default (``diagnostics_every=10``: win rate and update norm are computed on one
+step in ten, so the figures are means over blocks of ten consecutive steps). SophiaG is also
+timed with diagnostics off and on every step, and the authors' per-tensor loop is timed for
+context. Every ratio is taken within this one run: the optimizers are timed in interleaved
+rounds and each figure is the median over rounds, so a busy machine slows all of them alike.
+
+Writes bench/out/optim.json and prints the same figures.
+
+    python bench/bench_optim.py [--rounds 15] [--block 10]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from soulcli.optim import build_optimizer, state_bytes
+
+OUT = Path(__file__).parent / "out" / "optim.json"
+
+
+def llama_parameters() -> list[torch.nn.Parameter]:
+    config = LlamaConfig(hidden_size=256, num_hidden_layers=4, intermediate_size=688,
+                         vocab_size=2048, num_attention_heads=4, num_key_value_heads=4)
+    torch.manual_seed(0)
+    params = list(LlamaForCausalLM(config).parameters())
+    for p in params:
+        p.grad = torch.randn_like(p) * 1e-2
+    return params
+
+
+def authors_loop(params: list[torch.nn.Parameter], lr: float = 1e-4, b1: float = 0.965,
+                 rho: float = 0.04, bs: int = 146) -> Callable[[], None]:
+    """SophiaG as the authors' released class runs it: a Python loop over tensors."""
+    m = [torch.zeros_like(p) for p in params]
+    h = [torch.rand_like(p) * 1e-4 for p in params]
+
+    @torch.no_grad()
+    def step() -> None:
+        for p, mi, hi in zip(params, m, h):
+            mi.mul_(b1).add_(p.grad, alpha=1 - b1)
+            ratio = (mi.abs() / (rho * bs * hi + 1e-15)).clamp(None, 1)
+            p.addcmul_(mi.sign(), ratio, value=-lr)
+
+    return step
+
+
+def candidates(params: list[torch.nn.Parameter]) -> dict[str, torch.optim.Optimizer | Callable]:
+    out: dict[str, torch.optim.Optimizer | Callable] = {
+        "torch_adamw_fused": torch.optim.AdamW(params, lr=1e-4, weight_decay=0.0, fused=True),
+        "torch_adamw_foreach": torch.optim.AdamW(params, lr=1e-4, weight_decay=0.0, foreach=True),
+        "torch_adamw_loop": torch.optim.AdamW(params, lr=1e-4, weight_decay=0.0, foreach=False),
+    }
+    for name in ("adamw", "sgd", "signum", "lion", "sophiag", "sophiah", "adahessian"):
+        out[name] = build_optimizer(name, params, lr=1e-4)
+    out["sophiag_no_diagnostics"] = build_optimizer("sophiag", params, lr=1e-4,
+                                                    diagnostics_every=0)
+    out["sophiag_diagnostics_every_step"] = build_optimizer("sophiag", params, lr=1e-4,
+                                                            diagnostics_every=1)
+    out["sophiag_authors_loop"] = authors_loop(params)
+    for opt in out.values():
+        if hasattr(opt, "update_hessian"):
+            opt.update_hessian(bs=146)  # realistic curvature; not timed
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument("--block", type=int, default=10, help="steps per timed block")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="intra-op threads (default: torch's, one per core)")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    params = llama_parameters()
+    opts = candidates(params)
+    steps = {name: getattr(opt, "step", opt) for name, opt in opts.items()}
+    for step in steps.values():  # warm up: state allocation, chunk plans, kernels
+        for _ in range(args.block):
+            step()
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    for _ in range(args.rounds):
+        for name, step in steps.items():
+            start = time.perf_counter()
+            for _ in range(args.block):
+                step()
+            times[name].append((time.perf_counter() - start) / args.block * 1e3)
+    ms = {name: statistics.median(t) for name, t in times.items()}
+    fastest_adamw = min(("torch_adamw_fused", "torch_adamw_foreach", "torch_adamw_loop"),
+                        key=ms.__getitem__)
+    base = ms[fastest_adamw]
+    adamw_state = state_bytes(opts["torch_adamw_fused"])
+    report = {
+        "device": "cpu",
+        "cpu": platform.processor() or platform.machine(),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "parameters": sum(p.numel() for p in params),
+        "tensors": len(params),
+        "rounds": args.rounds,
+        "steps_per_block": args.block,
+        "engine_default": "diagnostics_every=10 (win rate / update norm on one step in ten)",
+        "fastest_torch_adamw": fastest_adamw,
+        "step_ms_median": {k: round(v, 4) for k, v in ms.items()},
+        "ratio_to_fastest_torch_adamw": {k: round(v / base, 3) for k, v in ms.items()},
+        "state_bytes": {"torch_adamw_fused": adamw_state, "sophiag": state_bytes(opts["sophiag"]),
+                        "ratio_sophiag_to_adamw": round(state_bytes(opts["sophiag"]) / adamw_state, 6)},
+        "acceptance": {"sophiag_over_fastest_adamw": round(ms["sophiag"] / base, 3),
+                       "limit": 1.5},
+    }
+    OUT.parent.mkdir(parents=True, exist_ok=True)
+    OUT.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"{report['parameters']:,} parameters in {report['tensors']} tensors, "
+          f"{report['threads']} threads, torch {report['torch']}; median of {args.rounds} "
+          f"rounds of {args.block} steps")
+    print(f"{'optimizer':34s} {'ms/step':>9s} {'x ' + fastest_adamw:>24s}")
+    for name in sorted(ms, key=ms.__getitem__):
+        print(f"{name:34s} {ms[name]:9.3f} {ms[name] / base:24.2f}")
+    sb = report["state_bytes"]
+    print(f"state bytes: torch AdamW {sb['torch_adamw_fused']:,}  SophiaG {sb['sophiag']:,}  "
+          f"(ratio {sb['ratio_sophiag_to_adamw']})")
+    print(f"wrote {OUT}")
+
+
+if __name__ == "__main__":
+    main()

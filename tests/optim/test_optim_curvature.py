@@ -1,0 +1,149 @@
+"""Curvature estimators: expectations against exact curvature, and how they touch the model."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from soulcli.errors import UserError
+from soulcli.optim import SophiaG, build_curvature, hutchinson_diagonal
+from soulcli.optim.curvature import answer_logits
+
+ROWS = [[0, 1, 2, 3, 4], [2, 4, 1, 1]]
+
+
+def exact_fisher_diagonal(model, batch, params):
+    """(1/n) sum_i sum_y p_i(y) (d log p_i(y) / d theta)^2: every label enumerated."""
+    logp = torch.log_softmax(answer_logits(model, batch), -1)
+    n, vocab = logp.shape
+    total = [torch.zeros_like(p) for p in params]
+    for i in range(n):
+        for y in range(vocab):
+            grads = torch.autograd.grad(logp[i, y], params, retain_graph=True)
+            for t, g in zip(total, grads):
+                t.add_(logp[i, y].exp().detach() * g * g)
+    return torch.cat([t.reshape(-1) for t in total]) / n
+
+
+def test_gnb_mean_matches_the_fisher_diagonal_of_a_softmax_model(tiny):
+    torch.manual_seed(0)
+    model, batch = tiny.LM(), tiny.batch(ROWS)
+    params = list(model.parameters())
+    fisher = exact_fisher_diagonal(model, batch, params)
+    gnb = build_curvature("gnb", seed=3)
+    draws = 3000
+    samples = []
+    for _ in range(draws):
+        grads, count = gnb.sample(model, batch, params)
+        assert count == 7  # answer tokens: 4 + 3 (the first token of each row is the prompt)
+        samples.append(count * torch.cat([g.reshape(-1) for g in grads]) ** 2)
+    samples = torch.stack(samples)
+    mean, stderr = samples.mean(0), samples.std(0) / math.sqrt(draws)
+    # each entry within 5 standard errors of its expectation, and the whole vector within 5%
+    assert bool((mean - fisher).abs().le(5 * stderr + 1e-6).all())
+    assert float((mean - fisher).norm() / fisher.norm()) < 0.05
+
+
+class MLP(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        g = torch.Generator().manual_seed(0)
+        self.w1 = torch.nn.Parameter(torch.randn(4, 3, generator=g, dtype=torch.float64))
+        self.b1 = torch.nn.Parameter(torch.randn(4, generator=g, dtype=torch.float64))
+        self.w2 = torch.nn.Parameter(torch.randn(2, 4, generator=g, dtype=torch.float64))
+        self.b2 = torch.nn.Parameter(torch.randn(2, generator=g, dtype=torch.float64))
+
+    def loss(self, flat=None):
+        w1, b1, w2, b2 = (flat.split([12, 4, 8, 2]) if flat is not None else
+                          [t.reshape(-1) for t in self.parameters()])
+        x = torch.linspace(-1, 1, 24, dtype=torch.float64).reshape(8, 3)
+        y = torch.tensor([0, 1, 1, 0, 1, 0, 0, 1])
+        hidden = torch.tanh(x @ w1.reshape(4, 3).T + b1)
+        return F.cross_entropy(hidden @ w2.reshape(2, 4).T + b2, y)
+
+
+def test_hutchinson_mean_matches_the_exact_hessian_diagonal_of_an_mlp():
+    mlp = MLP()
+    params = list(mlp.parameters())
+    flat = torch.cat([p.detach().reshape(-1) for p in params])
+    hessian = torch.autograd.functional.hessian(mlp.loss, flat)
+    exact = hessian.diagonal()
+    draws = 4000
+    grads = torch.autograd.grad(mlp.loss(), params, create_graph=True)
+    estimate = torch.cat([d.reshape(-1) for d in hutchinson_diagonal(
+        list(grads), params, draws, torch.Generator().manual_seed(1))])
+    # Var[u_i (H u)_i] = sum_{j != i} H_ij^2: allow 5 standard errors
+    stderr = ((hessian.square().sum(1) - exact.square()) / draws).sqrt()
+    assert bool((estimate.double() - exact).abs().le(5 * stderr + 1e-9).all())
+    assert float((estimate.double() - exact).norm() / exact.norm()) < 0.05
+
+
+def test_estimators_leave_gradients_alone_and_keep_no_graph(tiny):
+    model, batch = tiny.LM(), tiny.batch(ROWS)
+    opt = SophiaG(model.parameters(), bs=1)
+    marker = torch.full_like(model.head, 7.0)
+    model.head.grad = marker.clone()
+    for kind in ("gnb", "hutchinson"):
+        est = build_curvature(kind)
+        diag = est.before_backward(0, model, batch, opt, 10)
+        assert isinstance(diag, dict)
+        assert est.after_backward(0, opt, 10) == {}
+        assert model.embed.grad is None and model.bias.grad is None
+        assert torch.equal(model.head.grad, marker)
+    assert opt.param_groups[0]["hessian_step"] == 2
+    for p in model.parameters():
+        h = opt.state[p]["hessian"]
+        assert h.grad_fn is None and not h.requires_grad
+        assert float(opt.hessian(p).abs().sum()) > 0
+    estimate = build_curvature("hutchinson").sample(model, batch, list(model.parameters()))
+    assert all(e.grad_fn is None and not e.requires_grad for e in estimate)
+
+
+def test_gnb_records_the_answer_token_count_as_bs(tiny):
+    model, batch = tiny.LM(), tiny.batch(ROWS)
+    opt = SophiaG(model.parameters())
+    est = build_curvature("gnb")
+    assert est.before_backward(3, model, batch, opt, 2) == {}, "off-interval step: no work"
+    assert opt.param_groups[0]["hessian_step"] == 0
+    assert est.before_backward(4, model, batch, opt, 2) == {"curvature_tokens": 7.0}
+    assert opt.param_groups[0]["bs"] == 7
+
+
+def test_empirical_fisher_squares_the_objective_gradient_every_step(tiny):
+    model, batch = tiny.LM(), tiny.batch(ROWS)
+    opt = SophiaG(model.parameters(), betas=(0.9, 0.5))
+    est = build_curvature("empirical_fisher")
+    for step in range(2):
+        assert est.before_backward(step, model, batch, opt, 10) == {}
+        grads = [torch.full_like(p, 2.0) for p in model.parameters()]
+        for p, g in zip(model.parameters(), grads):
+            p.grad = g
+        est.after_backward(step, opt, 10)
+    # two updates with g^2 = 4: h = 0.5 * (0.5 * 4) + 0.5 * 4 = 3
+    torch.testing.assert_close(opt.hessian(model.head), torch.full_like(model.head, 3.0))
+    assert opt.param_groups[0]["bs"] == 7
+    assert torch.equal(model.head.grad, grads[1]), "the true gradient is left for the step"
+
+
+def test_estimator_state_round_trip_repeats_the_draws(tiny):
+    model, batch = tiny.LM(), tiny.batch(ROWS)
+    params = list(model.parameters())
+    first = build_curvature("gnb", seed=5)
+    first.sample(model, batch, params)
+    saved = first.state_dict()
+    again = build_curvature("gnb", seed=0)
+    again.load_state_dict(saved)
+    a, _ = first.sample(model, batch, params)
+    b, _ = again.sample(model, batch, params)
+    assert all(torch.equal(x, y) for x, y in zip(a, b))
+
+
+def test_unknown_estimators_and_options_are_user_errors():
+    with pytest.raises(UserError, match="unknown curvature estimator 'hutchinsn'.*did you mean "
+                                        "'hutchinson'.*empirical_fisher, gnb, hutchinson"):
+        build_curvature("hutchinsn")
+    with pytest.raises(UserError, match="unknown option 'n_sample'.*did you mean 'n_samples'"):
+        build_curvature("hutchinson", n_sample=2)

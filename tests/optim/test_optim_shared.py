@@ -1,0 +1,121 @@
+"""One suite over every registered optimizer, second-order ones driven by their curvature
+estimator through the engine's step loop (see conftest.Run)."""
+
+from __future__ import annotations
+
+import io
+import re
+
+import pytest
+import torch
+
+from soulcli.optim import OPTIMIZERS
+
+NAMES = sorted(OPTIMIZERS)
+
+# (lr, steps, curvature interval, extra hyperparameters); cosine decay to 2% of lr
+QUADRATIC_RUNS = {
+    "adamw": (0.1, 600, 2, {}),
+    "sgd": (0.03, 600, 2, {}),
+    "signum": (0.01, 1000, 2, {}),
+    "lion": (0.01, 1000, 2, {}),
+    "sophiag": (0.1, 600, 2, {"rho": 0.05}),
+    "sophiah": (0.1, 600, 2, {"rho": 0.05}),
+    "adahessian": (0.1, 600, 2, {}),
+    "muon": (0.05, 1000, 2, {}),
+}
+ROSENBROCK_RUNS = {
+    "adamw": (0.2, 2000, 2, {}),
+    "sgd": (0.004, 2000, 2, {}),
+    "signum": (0.003, 2000, 2, {}),
+    "lion": (0.1, 1000, 2, {}),
+    "sophiag": (0.1, 1000, 2, {"rho": 0.01, "betas": (0.9, 0.99)}),
+    "sophiah": (0.1, 1000, 2, {"rho": 0.02}),
+    "adahessian": (4.0, 2000, 1, {}),
+    "muon": (0.05, 1000, 2, {}),
+}
+
+
+def test_every_registered_optimizer_has_a_run():
+    assert set(NAMES) <= set(QUADRATIC_RUNS) and set(NAMES) <= set(ROSENBROCK_RUNS)
+    assert ("muon" in OPTIMIZERS) == hasattr(torch.optim, "Muon")
+    assert {"adamw", "sgd", "signum", "lion", "sophiag", "sophiah", "adahessian"} <= set(NAMES)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_registered_optimizers_are_documented_torch_optimizers(name):
+    cls = OPTIMIZERS[name]
+    assert issubclass(cls, torch.optim.Optimizer)
+    module_doc = __import__(cls.__module__, fromlist=["_"]).__doc__
+    assert re.search(r"(19|20)\d\d", module_doc), "the module docstring cites its paper"
+    assert cls.__doc__ and "default" in cls.__doc__.lower()
+    assert cls.default_curvature in (None, "gnb", "hutchinson")
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_converges_on_a_quadratic(problems, name):
+    lr, steps, interval, hp = QUADRATIC_RUNS[name]
+    run = problems.Run(name, problems.quadratic, lr, steps, interval=interval, **hp).run()
+    start = float(problems.quadratic.start.norm())
+    assert run.distance() < 1e-2 * start, run.distance()
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_converges_on_rosenbrock_from_the_classic_start(problems, name):
+    lr, steps, interval, hp = ROSENBROCK_RUNS[name]
+    run = problems.Run(name, problems.rosenbrock, lr, steps, interval=interval, **hp).run()
+    # the start (-1.2, 1) is 2.2 from the minimum (1, 1)
+    assert run.distance() < 0.05, run.distance()
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("name", NAMES)
+def test_keeps_the_parameter_dtype_and_fp32_state(problems, name, dtype):
+    lr, _, interval, hp = QUADRATIC_RUNS[name]
+    run = problems.Run(name, problems.quadratic, lr, 30, interval=interval, dtype=dtype, **hp)
+    with torch.no_grad():
+        before = float(problems.quadratic.loss(run.model))
+    run.run()
+    assert run.model.theta.dtype == dtype
+    assert torch.isfinite(run.model.theta.float()).all()
+    with torch.no_grad():
+        assert float(problems.quadratic.loss(run.model)) < before
+    tensors = [v for s in run.opt.state.values() for v in s.values() if torch.is_tensor(v)]
+    assert tensors and all(t.dtype == torch.float32 for t in tensors)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_skips_parameters_without_gradients(problems, name):
+    lr, _, interval, hp = QUADRATIC_RUNS[name]
+    run = problems.Run(name, problems.quadratic, lr, 10, interval=interval, unused=True,
+                       weight_decay=0.1, **hp)
+    frozen = run.model.unused.detach().clone()
+    run.run()
+    assert run.model.unused.grad is None
+    assert torch.equal(run.model.unused.detach(), frozen), "no update and no weight decay"
+    assert not torch.equal(run.model.theta.detach(), problems.quadratic.start)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_state_dict_mid_run_continues_bit_identically(problems, name):
+    # bf16 parameters: torch's loader would cast the state to bf16, ours must stay fp32
+    lr, _, interval, hp = QUADRATIC_RUNS[name]
+
+    def fresh():
+        return problems.Run(name, problems.quadratic, lr, 24, interval=interval,
+                            dtype=torch.bfloat16, weight_decay=0.01, **hp)
+
+    straight = fresh().run(24)
+    first = fresh().run(11)  # stops between curvature updates
+    buffer = io.BytesIO()
+    torch.save(first.checkpoint(), buffer)
+    buffer.seek(0)
+    resumed = fresh()
+    resumed.restore(torch.load(buffer, weights_only=False))
+    resumed.run(13)
+    assert torch.equal(resumed.model.theta, straight.model.theta)
+    for p, q in zip(resumed.model.parameters(), straight.model.parameters()):
+        for key, value in straight.opt.state[q].items():
+            if torch.is_tensor(value):
+                assert torch.equal(resumed.opt.state[p][key], value), key
+                assert resumed.opt.state[p][key].dtype == torch.float32
