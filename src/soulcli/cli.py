@@ -60,7 +60,7 @@ def _run(json_out: bool, quiet: bool, body: Callable[[Any], Any]) -> None:
     except KeyboardInterrupt:
         err.print("interrupted: no output folder was finalised")
         raise typer.Exit(130) from None
-    if json_out:
+    if json_out and result is not None:
         sys.stdout.write(json.dumps(result, default=str) + "\n")
         sys.stdout.flush()
     gate_failures = result.get("gate_failures") if isinstance(result, dict) else None

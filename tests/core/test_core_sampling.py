@@ -38,3 +38,11 @@ def test_epoch_batches_cover_each_epoch():
     batches = epoch_batches(10, 4, 2, 0)
     assert [len(b) for b in batches] == [4, 4, 2, 4, 4, 2]
     assert sorted(i for b in batches[:3] for i in b) == list(range(10))
+
+
+def test_ranks_take_equal_steps_when_items_do_not_divide():
+    kw = dict(n_forget=9, n_retain=30, batch_size=2, retain_batch_size=2, epochs=2, seed=3, use_retain=True)
+    plans = [plan_unlearning(**kw, rank=r, world_size=2) for r in range(2)]
+    assert len(plans[0]) == len(plans[1]) == 2 * 3  # 10 wrapped items / 2 ranks / batch 2 -> 3 steps per epoch
+    first_epoch = [i for p in plans for st in p[:3] for i in st.forget]
+    assert set(first_epoch) == set(range(9)) and len(first_epoch) == 10

@@ -37,7 +37,7 @@ def test_clip_rule_on_a_hand_computed_case():
     p, opt = hand_case(weight_decay=0.0)
     torch.testing.assert_close(p.detach(), torch.tensor([0.975, 1.1, 0.9, 1.0]))
     torch.testing.assert_close(opt.hessian(p), torch.tensor([2.0, 2.0, 0.0, 0.5]))
-    torch.testing.assert_close(opt.state[p]["exp_avg"], torch.tensor([0.5, -3.0, 1.5, 0.0]))
+    torch.testing.assert_close(opt.exp_avg(p), torch.tensor([0.5, -3.0, 1.5, 0.0]))
     diag = opt.diagnostics()
     # coordinates 0 and 3 are inside the clip, 1 and 2 are clipped
     assert diag["win_rate"] == 0.5
@@ -158,7 +158,7 @@ def test_matches_the_reference_used_the_authors_way(monkeypatch):
         opt.zero_grad(set_to_none=True)
     for p, rp, rm, rh in zip(params, ref.p, ref.m, ref.h):
         torch.testing.assert_close(p.detach(), rp, rtol=1e-5, atol=1e-6)
-        torch.testing.assert_close(opt.state[p]["exp_avg"], rm, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(opt.exp_avg(p), rm, rtol=1e-5, atol=1e-6)
         torch.testing.assert_close(opt.hessian(p), rh, rtol=1e-6, atol=1e-12)
 
 

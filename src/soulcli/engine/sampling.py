@@ -1,7 +1,8 @@
 """Batch plans, fixed before training so reference quantities can be cached in advance.
 
 * Forget items: a fresh permutation each epoch, cut into batches, so every forget item is seen
-  exactly once per epoch (per rank: each rank takes its own shard of the permutation).
+  exactly once per epoch (per rank: each rank takes its own shard of the permutation; with N
+  ranks the permutation is wrapped to a multiple of N so all ranks take the same steps).
 * Retain items: for each step a sample without replacement from a stream of permutations that
   depends on (seed, rank), so the retain sample differs across steps and across ranks.
 """
@@ -36,6 +37,9 @@ def plan_unlearning(
     steps: list[StepPlan] = []
     for _ in range(epochs):
         perm = torch.randperm(n_forget, generator=g).tolist()
+        # every rank must take the same number of steps (DDP): wrap the permutation so its
+        # length divides by world_size (at most world_size - 1 items seen twice per epoch)
+        perm += perm[: (-len(perm)) % world_size]
         shard = perm[rank::world_size]  # same permutation on every rank, disjoint shards
         steps += [StepPlan(shard[i: i + batch_size], None) for i in range(0, len(shard), batch_size)]
     if max_steps is not None:

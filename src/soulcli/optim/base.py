@@ -267,6 +267,7 @@ class FlatStateOptimizer(torch.optim.Optimizer):
         for index, group in enumerate(self.param_groups):
             group["step"] += 1
             self._prepare_group(index, group)
+            self._prepare_step(index, group)
             for bank, chunks, grads in self._with_grads(index):
                 self._step_bank(group, bank, chunks, grads, sums if diag else None)
         if diag:
@@ -275,6 +276,9 @@ class FlatStateOptimizer(torch.optim.Optimizer):
         return loss
 
     def _prepare_group(self, index: int, group: dict) -> None:
+        """Hook run once per group before its banks are stepped or fed curvature."""
+
+    def _prepare_step(self, index: int, group: dict) -> None:
         """Hook run once per group before its banks are stepped."""
 
     def _step_bank(self, group: dict, bank: Bank, chunks: list[Chunk],

@@ -38,12 +38,22 @@ denominator, since Hutchinson samples can be negative.
 
 Implementation notes
 --------------------
-State is two fp32 buffers per parameter (``exp_avg`` and ``hessian``), like AdamW. The
-reference's ``eps`` is folded into the stored Hessian: ``state['hessian']`` holds
-``h + eps / (rho * bs)`` (the group's ``hessian_floor``; ~1e-16 at the defaults), so that
-``rho * bs * stored == rho * bs * h + eps`` and a step costs one division per coordinate and
-no extra pass; :meth:`SophiaG.hessian` returns ``h`` itself. When rho or bs changes, the
-floor is moved by one pass over the buffer. Results match the reference to float rounding.
+State is two fp32 buffers per parameter, like AdamW, arranged so that a step is three
+elementwise passes (on CPU, separate passes, not arithmetic, are what a step costs):
+
+* ``hessian`` holds ``h + eps / (rho * bs)`` (the group's ``hessian_floor``, ~1e-16 at the
+  defaults): the reference's ``eps`` folded in, so ``rho * bs * stored == rho * bs * h + eps``;
+* ``scaled_exp_avg`` holds ``q = m / (s * d)`` with ``d`` the stored Hessian (``max(h, 0)``
+  plus the floor for SophiaH) and ``s = b1**k`` a per-group scalar (``momentum_scale``).
+  Between curvature updates ``d`` is fixed, so ``m <- b1 m + (1 - b1) g`` becomes
+  ``q <- q + (1 - b1) / s * g / d`` (one ``addcdiv``), and the clipped ratio is
+  ``clamp(q, -rho*bs/s, rho*bs/s)`` scaled by ``s / (rho * bs)``.
+
+So a step is ``addcdiv`` (momentum and preconditioning), ``clamp`` into a cache-sized scratch
+chunk, and the parameter update. ``update_hessian`` (every k steps) and any change of rho or
+bs convert ``q`` back to ``m`` and forward again (a few passes), and ``s`` is folded back into
+``q`` before it falls below 1e-6. :meth:`SophiaG.exp_avg` and :meth:`SophiaG.hessian` return
+``m`` and ``h`` themselves. Results match the reference to float rounding.
 """
 
 from __future__ import annotations
@@ -82,9 +92,10 @@ class SophiaG(SecondOrderOptimizer):
         loss.backward(); opt.step(bs=tokens); opt.zero_grad(set_to_none=True)
     """
 
-    state_names = ("exp_avg", "hessian")
+    state_names = ("scaled_exp_avg", "hessian")
     default_curvature = "gnb"
     relu_hessian = False
+    RESCALE_BELOW = 1e-6
 
     def __init__(self, params: Iterable[Any], lr: float = 1e-4,
                  betas: Sequence[float] = (0.965, 0.99), rho: float = 0.04,
@@ -96,20 +107,59 @@ class SophiaG(SecondOrderOptimizer):
         defaults = dict(lr=lr, betas=check_betas(name, betas), rho=rho,
                         weight_decay=weight_decay, bs=int(bs), eps=eps,
                         bias_correction=bool(bias_correction),
-                        hessian_floor=eps / (rho * int(bs)))
+                        hessian_floor=eps / (rho * int(bs)), momentum_scale=1.0)
+        self._as_momentum: set[int] = set()
         super().__init__(params, defaults, diagnostics_every)
 
-    # -- curvature ----------------------------------------------------------------------
+    # -- the stored denominator and the momentum's two forms --------------------------------
     def _state_fill(self, group: dict, role: str) -> dict[str, float]:
         return {"hessian": group["hessian_floor"]}
 
+    def _denominator(self, group: dict, stored: Tensor) -> Tensor:
+        """``d``: the stored Hessian, or for SophiaH its positive part (plus the floor)."""
+        return stored.clamp(min=group["hessian_floor"]) if self.relu_hessian else stored
+
+    def _to_momentum(self, index: int, group: dict) -> None:
+        """``scaled_exp_avg`` <- m (before the denominator changes)."""
+        if index in self._as_momentum:
+            return
+        for bank in self._banks.get(index, []):
+            q = bank.buffers["scaled_exp_avg"]
+            q.mul_(self._denominator(group, bank.buffers["hessian"])).mul_(group["momentum_scale"])
+        group["momentum_scale"] = 1.0
+        self._as_momentum.add(index)
+
+    def _from_momentum(self, index: int, group: dict) -> None:
+        """``scaled_exp_avg`` <- m / d (after the denominator changed)."""
+        for bank in self._banks.get(index, []):
+            bank.buffers["scaled_exp_avg"].div_(self._denominator(group, bank.buffers["hessian"]))
+        self._as_momentum.discard(index)
+
     def _prepare_group(self, index: int, group: dict) -> None:
+        # the folded eps must stay eps / (rho * bs) when either changes
         want = group["eps"] / (group["rho"] * group["bs"])
         have = group["hessian_floor"]
-        if want != have:
-            for bank in self._banks.get(index, []):
-                bank.buffers["hessian"].add_(want - have)
-            group["hessian_floor"] = want
+        if want == have:
+            return
+        converting = index not in self._as_momentum
+        if converting:
+            self._to_momentum(index, group)
+        for bank in self._banks.get(index, []):
+            bank.buffers["hessian"].add_(want - have)
+        group["hessian_floor"] = want
+        if converting:
+            self._from_momentum(index, group)
+
+    @torch.no_grad()
+    def update_hessian(self, bs: int | None = None, *, grads: Sequence[Tensor | None] | None = None,
+                       diagonal: Sequence[Tensor | None] | None = None) -> None:
+        for index, group in enumerate(self.param_groups):
+            self._to_momentum(index, group)
+        try:
+            super().update_hessian(bs, grads=grads, diagonal=diagonal)
+        finally:
+            for index, group in enumerate(self.param_groups):
+                self._from_momentum(index, group)
 
     def _absorb(self, group: dict, bank: Bank, present: list[int], estimates: list[Tensor],
                 squared: bool) -> None:
@@ -122,41 +172,75 @@ class SophiaG(SecondOrderOptimizer):
         # b2 * (h + f) + (1 - b2) * x + (1 - b2) * f == (new h) + f: the floor stays folded in
         torch._foreach_add_(views, (1 - beta2) * group["hessian_floor"])
 
+    def _group_of(self, p: Tensor) -> tuple[int, dict]:
+        return next((i, g) for i, g in enumerate(self.param_groups)
+                    if any(q is p for q in g["params"]))
+
     def hessian(self, p: Tensor) -> Tensor:
         """The Hessian EMA ``h`` of parameter ``p`` (a copy, without the folded eps)."""
-        group = next(g for g in self.param_groups if any(q is p for q in g["params"]))
+        _, group = self._group_of(p)
         stored = self.state[p].get("hessian")
         if stored is None:
             return torch.zeros_like(p, dtype=torch.float32)
         return stored - group["hessian_floor"]
 
+    def exp_avg(self, p: Tensor) -> Tensor:
+        """The momentum ``m`` of parameter ``p`` (a copy)."""
+        index, group = self._group_of(p)
+        state = self.state[p]
+        if "scaled_exp_avg" not in state:
+            return torch.zeros_like(p, dtype=torch.float32)
+        if index in self._as_momentum:
+            return state["scaled_exp_avg"].clone()
+        scale = group["momentum_scale"]
+        return state["scaled_exp_avg"] * self._denominator(group, state["hessian"]) * scale
+
     # -- the step -----------------------------------------------------------------------
+    def _prepare_step(self, index: int, group: dict) -> None:
+        beta1 = group["betas"][0]
+        if beta1 == 0.0:
+            return  # m = g: the step overwrites q and the scale stays 1
+        if group["momentum_scale"] * beta1 < self.RESCALE_BELOW:
+            for bank in self._banks.get(index, []):
+                bank.buffers["scaled_exp_avg"].mul_(group["momentum_scale"])
+            group["momentum_scale"] = 1.0
+        group["momentum_scale"] *= beta1
+
     def _step_bank(self, group: dict, bank: Bank, chunks: list[Chunk],
                    grads: list[Tensor | None], sums: dict[str, list[Tensor]] | None) -> None:
         beta1 = group["betas"][0]
-        lr, wd = group["lr"], group["weight_decay"]
-        # clip bound in units of m / stored_h: |m| / (rho*bs*h + eps) < 1 <=> |m / stored| < c
-        c = group["rho"] * group["bs"]
+        lr, wd, scale = group["lr"], group["weight_decay"], group["momentum_scale"]
+        # |m| / (rho*bs*h + eps) < 1  <=>  |q| < rho * bs / s
+        bound = group["rho"] * group["bs"] / scale
         if group["bias_correction"]:
-            c *= 1 - beta1 ** group["step"]
+            bound *= 1 - beta1 ** group["step"]
+        weight = 1.0 if beta1 == 0.0 else (1 - beta1) / scale
+        absent = [i for i, g in enumerate(grads) if g is None]
+        if absent and beta1 > 0.0:
+            # their m must not change while s moves on by b1
+            torch._foreach_div_([bank.flat_views["scaled_exp_avg"][i] for i in absent], beta1)
         floor = group["hessian_floor"]
-        self._ema_grads(bank, grads, "exp_avg", beta1)
         for chunk in chunks:
-            ratio = chunk.scratch
+            q, scratch = chunk.segs["scaled_exp_avg"], chunk.scratch
+            if beta1 == 0.0:
+                torch._foreach_zero_(q)
             if self.relu_hessian:
-                torch.clamp(chunk.flat["hessian"], min=floor, out=ratio)
-                torch.div(chunk.flat["exp_avg"], ratio, out=ratio)
+                torch.clamp(chunk.flat["hessian"], min=floor, out=scratch)
+                denominators = chunk.scratch_segs
             else:
-                torch.div(chunk.flat["exp_avg"], chunk.flat["hessian"], out=ratio)
-            ratio.clamp_(-c, c)
+                denominators = chunk.segs["hessian"]
+            torch._foreach_addcdiv_(q, chunk.grads(bank, grads), denominators, value=weight)
+            torch.clamp(chunk.flat["scaled_exp_avg"], -bound, bound, out=scratch)
             if wd:
                 torch._foreach_mul_(chunk.params, 1 - lr * wd)
-            torch._foreach_add_(chunk.params, chunk.scratch_segs, alpha=-lr / c)
+            torch._foreach_add_(chunk.params, chunk.scratch_segs, alpha=-lr / bound)
             if sums is not None:
-                sums.setdefault("update_sq", []).append(torch.dot(ratio, ratio) * (lr / c) ** 2)
-                # after the clamp a clipped coordinate is exactly +-c, a win is strictly inside
-                sums.setdefault("wins", []).append(torch.count_nonzero(ratio.abs_().sub_(c)))
-                sums.setdefault("coords", []).append(torch.tensor(float(ratio.numel())))
+                sums.setdefault("update_sq", []).append(
+                    torch.dot(scratch, scratch) * (lr / bound) ** 2)
+                # after the clamp a clipped coordinate is exactly +-bound, a win is inside
+                sums.setdefault("wins", []).append(
+                    torch.count_nonzero(scratch.abs_().sub_(bound)))
+                sums.setdefault("coords", []).append(torch.tensor(float(scratch.numel())))
 
     def _finish_diagnostics(self, sums: dict[str, list[Tensor]]) -> dict[str, float]:
         out = super()._finish_diagnostics(sums)
@@ -164,6 +248,10 @@ class SophiaG(SecondOrderOptimizer):
             wins = float(torch.stack([w.float().cpu() for w in sums["wins"]]).sum())
             out["win_rate"] = wins / float(torch.stack(sums["coords"]).sum())
         return out
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        super().load_state_dict(state_dict)
+        self._as_momentum = set()
 
 
 class SophiaH(SophiaG):

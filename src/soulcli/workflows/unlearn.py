@@ -98,8 +98,16 @@ def build_optimizer_for(recipe: Recipe, model):
 
 
 def unlearn_model(recipe: Recipe, model, tokenizer, data_dir: Path, reporter: Reporter, device,
-                  seed: int, on_row=None, on_step_end=None, cache_key: str = "") -> dict[str, Any]:
-    """Unlearn in place; returns the training record (steps, seconds, last row, rows)."""
+                  seed: int, on_row=None, on_step_end=None, cache_key: str = "",
+                  dist_ctx=None) -> dict[str, Any]:
+    """Unlearn in place; returns the training record (steps, seconds, last row, rows).
+
+    Under torchrun (``dist_ctx.enabled``) the loss runs through DDP, each rank on its own
+    shard of the batch plan, and curvature estimates are reduced across ranks.
+    """
+    from soulcli.engine.distributed import DistContext, DistributedCurvature, wrap_model
+
+    dist_ctx = dist_ctx or DistContext()
     from soulcli.data.tofu import forget_split_names
     from soulcli.objectives import build_objective
 
@@ -109,7 +117,8 @@ def unlearn_model(recipe: Recipe, model, tokenizer, data_dir: Path, reporter: Re
     retain_rows = common.load_split(data_dir, retain_name)
     objective = build_objective(u.objective, forget_weight=u.forget_weight, retain_weight=u.retain_weight,
                                 retain_loss=u.retain_loss, **u.objective_args)
-    batches, plan = build_step_batches(recipe, tokenizer, objective, forget_rows, retain_rows, device, seed)
+    batches, plan = build_step_batches(recipe, tokenizer, objective, forget_rows, retain_rows, device, seed,
+                                       dist_ctx.rank, dist_ctx.world_size)
     if not batches:
         raise UserError(f"split '{forget_name}' gives no unlearning steps; check unlearn.epochs/max_steps")
 
@@ -146,6 +155,9 @@ def unlearn_model(recipe: Recipe, model, tokenizer, data_dir: Path, reporter: Re
             objective.setup(model, batches, cache_dir, cache_key or common.short_hash(
                 [str(data_dir), recipe.unlearn.__repr__(), recipe.model.source, seed]))
     opt, curvature = build_optimizer_for(recipe, model)
+    train_model = wrap_model(model, dist_ctx, device)
+    if curvature is not None and dist_ctx.enabled:
+        curvature = DistributedCurvature(curvature, dist_ctx)
     sched = make_scheduler(opt, u.lr_scheduler, len(batches), u.warmup_steps)
     pad = tokenizer.pad_token_id
     reporter.info(
@@ -155,7 +167,7 @@ def unlearn_model(recipe: Recipe, model, tokenizer, data_dir: Path, reporter: Re
 
     def compute_loss(step: int):
         b = batches[step]
-        loss, terms = objective(model, b)
+        loss, terms = objective(train_model, b)
         n = int(b.forget["attention_mask"].sum()) + (int(b.retain["attention_mask"].sum()) if b.retain is not None else 0)
         return loss, terms, n
 
@@ -163,7 +175,7 @@ def unlearn_model(recipe: Recipe, model, tokenizer, data_dir: Path, reporter: Re
         b = batches[step]
         return concat_batches([x for x in (b.forget, b.retain) if x is not None], pad)
 
-    result = train_loop(model, opt, len(batches), compute_loss, reporter=reporter, description="unlearn",
+    result = train_loop(train_model, opt, len(batches), compute_loss, reporter=reporter, description="unlearn",
                         scheduler=sched, curvature=curvature, curvature_batch=curvature_batch,
                         hessian_interval=recipe.optimizer.hessian_interval,
                         max_grad_norm=u.max_grad_norm, log_every=u.log_every, on_row=on_row,
@@ -185,22 +197,33 @@ def win_rate_warning(rows: list[dict]) -> str | None:
     return None
 
 
-def run_unlearn(recipe: Recipe, reporter: Reporter, output: Path | None = None) -> dict[str, Any]:
+def run_unlearn(recipe: Recipe, reporter: Reporter, output: Path | None = None) -> dict[str, Any] | None:
     """The whole `soul unlearn` command; returns the summary written to summary.json."""
     from soulcli.models.loading import export_model
     from soulcli.workflows.evaluate import evaluate_and_report
 
+    from soulcli.engine.distributed import init_distributed
+
     device = common.setup_runtime(recipe)
+    dist_ctx, device = init_distributed(device)
     out_dir = Path(output or recipe.output_dir or Path("runs") / recipe.name)
+    if not dist_ctx.is_main:  # other ranks train their shard; rank 0 builds, writes, evaluates
+        reporter = Reporter(reporter.console, quiet=True)
+        dist_ctx.barrier()  # rank 0 builds any missing benchmark / models first
+        data_dir, _, model, tokenizer = prepare_model(recipe, reporter, device)
+        unlearn_model(recipe, model, tokenizer, data_dir, reporter, device, recipe.seed, dist_ctx=dist_ctx)
+        dist_ctx.barrier()
+        return None  # nothing to print: rank 0 reports
     data_dir, target_dir, model, tokenizer = prepare_model(recipe, reporter, device)
     reference = common.reference_model_path(recipe, reporter, data_dir)
+    dist_ctx.barrier()
     with atomic_dir(out_dir, overwrite=True) as tmp:
         (tmp / "resolved_recipe.yaml").write_text(dump_recipe(recipe))
         write_json(tmp / "versions.json", versions())
         writer = JsonlWriter(tmp / "metrics.jsonl")
         try:
             record = unlearn_model(recipe, model, tokenizer, data_dir, reporter, device, recipe.seed,
-                                   on_row=writer)
+                                   on_row=writer, dist_ctx=dist_ctx)
         finally:
             writer.close()
         warning = win_rate_warning(record["rows"])
@@ -214,11 +237,12 @@ def run_unlearn(recipe: Recipe, reporter: Reporter, output: Path | None = None) 
             "name": recipe.name, "run_dir": str(out_dir), "model": str(out_dir / "model"),
             "target_model": str(target_dir), "data": str(data_dir),
             "objective": recipe.unlearn.objective, "optimizer": recipe.optimizer.name,
-            "method": recipe.unlearn.method,
+            "method": recipe.unlearn.method, "world_size": dist_ctx.world_size,
             "steps": record["steps"], "seconds": round(record["seconds"], 2),
             "final": {k: v for k, v in record["last"].items()},
             "metrics": evaluation["aggregates"], "warnings": [warning] if warning else [],
         }
         write_json(tmp / "summary.json", summary)
+    dist_ctx.barrier()
     reporter.info(f"Run saved to {out_dir}")
     return summary

@@ -1,0 +1,92 @@
+"""The SOUL comparison on the built-in benchmark (forget10), timed, as `make bench` records it.
+
+Runs `soul compare-optimizers` with the shipped recipe's settings over first- and second-order
+optimizers, the three shipped objectives and >= 3 seeds, then writes bench/out/compare.json
+(the selected rows with their spread over seeds, the time of the whole comparison, per-step
+cost ratios versus AdamW) and bench/out/compare.md (the table for bench/README.md).
+Run: .venv/bin/python bench/bench_compare.py [--optimizers ...] [--objectives ...] [--lr-grid ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def fmt(v, digits=3):
+    if v is None:
+        return "-"
+    return f"{v:.1e}" if 0 < abs(v) < 1e-2 else f"{v:.{digits}f}"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--recipe", default="recipes/tofu_sophia.yaml")
+    ap.add_argument("--optimizers", default="adamw,signum,sophiag")
+    ap.add_argument("--objectives", default="graddiff,npo,po")
+    ap.add_argument("--lr-grid", default="1e-4")
+    ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--eval-every", default="13")
+    ap.add_argument("--output", default=str(ROOT / "bench" / "out" / "compare_run"))
+    ap.add_argument("--set", action="append", default=[])
+    args = ap.parse_args()
+    exe = Path(sys.executable).with_name("soul")
+    cmd = [str(exe), "compare-optimizers", "--recipe", args.recipe, "--optimizers", args.optimizers,
+           "--objectives", args.objectives, "--lr-grid", args.lr_grid, "--seeds", args.seeds,
+           "--set", f"eval.eval_every={args.eval_every}", "--output", args.output, "--json"]
+    for s in args.set:
+        cmd += ["--set", s]
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    seconds = time.perf_counter() - t0
+    if proc.returncode:
+        sys.stderr.write(proc.stderr[-4000:])
+        raise SystemExit(proc.returncode)
+    res = json.loads(proc.stdout)
+    full = json.loads((Path(args.output) / "results.json").read_text())
+    cells = full["cells"]
+    by_opt: dict[str, list[float]] = {}
+    for c in cells:
+        by_opt.setdefault(c["optimizer"], []).append(c["time_per_step"])
+    adamw = statistics.mean(by_opt["adamw"]) if "adamw" in by_opt else None
+    cost = {k: round(statistics.mean(v) / adamw, 3) for k, v in by_opt.items()} if adamw else {}
+    target = res["target"]
+    lines = [
+        f"Target model: forget quality {fmt(target['forget_quality'])}, model utility "
+        f"{fmt(target['model_utility'])}, forget ROUGE-L {fmt(target['forget_rougeL_recall'])}, retain "
+        f"ROUGE-L {fmt(target['retain_rougeL_recall'])}.",
+        "",
+        f"Rule: {res['rule']}.",
+        "",
+        "| objective | type | optimizer | lr | step | FQ mean ± std [min, max] | MU mean ± std | forget R-L | retain R-L | win rate | s/step (x AdamW) |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    so = {"sophiag", "sophiah", "adahessian", "influence"}
+    for s in sorted(res["selected"], key=lambda s: (s["objective"], s["optimizer"] in so, s["optimizer"])):
+        fq, mu = s["forget_quality"], s["model_utility"]
+        lines.append(
+            f"| {s['objective']} | {'SO' if s['optimizer'] in so else 'FO'} | {s['optimizer']} | "
+            f"{'-' if s['lr'] is None else format(s['lr'], 'g')} | {s['step']} | "
+            f"{fmt(fq['mean'])} ± {fmt(fq['std'])} [{fmt(fq['min'])}, {fmt(fq['max'])}]"
+            f"{'' if s['meets_utility_rule'] else ' (utility rule not met)'} | "
+            f"{fmt(mu['mean'])} ± {fmt(mu['std'])} | {fmt(s['forget_rougeL_recall']['mean'])} | "
+            f"{fmt(s['retain_rougeL_recall']['mean'])} | {fmt(s['mean_win_rate'])} | "
+            f"{fmt(s['time_per_step'])} ({cost.get(s['optimizer'], float('nan')):.2f}x) |")
+    lines += ["", f"Whole comparison: {len(cells)} cells in {seconds:.0f} s."]
+    out = {"seconds": seconds, "cells": len(cells), "step_cost_vs_adamw": cost, "target": target,
+           "selected": res["selected"], "command": " ".join(cmd[1:])}
+    (ROOT / "bench" / "out").mkdir(parents=True, exist_ok=True)
+    (ROOT / "bench" / "out" / "compare.json").write_text(json.dumps(out, indent=2) + "\n")
+    (ROOT / "bench" / "out" / "compare.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,33 @@
+"""`soul unlearn` under torchrun (2 CPU processes, gloo): DDP loss, shared curvature, rank 0 writes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from conftest import MICRO
+
+
+def test_torchrun_two_ranks(soul, pipeline, tmp_path):
+    run = tmp_path / "ddp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
+           "-m", "soulcli.cli", "unlearn", "--recipe", str(MICRO), "--set", f"cache_dir={soul.cache}",
+           "--output", str(run), "--json", "--quiet"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+    assert len(lines) == 1  # only rank 0 reports
+    summary = json.loads(lines[0])
+    assert summary["world_size"] == 2
+    # 8 forget items, 2 ranks, batch 4: one step, each rank its own 4 items
+    assert summary["steps"] == 1
+    single = [json.loads(x) for x in (pipeline["run"] / "metrics.jsonl").read_text().splitlines()]
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    # the GNB estimate covers both ranks' answer tokens (about twice one rank's batch)
+    assert rows[0]["curvature_tokens"] > 1.5 * single[0]["curvature_tokens"]
+    assert (run / "model" / "config.json").is_file() and (run / "eval.json").is_file()
+    assert not [p for p in Path(tmp_path).iterdir() if p.name.startswith(".ddp")]
