@@ -191,20 +191,29 @@ def plot(cells: list[dict], selected: list[dict], target: dict, out_dir: Path) -
     import matplotlib.pyplot as plt
 
     files = []
-    fig, ax = plt.subplots(figsize=(6.4, 4.8))
-    markers = {o: m for o, m in zip(sorted({s["objective"] for s in selected}), "osD^v<>p*")}
+    fig, ax = plt.subplots(figsize=(7.2, 4.8))
+    objectives = sorted({s["objective"] for s in selected})
+    optimizers = sorted({s["optimizer"] for s in selected}, key=lambda o: (o in SECOND_ORDER, o))
+    markers = {o: m for o, m in zip(objectives, "osD^v<>p*")}
+    colors = {o: plt.get_cmap("tab10")(i % 10) for i, o in enumerate(optimizers)}
     for s in selected:
         so = s["optimizer"] in SECOND_ORDER
-        ax.scatter(s["model_utility"]["mean"], s["forget_quality"]["mean"], marker=markers[s["objective"]],
-                   s=70, color="tab:red" if so else "tab:blue", edgecolor="black", zorder=3)
-        ax.annotate(f"{s['optimizer']}\n{s['objective']}", (s["model_utility"]["mean"], s["forget_quality"]["mean"]),
-                    textcoords="offset points", xytext=(5, 4), fontsize=7)
-    ax.axvline(target["model_utility"], color="grey", ls="--", lw=1, label="target model utility")
+        ax.scatter(s["model_utility"]["mean"], max(s["forget_quality"]["mean"], 1e-30),
+                   marker=markers[s["objective"]], s=80, color=colors[s["optimizer"]],
+                   edgecolor="black", linewidth=1.6 if so else 0.6, zorder=3)
+    ax.axvline(target["model_utility"], color="grey", ls="--", lw=1)
+    from matplotlib.lines import Line2D
+
+    handles = [Line2D([], [], ls="", marker="o", color=colors[o], markeredgecolor="black",
+                      label=f"{o} ({'SO' if o in SECOND_ORDER else 'FO'})") for o in optimizers]
+    handles += [Line2D([], [], ls="", marker=markers[o], color="white", markeredgecolor="black", label=o)
+                for o in objectives]
+    handles.append(Line2D([], [], color="grey", ls="--", label="target model utility"))
+    ax.legend(handles=handles, loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8)
     ax.set_yscale("log")
-    ax.set_xlabel("model utility")
+    ax.set_xlabel("model utility (mean over seeds)")
     ax.set_ylabel("forget quality (KS p-value, log scale)")
-    ax.set_title("Forget quality vs model utility\n(red: second-order, blue: first-order)", fontsize=10)
-    ax.legend(loc="lower left", fontsize=8)
+    ax.set_title("Forget quality vs model utility, selected setting per optimizer x objective", fontsize=9)
     fig.tight_layout()
     fig.savefig(out_dir / "fq_vs_mu.png", dpi=130)
     plt.close(fig)
