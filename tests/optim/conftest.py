@@ -133,7 +133,7 @@ def problems() -> SimpleNamespace:
 
 
 class TinyLM(nn.Module):
-    """A softmax model with an HF-like call: ``logits[b, t] = head(tanh(embed[input_ids[b, t]]))``."""
+    """A softmax model called like an HF one: ``logits = tanh(embed[ids]) @ head.T + bias``."""
 
     def __init__(self, vocab: int = 5, dim: int = 3, seed: int = 0,
                  dtype: torch.dtype = torch.float32) -> None:

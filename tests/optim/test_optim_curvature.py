@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from soulcli.errors import UserError
-from soulcli.optim import SophiaG, build_curvature, hutchinson_diagonal
+from soulcli.optim import SophiaG, SophiaH, build_curvature, hutchinson_diagonal
 from soulcli.optim.curvature import answer_logits
 
 ROWS = [[0, 1, 2, 3, 4], [2, 4, 1, 1]]
@@ -83,7 +83,7 @@ def test_hutchinson_mean_matches_the_exact_hessian_diagonal_of_an_mlp():
 
 def test_estimators_leave_gradients_alone_and_keep_no_graph(tiny):
     model, batch = tiny.LM(), tiny.batch(ROWS)
-    opt = SophiaG(model.parameters(), bs=1)
+    opt = SophiaH(model.parameters(), bs=1)  # takes both sample forms
     marker = torch.full_like(model.head, 7.0)
     model.head.grad = marker.clone()
     for kind in ("gnb", "hutchinson"):
@@ -110,6 +110,9 @@ def test_gnb_records_the_answer_token_count_as_bs(tiny):
     assert opt.param_groups[0]["hessian_step"] == 0
     assert est.before_backward(4, model, batch, opt, 2) == {"curvature_tokens": 7.0}
     assert opt.param_groups[0]["bs"] == 7
+    prompts_only = tiny.batch([[0, 1]], prompt=2)
+    assert est.before_backward(6, model, prompts_only, opt, 2) == {}, "no answer token: no sample"
+    assert opt.param_groups[0]["hessian_step"] == 1
 
 
 def test_empirical_fisher_squares_the_objective_gradient_every_step(tiny):

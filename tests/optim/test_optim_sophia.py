@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 
+from soulcli.errors import UserError
 from soulcli.optim import Signum, SophiaG, SophiaH, state_bytes, win_rate_warning
 
 
@@ -64,13 +65,13 @@ def test_bias_correction_divides_the_momentum():
     torch.testing.assert_close(p.detach(), torch.tensor([-0.25, 1.0]))
 
 
-@pytest.mark.parametrize("form", ["squared_grads", "diagonal"])
-def test_exact_diagonal_curvature_without_clipping_is_the_newton_step(form):
+@pytest.mark.parametrize("cls, form", [(SophiaG, "squared_grads"), (SophiaH, "diagonal")])
+def test_exact_diagonal_curvature_without_clipping_is_the_newton_step(cls, form):
     a = torch.tensor([0.5, 2.0, 8.0, 30.0])
     theta = torch.nn.Parameter(torch.tensor([0.9, -0.4, 0.7, -0.2]))
     # b1 = b2 = 0: m = g and h = the curvature; rho = 1 and lr = 1: step = -g / a
-    opt = SophiaG([theta], lr=1.0, betas=(0.0, 0.0), rho=1.0, weight_decay=0.0, bs=1,
-                  diagnostics_every=1)
+    opt = cls([theta], lr=1.0, betas=(0.0, 0.0), rho=1.0, weight_decay=0.0, bs=1,
+              diagnostics_every=1)
     if form == "squared_grads":
         opt.update_hessian(bs=1, grads=[a.sqrt()])
     else:
@@ -101,6 +102,12 @@ def test_win_rate_zero_is_exactly_a_signum_step():
     torch.testing.assert_close(p.detach(), q.detach(), rtol=1e-6, atol=1e-7)
 
 
+def test_sophiag_refuses_hutchinson_samples():
+    p = torch.nn.Parameter(torch.zeros(2))
+    with pytest.raises(UserError, match="use sophiah"):
+        SophiaG([p]).update_hessian(diagonal=[torch.ones(2)])
+
+
 def test_sophiah_uses_only_positive_curvature():
     p = torch.nn.Parameter(torch.zeros(3))
     opt = SophiaH([p], lr=0.1, betas=(0.0, 0.0), rho=1.0, weight_decay=0.0)
@@ -126,10 +133,13 @@ class Reference:
 
     def step(self, grads, bs):
         for p, m, h, g in zip(self.p, self.m, self.h, grads):
-            p.mul_(1 - self.lr * self.wd)
-            m.mul_(self.betas[0]).add_(g, alpha=1 - self.betas[0])
-            ratio = (m.abs() / (self.rho * bs * h + self.eps)).clamp(max=1)
-            p.addcmul_(m.sign(), ratio, value=-self.lr)
+            self.step_one(p, m, h, g, bs)
+
+    def step_one(self, p, m, h, g, bs):
+        p.mul_(1 - self.lr * self.wd)
+        m.mul_(self.betas[0]).add_(g, alpha=1 - self.betas[0])
+        ratio = (m.abs() / (self.rho * bs * h + self.eps)).clamp(max=1)
+        p.addcmul_(m.sign(), ratio, value=-self.lr)
 
 
 def test_matches_the_reference_used_the_authors_way(monkeypatch):
@@ -179,6 +189,32 @@ def test_changing_rho_mid_run_matches_the_reference():
         opt.step()
         ref.step([g], 7)
     torch.testing.assert_close(p.detach(), ref.p[0], rtol=1e-5, atol=1e-6)
+
+
+def test_long_runs_skipped_parameters_and_no_momentum_match_the_reference():
+    # b1 = 0.5 folds the momentum scale back after 20 steps without a curvature update (so
+    # twice between the updates every 30 steps); the second parameter misses
+    # its gradient on some steps (the reference leaves its m and p alone then)
+    torch.manual_seed(3)
+    for b1 in (0.5, 0.0):
+        params = [torch.nn.Parameter(torch.randn(40)), torch.nn.Parameter(torch.randn(6))]
+        ref = Reference([p.detach() for p in params], lr=0.02, betas=(b1, 0.8), rho=0.3, wd=0.0)
+        opt = SophiaG(params, lr=0.02, betas=(b1, 0.8), rho=0.3, weight_decay=0.0, bs=3)
+        for t in range(70):
+            if t % 30 == 0:
+                hgrads = [torch.randn(40), torch.randn(6)]
+                opt.update_hessian(bs=3, grads=hgrads)
+                ref.update_hessian(hgrads)
+            grads = [torch.randn(40), torch.randn(6) if t % 3 else None]
+            for p, g in zip(params, grads):
+                p.grad = g
+            opt.step()
+            for rp, rm, rh, g in zip(ref.p, ref.m, ref.h, grads):
+                if g is not None:
+                    Reference.step_one(ref, rp, rm, rh, g, 3)
+        for p, rp, rm in zip(params, ref.p, ref.m):
+            torch.testing.assert_close(p.detach(), rp, rtol=1e-5, atol=1e-6)
+            torch.testing.assert_close(opt.exp_avg(p), rm, rtol=1e-4, atol=1e-6)
 
 
 def test_state_is_two_fp32_buffers_per_parameter():

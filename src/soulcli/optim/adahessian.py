@@ -23,6 +23,7 @@ from torch import Tensor
 
 from soulcli.errors import UserError
 from soulcli.optim.base import (
+    DIAGNOSTICS_EVERY,
     Bank,
     Chunk,
     SecondOrderOptimizer,
@@ -33,7 +34,10 @@ from soulcli.optim.base import (
 
 
 def block_average(d: Tensor, block_size: int) -> Tensor:
-    """|d| averaged over blocks of ``block_size`` along the last dimension (|d| if it does not divide)."""
+    """|d| averaged over blocks of ``block_size`` along the last dimension.
+
+    A tensor whose last dimension ``block_size`` does not divide gets plain |d|.
+    """
     d = d.abs()
     if block_size <= 1 or d.ndim == 0 or d.shape[-1] % block_size:
         return d
@@ -43,7 +47,10 @@ def block_average(d: Tensor, block_size: int) -> Tensor:
 
 class AdaHessian(SecondOrderOptimizer):
     """AdaHessian; the paper's defaults ``lr=0.15, betas=(0.9, 0.999), eps=1e-4,
-    weight_decay=0, hessian_power=1``, ``block_size=1`` (no averaging)."""
+    weight_decay=0, hessian_power=1``, ``block_size=1`` (no averaging).
+
+    Diagnostics: ``hessian_norm`` (``|sqrt(v)|``) after each curvature update, ``update_norm``
+    every ``diagnostics_every`` steps."""
 
     state_names = ("exp_avg", "exp_hessian_diag_sq")
     curvature_state = "exp_hessian_diag_sq"
@@ -52,7 +59,7 @@ class AdaHessian(SecondOrderOptimizer):
     def __init__(self, params: Iterable[Any], lr: float = 0.15,
                  betas: Sequence[float] = (0.9, 0.999), weight_decay: float = 0.0, *,
                  eps: float = 1e-4, hessian_power: float = 1.0, block_size: int = 1,
-                 diagnostics_every: int = 10) -> None:
+                 diagnostics_every: int = DIAGNOSTICS_EVERY) -> None:
         check_positive("AdaHessian", eps=eps, block_size=block_size)
         check_nonnegative("AdaHessian", lr=lr, weight_decay=weight_decay)
         if not 0.0 < hessian_power <= 1.0:
@@ -71,6 +78,10 @@ class AdaHessian(SecondOrderOptimizer):
         views = self._ema_views(bank, present, "exp_hessian_diag_sq", beta2)
         torch._foreach_addcmul_(views, d, d, value=1 - beta2)
 
+    def _curvature_sq(self, bank: Bank) -> Tensor:
+        # hessian_norm = |sqrt(v)|: the state is an EMA of squared curvature
+        return bank.buffers["exp_hessian_diag_sq"].sum()
+
     def _step_bank(self, group: dict, bank: Bank, chunks: list[Chunk],
                    grads: list[Tensor | None], sums: dict[str, list[Tensor]] | None) -> None:
         if group["hessian_step"] == 0:
@@ -84,7 +95,10 @@ class AdaHessian(SecondOrderOptimizer):
         for chunk in chunks:
             denom = chunk.scratch
             torch.mul(chunk.flat["exp_hessian_diag_sq"], 1 / bc2, out=denom)
-            denom.sqrt_() if power == 1.0 else denom.pow_(power / 2)
+            if power == 1.0:
+                denom.sqrt_()
+            else:
+                denom.pow_(power / 2)
             denom.add_(group["eps"])
             if wd:
                 torch._foreach_mul_(chunk.params, 1 - lr * wd)

@@ -18,6 +18,7 @@ from torch import Tensor
 from torch.optim.adam import adam as torch_adam
 
 from soulcli.optim.base import (
+    DIAGNOSTICS_EVERY,
     Bank,
     TorchKernelOptimizer,
     check_betas,
@@ -38,7 +39,7 @@ class AdamW(TorchKernelOptimizer):
     def __init__(self, params: Iterable[Any], lr: float = 1e-3,
                  betas: Sequence[float] = (0.9, 0.999), weight_decay: float = 1e-2, *,
                  eps: float = 1e-8, fused: bool | None = None,
-                 diagnostics_every: int = 10) -> None:
+                 diagnostics_every: int = DIAGNOSTICS_EVERY) -> None:
         check_positive("AdamW", eps=eps)
         check_nonnegative("AdamW", lr=lr, weight_decay=weight_decay)
         defaults = dict(lr=lr, betas=check_betas("AdamW", betas), weight_decay=weight_decay,

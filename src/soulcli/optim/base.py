@@ -1,13 +1,14 @@
-"""Flat fp32 optimizer state shared by every soulcli optimizer.
+"""Flat fp32 optimizer state and the chunked step shared by every soulcli optimizer.
 
-Why flat: on CPU a Sophia step written tensor by tensor is 4-10x slower than torch's fused
-AdamW, because each small op pays dispatch and thread start-up and streams memory once more.
-Here every optimizer keeps its state for a (param group, device) in one fp32 buffer per state
-name (``exp_avg``, ``hessian`` ...), and ``self.state[p][name]`` is a view into it, so torch's
-``state_dict`` machinery still sees per-parameter tensors. A step walks the parameters in
-*chunks* of at most ``chunk_numel`` elements (1 MiB of fp32 on CPU): the elementwise ops of one
-chunk run on the same cache-resident slice before the next chunk starts, and whole-chunk ops
-(division, clamp) run once on a contiguous slice of the flat buffers.
+Why: on CPU a step is bound by passes over memory and by per-op dispatch, not by arithmetic.
+Sophia written tensor by tensor (the authors' loop) is 4-10x slower than torch's fused AdamW.
+Here each optimizer keeps its state for a (param group, device) in one fp32 buffer per state
+name, and ``self.state[p][name]`` is a view into it, so torch's ``state_dict`` machinery still
+sees per-parameter tensors. A step walks the parameters in *chunks* of at most
+``chunk_numel`` elements (1 MiB of fp32 on CPU, where two chunks stay in L2): the ops of a
+chunk run back to back on cache-resident slices, whole-chunk ops (clamp, sign) run once on a
+contiguous slice of the flat buffers into a chunk-sized scratch buffer, and foreach ops cover
+the chunk's pieces of the (unflattened) parameters and gradients.
 
 Conventions every subclass follows:
 
@@ -17,7 +18,8 @@ Conventions every subclass follows:
   shards (DTensor locals) work unchanged.
 * Parameters whose ``.grad`` is None are skipped: not updated, no weight decay.
 * ``diagnostics()`` returns (and clears) the figures computed since the last call; they are
-  computed every ``diagnostics_every`` steps (0: never) so a normal step stays lean.
+  computed inside ``step`` every ``diagnostics_every`` steps (0: never), from the step's own
+  scratch chunks, so the other steps pay nothing.
 """
 
 from __future__ import annotations
@@ -33,12 +35,19 @@ from soulcli.errors import UserError
 
 CPU_CHUNK_NUMEL = 1 << 18
 ACCELERATOR_CHUNK_NUMEL = 1 << 24
+# win rate / update norm on one step in twenty: the counting passes cost about half a step
+DIAGNOSTICS_EVERY = 20
 
 
 def local_tensor(t: Tensor) -> Tensor:
     """The local shard of a DTensor (FSDP2), or the tensor itself."""
     to_local = getattr(t, "to_local", None)
     return to_local() if callable(to_local) else t
+
+
+def fused_supported(device: torch.device) -> bool:
+    """Whether torch has fused optimizer kernels for this device."""
+    return device.type in ("cpu", "cuda")
 
 
 def check_positive(owner: str, **values: float) -> None:
@@ -62,44 +71,38 @@ def check_betas(owner: str, betas: Sequence[float], count: int = 2) -> tuple[flo
 
 @dataclass(frozen=True)
 class Segment:
-    """Elements ``start:stop`` of parameter ``index`` of a bank (``whole``: the unflattened tensor)."""
+    """Parameter ``index`` of a bank, whole (``part`` None) or the flat elements ``part``."""
 
     index: int
-    start: int
-    stop: int
-    whole: bool
+    part: slice | None
 
 
 class Chunk:
     """A run of segments that is contiguous in the bank's flat buffers.
 
     ``params``, ``segs[name]`` and ``scratch_segs`` are the segments' pieces of the parameters,
-    of each state buffer and of the scratch buffer; ``flat[name]`` and ``scratch`` the whole run.
+    of each state buffer and of the scratch buffer (shaped like the parameter when whole, flat
+    when a piece); ``flat[name]`` and ``scratch`` are the whole run, flat.
     """
 
-    __slots__ = ("segments", "lo", "hi", "params", "flat", "segs", "scratch", "scratch_segs")
+    __slots__ = ("segments", "params", "flat", "segs", "scratch", "scratch_segs")
 
     def __init__(self, bank: "Bank", segments: list[Segment]) -> None:
-        self.segments = segments
-        self.lo = bank.offsets[segments[0].index] + segments[0].start
-        self.hi = bank.offsets[segments[-1].index] + segments[-1].stop
-        self.params = [bank.piece(bank.flat_params, s) for s in segments]
-        self.flat = {name: buf[self.lo:self.hi] for name, buf in bank.buffers.items()}
-        self.segs = {name: [bank.piece(bank.flat_views[name], s) for s in segments]
+        self.segments = [(s.index, s.part) for s in segments]
+        spans = [bank.span(s) for s in segments]
+        lo, hi = spans[0][0], spans[-1][1]
+        self.params = [bank.piece(bank.local_params, s) for s in segments]
+        self.flat = {name: buf[lo:hi] for name, buf in bank.buffers.items()}
+        self.segs = {name: [bank.piece(bank.views[name], s) for s in segments]
                      for name in bank.buffers}
-        self.scratch = bank.scratch[: self.hi - self.lo]
-        self.scratch_segs = [
-            _shape_like(self.scratch[bank.offsets[s.index] + s.start - self.lo:
-                                     bank.offsets[s.index] + s.stop - self.lo], bank, s)
-            for s in segments
-        ]
+        self.scratch = bank.scratch[: hi - lo]
+        self.scratch_segs = [self.scratch[a - lo:b - lo] if s.part else
+                             self.scratch[a - lo:b - lo].view(bank.shapes[s.index])
+                             for s, (a, b) in zip(segments, spans)]
 
-    def grads(self, bank: "Bank", grads: Sequence[Tensor | None]) -> list[Tensor]:
-        return [bank.piece(grads, s) for s in self.segments]
-
-
-def _shape_like(flat: Tensor, bank: "Bank", s: Segment) -> Tensor:
-    return flat.view(bank.shapes[s.index]) if s.whole else flat
+    def grads(self, grads: Sequence[Tensor | None]) -> list[Tensor]:
+        return [grads[i] if part is None else grads[i].reshape(-1)[part]  # type: ignore[union-attr]
+                for i, part in self.segments]
 
 
 class Bank:
@@ -109,41 +112,50 @@ class Bank:
                  chunk_numel: int, fill: dict[str, float] | None = None, role: str = "") -> None:
         self.params = params
         self.role = role
-        locals_ = [local_tensor(p) for p in params]
-        self.distributed = any(t is not p for t, p in zip(locals_, params))
-        self.shapes = [t.shape for t in locals_]
-        self.numels = [t.numel() for t in locals_]
-        # a contiguous parameter can be cut into flat pieces; any other is used whole
-        self.contiguous = [t.is_contiguous() for t in locals_]
-        self.flat_params = [t.view(-1) if c else t for t, c in zip(locals_, self.contiguous)]
+        self.local_params = [local_tensor(p) for p in params]
+        self.distributed = any(t is not p for t, p in zip(self.local_params, params))
+        self.shapes = [t.shape for t in self.local_params]
+        self.numels = [t.numel() for t in self.local_params]
+        # a contiguous parameter larger than a chunk is cut into flat pieces
+        self.contiguous = [t.is_contiguous() for t in self.local_params]
+        device = self.local_params[0].device
+        self.all_fp32 = all(t.dtype == torch.float32 for t in self.local_params)
+        # torch's fused SGD kernel can apply decay and update in one pass on these
+        self.fusable = hasattr(torch, "_fused_sgd_") and fused_supported(device) and self.all_fp32
         self.offsets = [0]
         for n in self.numels:
             self.offsets.append(self.offsets[-1] + n)
         total = self.offsets[-1]
-        device = locals_[0].device
         self.buffers: dict[str, Tensor] = {}
-        self.flat_views: dict[str, list[Tensor]] = {}
+        self.views: dict[str, list[Tensor]] = {}
         for name in names:
             buf = torch.full((total,), (fill or {}).get(name, 0.0), dtype=torch.float32,
                              device=device)
-            views = [buf[self.offsets[i]:self.offsets[i + 1]] for i in range(len(params))]
-            for i, state in enumerate(states):
+            views = [buf[self.offsets[i]:self.offsets[i + 1]].view(self.shapes[i])
+                     for i in range(len(params))]
+            for view, state in zip(views, states):
                 old = state.get(name)
                 if isinstance(old, Tensor):
-                    views[i].copy_(local_tensor(old).reshape(-1))
-                state[name] = views[i].view(self.shapes[i])
+                    view.copy_(local_tensor(old).reshape(view.shape))
+                state[name] = view
             self.buffers[name] = buf
-            self.flat_views[name] = [v if c else v.view(s) for v, c, s
-                                     in zip(views, self.contiguous, self.shapes)]
+            self.views[name] = views
         self.chunk_numel = chunk_numel
         self.scratch = torch.empty(min(total, chunk_numel) if total else 0,
                                    dtype=torch.float32, device=device)
         self._plan_key: tuple[int, ...] | None = None
         self._plan: list[Chunk] = []
 
-    def piece(self, tensors: Sequence[Any], s: Segment) -> Tensor:
+    def span(self, s: Segment) -> tuple[int, int]:
+        """The segment's range in the flat buffers."""
+        base = self.offsets[s.index]
+        if s.part is None:
+            return base, self.offsets[s.index + 1]
+        return base + s.part.start, base + s.part.stop
+
+    def piece(self, tensors: Sequence[Tensor], s: Segment) -> Tensor:
         t = tensors[s.index]
-        return t if s.whole else t[s.start:s.stop]
+        return t if s.part is None else t.view(-1)[s.part]
 
     def plan(self, present: tuple[int, ...]) -> list[Chunk]:
         """Chunks covering the present parameters, cached for the common all-present case."""
@@ -157,19 +169,17 @@ class Bank:
         for i in present:
             n = self.numels[i]
             if not self.contiguous[i] or n <= limit:
-                pieces.append(Segment(i, 0, n, not self.contiguous[i]))
+                pieces.append(Segment(i, None))
                 continue
-            k = math.ceil(n / limit)
-            step = math.ceil(n / k)
-            pieces.extend(Segment(i, a, min(n, a + step), False) for a in range(0, n, step))
+            step = math.ceil(n / math.ceil(n / limit))
+            pieces.extend(Segment(i, slice(a, min(n, a + step))) for a in range(0, n, step))
         chunks: list[Chunk] = []
         run: list[Segment] = []
         for seg in pieces:
             if run:
-                end = self.offsets[run[-1].index] + run[-1].stop
-                start = self.offsets[seg.index] + seg.start
-                size = self.offsets[seg.index] + seg.stop - (self.offsets[run[0].index] + run[0].start)
-                if start != end or size > limit:
+                lo, end = self.span(run[0])[0], self.span(run[-1])[1]
+                start, stop = self.span(seg)
+                if start != end or stop - lo > limit:
                     chunks.append(Chunk(self, run))
                     run = []
             run.append(seg)
@@ -190,7 +200,7 @@ class FlatStateOptimizer(torch.optim.Optimizer):
     default_curvature: ClassVar[str | None] = None
 
     def __init__(self, params: Iterable[Any], defaults: dict[str, Any],
-                 diagnostics_every: int = 10) -> None:
+                 diagnostics_every: int = DIAGNOSTICS_EVERY) -> None:
         if int(diagnostics_every) < 0:
             raise UserError(f"{type(self).__name__}: diagnostics_every must be >= 0, "
                             f"got {diagnostics_every}")
@@ -249,7 +259,7 @@ class FlatStateOptimizer(torch.optim.Optimizer):
         """``state[name] <- beta * state[name] + (1 - beta) * g`` for the present parameters,
         one foreach call over whole tensors (a two-input in-place op gains nothing from chunks)."""
         present = [i for i, g in enumerate(grads) if g is not None]
-        views = bank.flat_views[name]
+        views = bank.views[name]
         torch._foreach_lerp_([views[i] for i in present], [grads[i] for i in present], 1 - beta)
 
     def _diagnostics_due(self) -> bool:
@@ -312,13 +322,31 @@ class FlatStateOptimizer(torch.optim.Optimizer):
                 if isinstance(value, Tensor) and value.is_floating_point() and name != "step":
                     self.state[p][name] = value.to(device=local_tensor(p).device,
                                                    dtype=torch.float32)
-        self._banks = {}
+        self._banks, self._members = {}, {}
+
+
+def decay_and_add(bank: Bank, params: list[Tensor], deltas: list[Tensor], alpha: float,
+                  lr_wd: float) -> None:
+    """``p <- p * (1 - lr_wd) + alpha * delta``: decoupled weight decay and the update.
+
+    With decay, torch's fused SGD kernel does both in one pass (``p - lr * (d + wd * p)`` with
+    ``lr = -alpha`` and ``wd = lr_wd / lr`` is the same step); otherwise two foreach passes.
+    """
+    if not lr_wd:
+        torch._foreach_add_(params, deltas, alpha=alpha)
+    elif bank.fusable and alpha < 0:
+        torch._fused_sgd_(params, deltas, [], weight_decay=lr_wd / -alpha, momentum=0.0,
+                          lr=-alpha, dampening=0.0, nesterov=False, maximize=False,
+                          is_first_step=False)
+    else:
+        torch._foreach_mul_(params, 1 - lr_wd)
+        torch._foreach_add_(params, deltas, alpha=alpha)
 
 
 def bank_grads(bank: Bank) -> list[Tensor | None]:
-    """fp32 local gradients of a bank's parameters, flattened like ``bank.flat_params``."""
+    """fp32 local gradients of a bank's parameters (None where a parameter has none)."""
     out: list[Tensor | None] = []
-    for p, contiguous in zip(bank.params, bank.contiguous):
+    for p in bank.params:
         g = p.grad
         if g is None:
             out.append(None)
@@ -328,9 +356,7 @@ def bank_grads(bank: Bank) -> list[Tensor | None]:
         if g.layout != torch.strided:
             raise UserError("soulcli optimizers do not support sparse gradients; "
                             "build the embedding with sparse=False")
-        if g.dtype != torch.float32:
-            g = g.float()
-        out.append(g.reshape(-1) if contiguous else g)
+        out.append(g if g.dtype == torch.float32 else g.float())
     return out
 
 
@@ -350,12 +376,6 @@ def param_list(optimizer: torch.optim.Optimizer) -> list[Tensor]:
     return [p for g in optimizer.param_groups for p in g["params"]]
 
 
-def update_norm_by_difference(before: list[Tensor], after: list[Tensor]) -> Tensor:
-    """Squared norm of ``after - before`` (used where the step's own update is not at hand)."""
-    diffs = torch._foreach_sub([a.float() for a in after], [b.float() for b in before])
-    return torch.stack([d.pow(2).sum() for d in diffs]).sum()
-
-
 class SecondOrderOptimizer(FlatStateOptimizer):
     """A flat-state optimizer fed by a curvature estimator through ``update_hessian``.
 
@@ -370,8 +390,10 @@ class SecondOrderOptimizer(FlatStateOptimizer):
     param group and used by later steps (``step(bs=...)`` overrides and records it too).
     """
 
+    curvature_state: ClassVar[str] = "hessian"
+
     def __init__(self, params: Iterable[Any], defaults: dict[str, Any],
-                 diagnostics_every: int = 10) -> None:
+                 diagnostics_every: int = DIAGNOSTICS_EVERY) -> None:
         super().__init__(params, dict(defaults, hessian_step=0), diagnostics_every)
 
     @torch.no_grad()
@@ -417,16 +439,17 @@ class SecondOrderOptimizer(FlatStateOptimizer):
                 estimates = [local_tensor(source[id(bank.params[i])]).to(torch.float32)
                              .reshape(bank.shapes[i]) for i in present]
                 self._absorb(group, bank, present, estimates, squared)
-            norms.extend(torch.linalg.vector_norm(b.buffers[self.curvature_state]).square()
-                         for b in self._banks.get(index, []))
+            norms.extend(self._curvature_sq(b) for b in self._banks.get(index, []))
         if norms:
             self._pending["hessian_norm"] = math.sqrt(float(torch.stack(norms).sum()))
-
-    curvature_state: ClassVar[str] = "hessian"
 
     def _absorb(self, group: dict, bank: Bank, present: list[int], estimates: list[Tensor],
                 squared: bool) -> None:
         raise NotImplementedError
+
+    def _curvature_sq(self, bank: Bank) -> Tensor:
+        """The bank's share of ``hessian_norm ** 2``."""
+        return torch.linalg.vector_norm(bank.buffers[self.curvature_state]).square()
 
     def _ema_views(self, bank: Bank, present: list[int], name: str, beta: float) -> list[Tensor]:
         """The present parameters' views of state ``name``, already multiplied by ``beta``."""
@@ -454,20 +477,26 @@ def on_fp32(params: list[Tensor], fn: Any) -> None:
 class TorchKernelOptimizer(FlatStateOptimizer):
     """A flat-state optimizer whose arithmetic is one of torch's functional kernels.
 
-    Subclasses implement ``_kernel(group, bank, present, params, grads)`` on full tensors;
-    this class supplies fp32 working copies for low-precision parameters and measures the
-    update norm by difference on diagnostic steps.
+    Subclasses implement ``_kernel(group, bank, present, params, grads)`` on whole tensors. An
+    all-fp32 bank is stepped in one kernel call; otherwise (and on diagnostic steps, to measure
+    the update by difference) one tensor at a time, so temporaries stay one tensor large.
     """
 
     def _step_bank(self, group: dict, bank: Bank, chunks: list[Chunk],
                    grads: list[Tensor | None], sums: dict[str, list[Tensor]] | None) -> None:
         present = [i for i, g in enumerate(grads) if g is not None]
-        params = [local_tensor(bank.params[i]) for i in present]
-        shaped = [grads[i].view(bank.shapes[i]) for i in present]  # type: ignore[union-attr]
-        before = [p.detach().clone() for p in params] if sums is not None else None
-        on_fp32(params, lambda work: self._kernel(group, bank, present, work, shaped))
-        if before is not None:
-            sums.setdefault("update_sq", []).append(update_norm_by_difference(before, params))
+        if sums is None and bank.all_fp32:
+            self._kernel(group, bank, present, [bank.local_params[i] for i in present],
+                         [grads[i] for i in present])  # type: ignore[misc]
+            return
+        for i in present:
+            p = bank.local_params[i]
+            before = p.detach().float() if sums is not None else None
+            if before is not None and before is p:
+                before = before.clone()
+            on_fp32([p], lambda work: self._kernel(group, bank, [i], work, [grads[i]]))
+            if before is not None:
+                sums.setdefault("update_sq", []).append((p.float() - before).square().sum())
 
     def _kernel(self, group: dict, bank: Bank, present: list[int], params: list[Tensor],
                 grads: list[Tensor]) -> None:
@@ -475,7 +504,3 @@ class TorchKernelOptimizer(FlatStateOptimizer):
 
     def _views(self, bank: Bank, present: list[int], name: str) -> list[Tensor]:
         return [self.state[bank.params[i]][name] for i in present]
-
-
-def fused_supported(device: torch.device) -> bool:
-    return device.type in ("cpu", "cuda")

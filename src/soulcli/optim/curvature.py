@@ -123,7 +123,8 @@ class RandomEstimator:
         return self._generators[key]
 
     def state_dict(self) -> dict[str, Any]:
-        return {"seed": self.seed, "generators": {k: g.get_state() for k, g in self._generators.items()}}
+        generators = {key: g.get_state() for key, g in self._generators.items()}
+        return {"seed": self.seed, "generators": generators}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.seed = int(state["seed"])
@@ -149,6 +150,8 @@ class GaussNewtonBartlett(RandomEstimator):
         """One draw: the sampled-label gradient aligned with ``params`` and its token count."""
         device = next(iter(trainable(params) or params)).device
         loss, count = self.sampled_loss(model, batch, self.generator(device))
+        if count == 0:  # no answer token to sample: no curvature information
+            return [None] * len(params), 0
         live = trainable(params)
         grads = torch.autograd.grad(loss, live, allow_unused=True)
         return align(params, {id(p): g for p, g in zip(live, grads) if g is not None}), int(count)

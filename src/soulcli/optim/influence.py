@@ -106,12 +106,15 @@ def _diag_fisher(model: torch.nn.Module, batches: list[Batch], params: list[Tens
 
 def _sample_grads(model: torch.nn.Module, batches: list[Batch], params: list[Tensor],
                   limit: int) -> Tensor:
+    """Per-example gradients of the true-label loss (the empirical Fisher's factors), ``[n, d]``."""
     rows = []
     for batch in batches:
-        for i in range(batch["input_ids"].shape[0]):
+        size = batch["input_ids"].shape[0]
+        for i in range(size):
             if len(rows) == limit:
                 break
-            one = {k: v[i:i + 1] for k, v in batch.items()}
+            one = {k: v[i:i + 1] if torch.is_tensor(v) and v.ndim and v.shape[0] == size else v
+                   for k, v in batch.items()}
             if answer_tokens(one) == 0:
                 continue
             rows.append(_flat(_grad(lm_true_loss(model, one), params), params))

@@ -13,7 +13,14 @@ from typing import Any, Iterable, Sequence
 import torch
 from torch import Tensor
 
-from soulcli.optim.base import Bank, Chunk, FlatStateOptimizer, check_betas, check_nonnegative
+from soulcli.optim.base import (
+    DIAGNOSTICS_EVERY,
+    Bank,
+    Chunk,
+    FlatStateOptimizer,
+    check_betas,
+    check_nonnegative,
+)
 from soulcli.optim.signum import signed_step
 
 
@@ -25,7 +32,7 @@ class Lion(FlatStateOptimizer):
 
     def __init__(self, params: Iterable[Any], lr: float = 1e-4,
                  betas: Sequence[float] = (0.9, 0.99), weight_decay: float = 0.0, *,
-                 diagnostics_every: int = 10) -> None:
+                 diagnostics_every: int = DIAGNOSTICS_EVERY) -> None:
         check_nonnegative("Lion", lr=lr, weight_decay=weight_decay)
         super().__init__(params, dict(lr=lr, betas=check_betas("Lion", betas),
                                       weight_decay=weight_decay), diagnostics_every)
@@ -34,8 +41,8 @@ class Lion(FlatStateOptimizer):
                    grads: list[Tensor | None], sums: dict[str, list[Tensor]] | None) -> None:
         beta1, beta2 = group["betas"]
         for chunk in chunks:
-            g = chunk.grads(bank, grads)
+            g = chunk.grads(grads)
             chunk.scratch.copy_(chunk.flat["exp_avg"])
             torch._foreach_lerp_(chunk.scratch_segs, g, 1 - beta1)
-            signed_step(group, chunk, chunk.scratch, sums)
+            signed_step(group, bank, chunk, chunk.scratch, sums)
             torch._foreach_lerp_(chunk.segs["exp_avg"], g, 1 - beta2)

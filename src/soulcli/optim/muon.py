@@ -28,6 +28,7 @@ from torch import Tensor
 from soulcli.errors import UserError
 from soulcli.optim.adamw import adamw_kernel
 from soulcli.optim.base import (
+    DIAGNOSTICS_EVERY,
     Bank,
     TorchKernelOptimizer,
     check_betas,
@@ -68,7 +69,7 @@ class Muon(TorchKernelOptimizer):
                  momentum: float = 0.95, nesterov: bool = True, ns_steps: int = 5,
                  adjust_lr_fn: str = "match_rms_adamw",
                  adamw_betas: Sequence[float] = (0.9, 0.95), adamw_eps: float = 1e-8,
-                 diagnostics_every: int = 10) -> None:
+                 diagnostics_every: int = DIAGNOSTICS_EVERY) -> None:
         if not hasattr(torch.optim, "Muon"):
             raise UserError("optimizer 'muon' needs a torch with torch.optim.Muon")
         check_nonnegative("Muon", lr=lr, weight_decay=weight_decay)

@@ -14,7 +14,13 @@ from torch import Tensor
 from torch.optim.sgd import sgd as torch_sgd
 
 from soulcli.errors import UserError
-from soulcli.optim.base import Bank, TorchKernelOptimizer, check_nonnegative, fused_supported
+from soulcli.optim.base import (
+    DIAGNOSTICS_EVERY,
+    Bank,
+    TorchKernelOptimizer,
+    check_nonnegative,
+    fused_supported,
+)
 
 
 class SGD(TorchKernelOptimizer):
@@ -24,7 +30,7 @@ class SGD(TorchKernelOptimizer):
 
     def __init__(self, params: Iterable[Any], lr: float = 1e-2, weight_decay: float = 0.0, *,
                  momentum: float = 0.9, nesterov: bool = False,
-                 diagnostics_every: int = 10) -> None:
+                 diagnostics_every: int = DIAGNOSTICS_EVERY) -> None:
         check_nonnegative("SGD", lr=lr, weight_decay=weight_decay, momentum=momentum)
         if nesterov and momentum <= 0:
             raise UserError("SGD: nesterov needs momentum > 0")

@@ -15,17 +15,23 @@ from typing import Any, Iterable
 import torch
 from torch import Tensor
 
-from soulcli.optim.base import Bank, Chunk, FlatStateOptimizer, check_betas, check_nonnegative
+from soulcli.optim.base import (
+    DIAGNOSTICS_EVERY,
+    Bank,
+    Chunk,
+    FlatStateOptimizer,
+    check_betas,
+    check_nonnegative,
+    decay_and_add,
+)
 
 
-def signed_step(group: dict, chunk: Chunk, direction: Tensor,
+def signed_step(group: dict, bank: Bank, chunk: Chunk, direction: Tensor,
                 sums: dict[str, list[Tensor]] | None) -> None:
-    """``p <- p * (1 - lr * wd) - lr * sign(direction)``, with ``direction`` the chunk's scratch."""
+    """``p <- p * (1 - lr * wd) - lr * sign(direction)`` (the sign goes to the chunk's scratch)."""
     lr, wd = group["lr"], group["weight_decay"]
-    direction.sign_()
-    if wd:
-        torch._foreach_mul_(chunk.params, 1 - lr * wd)
-    torch._foreach_add_(chunk.params, chunk.scratch_segs, alpha=-lr)
+    direction = torch.sign(direction, out=chunk.scratch)
+    decay_and_add(bank, chunk.params, chunk.scratch_segs, -lr, lr * wd)
     if sums is not None:
         sums.setdefault("update_sq", []).append(torch.dot(direction, direction) * lr**2)
 
@@ -36,7 +42,7 @@ class Signum(FlatStateOptimizer):
     state_names = ("exp_avg",)
 
     def __init__(self, params: Iterable[Any], lr: float = 1e-4, weight_decay: float = 0.0, *,
-                 momentum: float = 0.9, diagnostics_every: int = 10) -> None:
+                 momentum: float = 0.9, diagnostics_every: int = DIAGNOSTICS_EVERY) -> None:
         check_nonnegative("Signum", lr=lr, weight_decay=weight_decay)
         check_betas("Signum", [momentum], count=1)
         super().__init__(params, dict(lr=lr, weight_decay=weight_decay, momentum=momentum),
@@ -46,5 +52,4 @@ class Signum(FlatStateOptimizer):
                    grads: list[Tensor | None], sums: dict[str, list[Tensor]] | None) -> None:
         self._ema_grads(bank, grads, "exp_avg", group["momentum"])
         for chunk in chunks:
-            chunk.scratch.copy_(chunk.flat["exp_avg"])
-            signed_step(group, chunk, chunk.scratch, sums)
+            signed_step(group, bank, chunk, chunk.flat["exp_avg"], sums)

@@ -25,16 +25,17 @@ Otherwise it moves by ``lr * sign(m)``, exactly Signum's step. So:
 * ``bs`` must be the token count the curvature batch averaged over: passing sequences instead
   of tokens (or a summed loss instead of a mean, which scales h by bs**2) shifts the
   denominator by that factor, which is the same as using the wrong rho;
-* the curvature of an unlearning objective is small next to its gradient (gradient ascent
-  on a memorised answer has large |m| and a flat sampled-label Fisher), so the authors'
-  pre-training rho=0.04 clips almost everything: on a 4M-parameter Llama, GNB every 5 steps
-  with bs=146 answer tokens gave a mean win rate of 0.0005 at rho=0.04, 0.13 at rho=10 and
-  0.33 at rho=100. The authors tune rho so the win rate sits in 0.1-0.5;
-  :func:`win_rate_warning` says when it stays near 0.
+* in unlearning the gradient is typically large next to the sampled-label curvature
+  (gradient ascent pushes a memorised answer whose predictions are confident, so the Fisher
+  is small), so the authors' pre-training rho=0.04 clips almost everything: on a
+  4M-parameter Llama, GNB every 5 steps with bs=146 answer tokens gave a mean win rate of
+  0.0005 at rho=0.04, 0.13 at rho=10 and 0.33 at rho=100. The authors tune rho so the
+  win rate sits in 0.1-0.5; :func:`win_rate_warning` says when it stays near 0.
 
 SophiaH is the same update with Hutchinson's ``u * (H u)`` as the curvature sample (its
 scale is already the Hessian of the mean loss, so ``bs = 1``) and ``max(h, 0)`` in the
-denominator, since Hutchinson samples can be negative.
+denominator, since Hutchinson samples can be negative. SophiaG takes only squared-gradient
+samples (GNB, empirical Fisher), whose EMA is never negative.
 
 Implementation notes
 --------------------
@@ -63,13 +64,16 @@ from typing import Any, Iterable, Sequence
 import torch
 from torch import Tensor
 
+from soulcli.errors import UserError
 from soulcli.optim.base import (
+    DIAGNOSTICS_EVERY,
     Bank,
     Chunk,
     SecondOrderOptimizer,
     check_betas,
     check_nonnegative,
     check_positive,
+    decay_and_add,
 )
 
 WIN_RATE_TARGET = (0.1, 0.5)
@@ -79,11 +83,12 @@ class SophiaG(SecondOrderOptimizer):
     """SophiaG (Liu et al. 2024, Algorithm 3), usable like the authors' class.
 
     Defaults are the authors': ``lr=1e-4, betas=(0.965, 0.99), rho=0.04, weight_decay=0.1``,
-    ``eps=1e-15``, ``bs=5120`` (their GPT-2 token batch; replaced by the token count each
-    ``update_hessian(bs=...)`` records). ``bias_correction=True`` divides m by ``1 - b1**t``
-    (the reference does not). Diagnostics every ``diagnostics_every`` steps: ``win_rate``
-    (fraction of coordinates not clipped), ``update_norm`` (norm of the clipped step, without
-    weight decay); ``hessian_norm`` after every ``update_hessian``.
+    ``eps=1e-15``, ``bs=5120`` (the default of the authors' ``step``; replaced by the token
+    count each ``update_hessian(bs=...)`` or ``step(bs=...)`` records).
+    ``bias_correction=True`` divides m by ``1 - b1**t`` (the reference does not).
+    Diagnostics every ``diagnostics_every`` steps (20): ``win_rate`` (fraction of coordinates
+    not clipped) and ``update_norm`` (norm of the clipped step, without weight decay);
+    ``hessian_norm`` after every ``update_hessian``.
 
     Usage, as in the authors' training loop::
 
@@ -100,7 +105,8 @@ class SophiaG(SecondOrderOptimizer):
     def __init__(self, params: Iterable[Any], lr: float = 1e-4,
                  betas: Sequence[float] = (0.965, 0.99), rho: float = 0.04,
                  weight_decay: float = 1e-1, *, bs: int = 5120, eps: float = 1e-15,
-                 bias_correction: bool = False, diagnostics_every: int = 10) -> None:
+                 bias_correction: bool = False,
+                 diagnostics_every: int = DIAGNOSTICS_EVERY) -> None:
         name = type(self).__name__
         check_positive(name, rho=rho, bs=bs, eps=eps)
         check_nonnegative(name, lr=lr, weight_decay=weight_decay)
@@ -123,7 +129,7 @@ class SophiaG(SecondOrderOptimizer):
         """``scaled_exp_avg`` <- m (before the denominator changes)."""
         if index in self._as_momentum:
             return
-        for bank in self._banks.get(index, []):
+        for bank in self._group_banks(index):
             q = bank.buffers["scaled_exp_avg"]
             q.mul_(self._denominator(group, bank.buffers["hessian"])).mul_(group["momentum_scale"])
         group["momentum_scale"] = 1.0
@@ -131,7 +137,7 @@ class SophiaG(SecondOrderOptimizer):
 
     def _from_momentum(self, index: int, group: dict) -> None:
         """``scaled_exp_avg`` <- m / d (after the denominator changed)."""
-        for bank in self._banks.get(index, []):
+        for bank in self._group_banks(index):
             bank.buffers["scaled_exp_avg"].div_(self._denominator(group, bank.buffers["hessian"]))
         self._as_momentum.discard(index)
 
@@ -144,7 +150,7 @@ class SophiaG(SecondOrderOptimizer):
         converting = index not in self._as_momentum
         if converting:
             self._to_momentum(index, group)
-        for bank in self._banks.get(index, []):
+        for bank in self._group_banks(index):
             bank.buffers["hessian"].add_(want - have)
         group["hessian_floor"] = want
         if converting:
@@ -153,6 +159,9 @@ class SophiaG(SecondOrderOptimizer):
     @torch.no_grad()
     def update_hessian(self, bs: int | None = None, *, grads: Sequence[Tensor | None] | None = None,
                        diagonal: Sequence[Tensor | None] | None = None) -> None:
+        if diagonal is not None and not self.relu_hessian:
+            raise UserError("sophiag takes squared-gradient curvature (gnb or empirical_fisher); "
+                            "for hutchinson samples, which can be negative, use sophiah")
         for index, group in enumerate(self.param_groups):
             self._to_momentum(index, group)
         try:
@@ -201,7 +210,7 @@ class SophiaG(SecondOrderOptimizer):
         if beta1 == 0.0:
             return  # m = g: the step overwrites q and the scale stays 1
         if group["momentum_scale"] * beta1 < self.RESCALE_BELOW:
-            for bank in self._banks.get(index, []):
+            for bank in self._group_banks(index):
                 bank.buffers["scaled_exp_avg"].mul_(group["momentum_scale"])
             group["momentum_scale"] = 1.0
         group["momentum_scale"] *= beta1
@@ -218,8 +227,10 @@ class SophiaG(SecondOrderOptimizer):
         absent = [i for i, g in enumerate(grads) if g is None]
         if absent and beta1 > 0.0:
             # their m must not change while s moves on by b1
-            torch._foreach_div_([bank.flat_views["scaled_exp_avg"][i] for i in absent], beta1)
+            torch._foreach_div_([bank.views["scaled_exp_avg"][i] for i in absent], beta1)
         floor = group["hessian_floor"]
+        squares: list[Tensor] = []
+        clipped: list[Tensor] = []
         for chunk in chunks:
             q, scratch = chunk.segs["scaled_exp_avg"], chunk.scratch
             if beta1 == 0.0:
@@ -229,24 +240,27 @@ class SophiaG(SecondOrderOptimizer):
                 denominators = chunk.scratch_segs
             else:
                 denominators = chunk.segs["hessian"]
-            torch._foreach_addcdiv_(q, chunk.grads(bank, grads), denominators, value=weight)
+            torch._foreach_addcdiv_(q, chunk.grads(grads), denominators, value=weight)
             torch.clamp(chunk.flat["scaled_exp_avg"], -bound, bound, out=scratch)
-            if wd:
-                torch._foreach_mul_(chunk.params, 1 - lr * wd)
-            torch._foreach_add_(chunk.params, chunk.scratch_segs, alpha=-lr / bound)
+            decay_and_add(bank, chunk.params, chunk.scratch_segs, -lr / bound, lr * wd)
             if sums is not None:
-                sums.setdefault("update_sq", []).append(
-                    torch.dot(scratch, scratch) * (lr / bound) ** 2)
-                # after the clamp a clipped coordinate is exactly +-bound, a win is inside
-                sums.setdefault("wins", []).append(
-                    torch.count_nonzero(scratch.abs_().sub_(bound)))
-                sums.setdefault("coords", []).append(torch.tensor(float(scratch.numel())))
+                squares.append(torch.dot(scratch, scratch))
+                # q - clamp(q) is nonzero exactly on the clipped coordinates; counted as the
+                # squared norm of its sign (a dot product is the cheapest reduction on CPU)
+                torch.sub(chunk.flat["scaled_exp_avg"], scratch, out=scratch)
+                torch.sign(scratch, out=scratch)
+                clipped.append(torch.dot(scratch, scratch))
+        if sums is not None:
+            sums.setdefault("update_sq", []).append(torch.stack(squares).sum() * (lr / bound) ** 2)
+            sums.setdefault("clipped", []).append(torch.stack(clipped).sum())
+            sums.setdefault("coords", []).append(
+                torch.tensor(float(sum(c.scratch.numel() for c in chunks))))
 
     def _finish_diagnostics(self, sums: dict[str, list[Tensor]]) -> dict[str, float]:
         out = super()._finish_diagnostics(sums)
         if sums.get("coords"):
-            wins = float(torch.stack([w.float().cpu() for w in sums["wins"]]).sum())
-            out["win_rate"] = wins / float(torch.stack(sums["coords"]).sum())
+            clipped = float(torch.stack([c.float().cpu() for c in sums["clipped"]]).sum())
+            out["win_rate"] = 1.0 - clipped / float(torch.stack(sums["coords"]).sum())
         return out
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -281,5 +295,5 @@ def win_rate_warning(win_rates: Sequence[float], *, threshold: float = 0.02, win
     low, high = WIN_RATE_TARGET
     return (f"Sophia's win rate averaged {mean:.4f} over the last {window} readings: almost "
             f"every coordinate is clipped, so each step is a Signum step (lr * sign of the "
-            f"momentum); raise optimizer.args.rho{now} until the win rate sits in {low}-{high}, the "
-            f"range the Sophia authors tune it to")
+            f"momentum); raise optimizer.args.rho{now} until the win rate sits in "
+            f"{low}-{high}, the range the Sophia authors tune it to")
