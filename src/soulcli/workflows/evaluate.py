@@ -10,7 +10,6 @@ from typing import Any
 import torch
 
 from soulcli.engine.progress import Reporter
-from soulcli.data.io import atomic_dir
 from soulcli.engine.rundir import versions, write_json
 from soulcli.errors import UserError
 from soulcli.recipe import Recipe, load_recipe, recipe_to_dict

@@ -17,7 +17,7 @@ from soulcli.engine.loop import make_scheduler, train_loop
 from soulcli.engine.progress import Reporter
 from soulcli.data.io import atomic_dir
 from soulcli.engine.rundir import JsonlWriter, versions, write_json
-from soulcli.engine.sampling import StepPlan, plan_unlearning
+from soulcli.engine.sampling import plan_unlearning
 from soulcli.errors import UserError
 from soulcli.recipe import Recipe, dump_recipe
 from soulcli.workflows import common
@@ -127,7 +127,6 @@ def unlearn_model(recipe: Recipe, model, tokenizer, data_dir: Path, reporter: Re
 
         retain_batches = [b.retain for b in batches if b.retain is not None][: u.influence.retain_batches]
         if not retain_batches:  # objectives without a retain term still need retain curvature
-            from soulcli.objectives.base import UnlearnBatch  # noqa: F401
             enc = encode_qa_batch(tokenizer, common.template_of(recipe), [r["question"] for r in retain_rows],
                                   [r["answer"] for r in retain_rows], recipe.data.max_length)
             bs = u.retain_batch_size or u.batch_size
@@ -185,16 +184,12 @@ def unlearn_model(recipe: Recipe, model, tokenizer, data_dir: Path, reporter: Re
             "tokens_per_second": result.tokens / max(result.seconds, 1e-9)}
 
 
-def win_rate_warning(rows: list[dict]) -> str | None:
+def run_win_rate_warning(rows: list[dict], rho: float | None) -> str | None:
+    """Sophia's warning (soulcli.optim.win_rate_warning) over the win rates a run logged."""
+    from soulcli.optim import win_rate_warning
+
     rates = [r["win_rate"] for r in rows if "win_rate" in r]
-    if not rates:
-        return None
-    mean = sum(rates) / len(rates)
-    if mean < 0.02:
-        return (f"Sophia's mean win rate was {mean:.4f}: almost every coordinate was clipped, so the "
-                "updates were sign descent (Signum). Raise optimizer.args.rho (the authors keep the "
-                "win rate in 0.1-0.5)")
-    return None
+    return win_rate_warning(rates, window=min(5, len(rates)), rho=rho) if rates else None
 
 
 def run_unlearn(recipe: Recipe, reporter: Reporter, output: Path | None = None) -> dict[str, Any] | None:
@@ -226,7 +221,7 @@ def run_unlearn(recipe: Recipe, reporter: Reporter, output: Path | None = None) 
                                    on_row=writer, dist_ctx=dist_ctx)
         finally:
             writer.close()
-        warning = win_rate_warning(record["rows"])
+        warning = run_win_rate_warning(record["rows"], recipe.optimizer.args.get("rho"))
         if warning:
             reporter.info(f"[yellow]warning:[/] {warning}")
         export_model(model, tokenizer, tmp / "model")
