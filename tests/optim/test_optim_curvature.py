@@ -150,3 +150,78 @@ def test_unknown_estimators_and_options_are_user_errors():
         build_curvature("hutchinsn")
     with pytest.raises(UserError, match="unknown option 'n_sample'.*did you mean 'n_samples'"):
         build_curvature("hutchinson", n_sample=2)
+
+
+def test_gnb_from_shared_logits_is_the_same_draw_as_a_separate_forward(tiny):
+    """Logits the objective computed are reused; a part without them is forwarded; the sample
+    equals the one a separate forward on the concatenated batch draws with the same seed."""
+    from soulcli.objectives.logprobs import forward_logits
+    from soulcli.workflows.unlearn import concat_batches
+
+    model = tiny.LM()
+    params = list(model.parameters())
+    first, second = tiny.batch(ROWS), tiny.batch([[1, 3, 3, 0], [4, 2]])
+    separate, count = build_curvature("gnb", seed=9).sample(
+        model, concat_batches([first, second], pad_id=0), params)
+    logits = forward_logits(model, first)
+    shared, shared_count = build_curvature("gnb", seed=9).sample_shared(
+        model, [(first, logits), (second, None)], params)
+    assert count == shared_count == 7 + 4
+    for a, b in zip(separate, shared):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+    # the objective's graph survives the curvature sample: its own backward still runs
+    logits.sum().backward()
+    assert model.head.grad is not None
+
+
+def test_the_engine_takes_gnb_from_the_objectives_forward(tiny):
+    """train_loop on a GNB step: the objective's two forwards serve the curvature too (no
+    third forward), and the Hessian EMA matches the separate-forward path to float rounding."""
+    from rich.console import Console
+
+    from soulcli.engine.loop import train_loop
+    from soulcli.engine.progress import Reporter
+    from soulcli.objectives.logprobs import forward_logits, mean_answer_nll
+    from soulcli.workflows.unlearn import concat_batches
+
+    parts = [tiny.batch(ROWS), tiny.batch([[1, 3, 3, 0], [4, 2]])]
+    results = {}
+    for mode in ("shared", "separate"):
+        model = tiny.LM()
+        calls = []
+        forward = model.forward
+        model.forward = lambda **kw: (calls.append(1), forward(**kw))[1]  # type: ignore[method-assign]
+        opt = SophiaG(model.parameters(), lr=0.01, rho=1.0)
+
+        def compute_loss(step: int):
+            loss = sum(mean_answer_nll(forward_logits(model, p), p["labels"]) for p in parts)
+            return loss, {}, 0
+
+        train_loop(model, opt, 3, compute_loss, reporter=Reporter(Console(quiet=True), quiet=True),
+                   description="t", curvature=build_curvature("gnb", seed=4),
+                   curvature_batch=lambda step: concat_batches(parts, pad_id=0),
+                   curvature_parts=(lambda step: parts) if mode == "shared" else None,
+                   hessian_interval=2)
+        results[mode] = (len(calls), [opt.hessian(p) for p in model.parameters()],
+                         [p.detach().clone() for p in model.parameters()])
+    # 3 steps x 2 objective forwards, plus one curvature forward on steps 0 and 2 when separate
+    assert results["shared"][0] == 6 and results["separate"][0] == 8
+    for a, b in zip(results["shared"][1] + results["shared"][2],
+                    results["separate"][1] + results["separate"][2]):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+
+
+def test_categorical_sampling_matches_the_softmax():
+    """Inverse-transform draws: frequencies within 5 standard errors of the probabilities,
+    including a near-zero and a dominant class; every label in range."""
+    from soulcli.optim.curvature import sample_categorical
+
+    logits = torch.tensor([[0.0, 1.0, 2.0, -9.0], [5.0, 0.0, 0.0, 0.0]]).repeat(20000, 1)
+    draws = sample_categorical(logits, torch.Generator().manual_seed(0))
+    assert draws.shape == (40000,) and int(draws.min()) >= 0 and int(draws.max()) <= 3
+    n = 20000
+    for row in range(2):
+        probs = torch.softmax(logits[row].double(), -1)
+        freq = torch.bincount(draws[row::2], minlength=4).double() / n
+        stderr = (probs * (1 - probs) / n).sqrt()
+        assert bool(((freq - probs).abs() <= 5 * stderr + 1e-4).all()), (freq, probs)

@@ -11,6 +11,17 @@ from soulcli.errors import UserError
 from soulcli.optim import Signum, SophiaG, SophiaH, state_bytes, win_rate_warning
 
 
+@pytest.fixture(autouse=True, params=["kernel", "torch"])
+def step_path(request, monkeypatch):
+    """Every test here runs on both step paths: the one-pass CPU kernel and torch's ops."""
+    from soulcli.optim import cpu_kernels
+
+    if request.param == "kernel" and not cpu_kernels.enabled():
+        pytest.skip("numba kernels unavailable")
+    monkeypatch.setenv("SOUL_CPU_KERNELS", "1" if request.param == "kernel" else "0")
+    return request.param
+
+
 def one_param(values, **kw):
     p = torch.nn.Parameter(torch.tensor(values, dtype=torch.float32))
     kw.setdefault("diagnostics_every", 1)
@@ -246,3 +257,57 @@ def test_win_rate_warning():
     message = win_rate_warning([0.2, 0.0005, 0.001, 0.0, 0.0004, 0.0002], rho=0.04)
     assert message is not None
     assert "rho" in message and "0.04" in message and "0.1-0.5" in message and "Signum" in message
+
+
+def test_kernel_and_torch_paths_agree_with_diagnostics_every_step(monkeypatch):
+    """Same run through both paths: parameters, state and diagnostics agree."""
+    from soulcli.optim import cpu_kernels
+
+    if cpu_kernels.numba is None:
+        pytest.skip("numba unavailable")
+    runs = {}
+    for path in ("1", "0"):
+        monkeypatch.setenv("SOUL_CPU_KERNELS", path)
+        torch.manual_seed(5)
+        params = [torch.nn.Parameter(torch.randn(s)) for s in [(33, 17), (5000,), (9,)]]
+        opt = SophiaH(params, lr=0.01, rho=0.2, weight_decay=0.1, diagnostics_every=1)
+        diags = []
+        for t in range(25):
+            if t % 5 == 0:
+                opt.update_hessian(diagonal=[torch.randn_like(p) for p in params])
+            for p in params:
+                p.grad = torch.randn_like(p)
+            opt.step()
+            diags.append(opt.diagnostics())
+        runs[path] = (params, [opt.exp_avg(p) for p in params], diags)
+    for a, b in zip(runs["1"][0] + runs["1"][1], runs["0"][0] + runs["0"][1]):
+        torch.testing.assert_close(a.detach(), b.detach(), rtol=1e-5, atol=1e-6)
+    for da, db in zip(runs["1"][2], runs["0"][2]):
+        assert 0.0 < da["win_rate"] < 1.0
+        assert da["win_rate"] == pytest.approx(db["win_rate"], abs=2 / 5600)
+        assert da["update_norm"] == pytest.approx(db["update_norm"], rel=1e-5)
+
+
+def test_kernel_path_applies_only_to_fp32_contiguous_cpu_tensors(monkeypatch):
+    from soulcli.optim import cpu_kernels
+
+    monkeypatch.setenv("SOUL_CPU_KERNELS", "1")
+    p32, g32 = torch.zeros(4, 3), torch.zeros(4, 3)
+    assert cpu_kernels.applicable([p32], [g32]) == (cpu_kernels.numba is not None)
+    assert not cpu_kernels.applicable([p32.bfloat16()], [g32])
+    assert not cpu_kernels.applicable([torch.zeros(3, 4).T], [g32])
+    monkeypatch.setenv("SOUL_CPU_KERNELS", "0")
+    assert not cpu_kernels.applicable([p32], [g32])
+
+
+def test_automatic_diagnostics_cadence(step_path):
+    """Default cadence: every step on the one-pass kernel (free there), else one in twenty."""
+    p = torch.nn.Parameter(torch.randn(8))
+    opt = SophiaG([p])
+    seen = []
+    for _ in range(21):
+        p.grad = torch.randn(8)
+        opt.step()
+        seen.append("win_rate" in opt.diagnostics())
+    expected = [True] * 21 if step_path == "kernel" else [t % 20 == 0 for t in range(21)]
+    assert seen == expected

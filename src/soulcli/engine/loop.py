@@ -2,6 +2,12 @@
 
 Per step: curvature hook (second-order optimizers), loss and backward, gradient clipping,
 empirical-Fisher hook, optimizer step, diagnostics, scheduler; a metrics row per logged step.
+
+On a Gauss-Newton-Bartlett step the estimator takes its sample from the logits the objective's
+own forward produced (``curvature_parts`` names the batches it covers; a batch the objective
+did not forward is forwarded by the estimator), so curvature costs one extra backward, not a
+forward and a backward. Estimators without ``shares_forward`` (Hutchinson, wrapped
+distributed estimators) run before the loss on ``curvature_batch``.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ from typing import Any, Callable
 import torch
 
 from soulcli.engine.progress import Reporter
+from soulcli.objectives.logprobs import tap_logits
 
 
 @dataclass
@@ -53,6 +60,7 @@ def train_loop(
     scheduler=None,
     curvature=None,
     curvature_batch: Callable[[int], dict[str, torch.Tensor]] | None = None,
+    curvature_parts: Callable[[int], list[dict[str, torch.Tensor]]] | None = None,
     hessian_interval: int = 10,
     max_grad_norm: float | None = None,
     log_every: int = 1,
@@ -70,10 +78,22 @@ def train_loop(
         for step in range(num_steps):
             t0 = time.perf_counter()
             diag: dict[str, float] = {}
-            if curvature is not None:
+            shared = (curvature is not None and curvature_parts is not None
+                      and getattr(curvature, "shares_forward", False))
+            if curvature is not None and not shared:
                 diag.update(curvature.before_backward(step, model, curvature_batch(step),
                                                       optimizer, hessian_interval) or {})
-            loss, terms, n_tok = compute_loss(step)
+            if shared and step % hessian_interval == 0:
+                with tap_logits() as taps:
+                    loss, terms, n_tok = compute_loss(step)
+                parts = [(data, next((lg for d, lg in taps if d is data), None))
+                         for data in curvature_parts(step)]
+                del taps
+                diag.update(curvature.after_forward(step, model, parts, optimizer,
+                                                    hessian_interval) or {})
+                del parts
+            else:
+                loss, terms, n_tok = compute_loss(step)
             loss.backward()
             if max_grad_norm is not None:
                 grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_grad_norm))

@@ -7,6 +7,9 @@ logits predict an answer token (the last prompt token through the token before t
 
 from __future__ import annotations
 
+import contextlib
+from typing import Iterator
+
 import torch
 import torch.nn.functional as F
 
@@ -15,9 +18,32 @@ from soulcli.data.encode import IGNORE_INDEX
 Batch = dict[str, torch.Tensor]
 
 
+# active taps: lists that every differentiable forward_logits call appends (data, logits) to
+_TAPS: list[list[tuple[Batch, torch.Tensor]]] = []
+
+
+@contextlib.contextmanager
+def tap_logits() -> Iterator[list[tuple[Batch, torch.Tensor]]]:
+    """Record ``(data, logits)`` of every forward_logits call made with grad enabled.
+
+    The engine uses it to take the Gauss-Newton-Bartlett sample from the logits the objective
+    already computed at the same parameters, instead of a second forward pass.
+    """
+    record: list[tuple[Batch, torch.Tensor]] = []
+    _TAPS.append(record)
+    try:
+        yield record
+    finally:
+        _TAPS.remove(record)
+
+
 def forward_logits(model: torch.nn.Module, data: Batch) -> torch.Tensor:
     """``[B, T, V]`` logits of a batch (only ``input_ids`` and ``attention_mask`` go to the model)."""
-    return model(input_ids=data["input_ids"], attention_mask=data["attention_mask"]).logits
+    logits = model(input_ids=data["input_ids"], attention_mask=data["attention_mask"]).logits
+    if _TAPS and torch.is_grad_enabled():
+        for record in _TAPS:
+            record.append((data, logits))
+    return logits
 
 
 def answer_positions(labels: torch.Tensor) -> torch.Tensor:

@@ -18,8 +18,9 @@ Conventions every subclass follows:
   shards (DTensor locals) work unchanged.
 * Parameters whose ``.grad`` is None are skipped: not updated, no weight decay.
 * ``diagnostics()`` returns (and clears) the figures computed since the last call; they are
-  computed inside ``step`` every ``diagnostics_every`` steps (0: never), from the step's own
-  scratch chunks, so the other steps pay nothing.
+  computed inside ``step`` every ``diagnostics_every`` steps (0: never; None: every step where
+  they come free, as in Sophia's one-pass CPU kernel, else every DIAGNOSTICS_EVERY steps), from
+  the step's own scratch chunks, so the other steps pay nothing.
 """
 
 from __future__ import annotations
@@ -200,13 +201,17 @@ class FlatStateOptimizer(torch.optim.Optimizer):
     default_curvature: ClassVar[str | None] = None
 
     def __init__(self, params: Iterable[Any], defaults: dict[str, Any],
-                 diagnostics_every: int = DIAGNOSTICS_EVERY) -> None:
-        if int(diagnostics_every) < 0:
-            raise UserError(f"{type(self).__name__}: diagnostics_every must be >= 0, "
-                            f"got {diagnostics_every}")
+                 diagnostics_every: int | None = DIAGNOSTICS_EVERY) -> None:
+        if diagnostics_every is not None and (
+                isinstance(diagnostics_every, bool) or not isinstance(diagnostics_every, int)
+                or diagnostics_every < 0):
+            raise UserError(f"{type(self).__name__}: diagnostics_every must be a whole number "
+                            f">= 0 (or null for automatic), got {diagnostics_every!r}")
         defaults = dict(defaults, step=0)
         super().__init__(params, defaults)
-        self.diagnostics_every = int(diagnostics_every)
+        # None: every step where diagnostics come free (see _free_diagnostics), else every
+        # DIAGNOSTICS_EVERY steps
+        self.diagnostics_every = diagnostics_every
         self._banks: dict[int, list[Bank]] = {}
         self._members: dict[int, set[int]] = {}
         self._pending: dict[str, float] = {}
@@ -263,7 +268,16 @@ class FlatStateOptimizer(torch.optim.Optimizer):
         torch._foreach_lerp_([views[i] for i in present], [grads[i] for i in present], 1 - beta)
 
     def _diagnostics_due(self) -> bool:
-        return self.diagnostics_every > 0 and self._steps_done % self.diagnostics_every == 0
+        every = self.diagnostics_every
+        if every is None:
+            if self._free_diagnostics():
+                return True
+            every = DIAGNOSTICS_EVERY
+        return every > 0 and self._steps_done % every == 0
+
+    def _free_diagnostics(self) -> bool:
+        """Whether this step computes its diagnostics at no extra cost (a one-pass kernel)."""
+        return False
 
     # -- the public surface ---------------------------------------------------------------
     @torch.no_grad()
@@ -299,7 +313,7 @@ class FlatStateOptimizer(torch.optim.Optimizer):
         """Turn the per-chunk partial sums into figures; by default the update norm."""
         out: dict[str, float] = {}
         if "update_sq" in sums:
-            out["update_norm"] = math.sqrt(float(torch.stack(sums["update_sq"]).sum()))
+            out["update_norm"] = math.sqrt(total(sums["update_sq"]))
         return out
 
     def diagnostics(self) -> dict[str, float]:
@@ -323,6 +337,18 @@ class FlatStateOptimizer(torch.optim.Optimizer):
                     self.state[p][name] = value.to(device=local_tensor(p).device,
                                                    dtype=torch.float32)
         self._banks, self._members = {}, {}
+
+
+def total(values: Sequence[Tensor | float]) -> float:
+    """The sum of per-chunk partial sums: tensors (one device sync) and/or plain floats."""
+    by_device: dict[torch.device, list[Tensor]] = {}
+    rest = 0.0
+    for v in values:
+        if isinstance(v, Tensor):
+            by_device.setdefault(v.device, []).append(v.float())
+        else:
+            rest += float(v)
+    return rest + sum(float(torch.stack(ts).sum()) for ts in by_device.values())
 
 
 def decay_and_add(bank: Bank, params: list[Tensor], deltas: list[Tensor], alpha: float,

@@ -65,10 +65,11 @@ import torch
 from torch import Tensor
 
 from soulcli.errors import UserError
+from soulcli.optim import cpu_kernels
 from soulcli.optim.base import (
-    DIAGNOSTICS_EVERY,
     Bank,
     Chunk,
+    total,
     SecondOrderOptimizer,
     check_betas,
     check_nonnegative,
@@ -86,8 +87,10 @@ class SophiaG(SecondOrderOptimizer):
     ``eps=1e-15``, ``bs=5120`` (the default of the authors' ``step``; replaced by the token
     count each ``update_hessian(bs=...)`` or ``step(bs=...)`` records).
     ``bias_correction=True`` divides m by ``1 - b1**t`` (the reference does not).
-    Diagnostics every ``diagnostics_every`` steps (20): ``win_rate`` (fraction of coordinates
-    not clipped) and ``update_norm`` (norm of the clipped step, without weight decay);
+    Diagnostics: ``win_rate`` (fraction of coordinates not clipped) and ``update_norm`` (norm
+    of the clipped step, without weight decay) every step where the one-pass CPU kernel runs
+    (:mod:`soulcli.optim.cpu_kernels`, where they cost nothing), else every
+    ``DIAGNOSTICS_EVERY`` (20) steps; ``diagnostics_every=k`` fixes the cadence (0: never).
     ``hessian_norm`` after every ``update_hessian``.
 
     Usage, as in the authors' training loop::
@@ -106,7 +109,7 @@ class SophiaG(SecondOrderOptimizer):
                  betas: Sequence[float] = (0.965, 0.99), rho: float = 0.04,
                  weight_decay: float = 1e-1, *, bs: int = 5120, eps: float = 1e-15,
                  bias_correction: bool = False,
-                 diagnostics_every: int = DIAGNOSTICS_EVERY) -> None:
+                 diagnostics_every: int | None = None) -> None:
         name = type(self).__name__
         check_positive(name, rho=rho, bs=bs, eps=eps)
         check_nonnegative(name, lr=lr, weight_decay=weight_decay)
@@ -229,6 +232,10 @@ class SophiaG(SecondOrderOptimizer):
             # their m must not change while s moves on by b1
             torch._foreach_div_([bank.views["scaled_exp_avg"][i] for i in absent], beta1)
         floor = group["hessian_floor"]
+        if cpu_kernels.applicable(bank.local_params, grads):
+            self._kernel_step(bank, grads, sums, keep=0.0 if beta1 == 0.0 else 1.0,
+                              weight=weight, bound=bound, lr=lr, wd=wd, floor=floor)
+            return
         squares: list[Tensor] = []
         clipped: list[Tensor] = []
         for chunk in chunks:
@@ -256,16 +263,51 @@ class SophiaG(SecondOrderOptimizer):
             sums.setdefault("coords", []).append(
                 torch.tensor(float(sum(c.scratch.numel() for c in chunks))))
 
+    def _kernel_step(self, bank: Bank, grads: list[Tensor | None],
+                     sums: dict[str, list[Tensor]] | None, *, keep: float, weight: float,
+                     bound: float, lr: float, wd: float, floor: float) -> None:
+        """The same step in one pass over the bank (:mod:`soulcli.optim.cpu_kernels`)."""
+        present = [i for i, g in enumerate(grads) if g is not None]
+        params, q, h, blocks = _kernel_views(bank, present)
+        flat_grads = tuple(params[i] if g is None else g.view(-1).numpy()
+                           for i, g in enumerate(grads))
+        sq, clipped = cpu_kernels.sophia_step(
+            params, flat_grads, q, h, blocks, keep=keep, weight=weight, bound=bound,
+            alpha=-lr / bound, decay=1.0 - lr * wd, floor=floor)
+        if sums is not None:  # plain floats: no tensor to build on this path
+            sums.setdefault("update_sq", []).append(sq * (lr / bound) ** 2)
+            sums.setdefault("clipped", []).append(float(clipped))
+            sums.setdefault("coords", []).append(float(sum(bank.numels[i] for i in present)))
+
+    def _free_diagnostics(self) -> bool:
+        return cpu_kernels.enabled() and all(
+            p.device.type == "cpu" and p.dtype == torch.float32
+            for g in self.param_groups for p in g["params"][:1])
+
     def _finish_diagnostics(self, sums: dict[str, list[Tensor]]) -> dict[str, float]:
         out = super()._finish_diagnostics(sums)
         if sums.get("coords"):
-            clipped = float(torch.stack([c.float().cpu() for c in sums["clipped"]]).sum())
-            out["win_rate"] = 1.0 - clipped / float(torch.stack(sums["coords"]).sum())
+            out["win_rate"] = 1.0 - total(sums["clipped"]) / total(sums["coords"])
         return out
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         super().load_state_dict(state_dict)
         self._as_momentum = set()
+
+
+def _kernel_views(bank: Bank, present: list[int]) -> tuple[tuple, Any, Any, Any]:
+    """Numpy views (params, q, h) and the block table of a bank, cached; rebuilt when a
+    parameter's storage moved or the set of parameters with gradients changed."""
+    key = ([p.data_ptr() for p in bank.local_params], present)
+    cached = getattr(bank, "_kernel_cache", None)
+    if cached is None or cached[0] != key:
+        views = (tuple(cpu_kernels.flat_numpy(p) for p in bank.local_params),
+                 cpu_kernels.flat_numpy(bank.buffers["scaled_exp_avg"]),
+                 cpu_kernels.flat_numpy(bank.buffers["hessian"]),
+                 cpu_kernels.block_table(bank.numels, bank.offsets, present))
+        cached = (key, views)
+        bank._kernel_cache = cached  # type: ignore[attr-defined]
+    return cached[1]
 
 
 class SophiaH(SophiaG):

@@ -174,8 +174,13 @@ def unlearn_model(recipe: Recipe, model, tokenizer, data_dir: Path, reporter: Re
         b = batches[step]
         return concat_batches([x for x in (b.forget, b.retain) if x is not None], pad)
 
+    def curvature_parts(step: int):
+        b = batches[step]
+        return [x for x in (b.forget, b.retain) if x is not None]
+
     result = train_loop(train_model, opt, len(batches), compute_loss, reporter=reporter, description="unlearn",
                         scheduler=sched, curvature=curvature, curvature_batch=curvature_batch,
+                        curvature_parts=curvature_parts,
                         hessian_interval=recipe.optimizer.hessian_interval,
                         max_grad_norm=u.max_grad_norm, log_every=u.log_every, on_row=on_row,
                         on_step_end=on_step_end)
