@@ -217,6 +217,10 @@ def compare_optimizers(
     objectives: Optional[str] = typer.Option(None, "--objectives", help="Comma-separated objective names (default: compare.objectives)."),
     lr_grid: Optional[str] = typer.Option(None, "--lr-grid", help="Comma-separated learning rates (default: compare.lr_grid, else optimizer.lr)."),
     seeds: Optional[str] = typer.Option(None, "--seeds", help="Comma-separated seeds (default: compare.seeds)."),
+    seed_policy: Optional[str] = typer.Option(
+        None, "--seed-policy",
+        help="all: every lr runs every seed; selected: the lr grid runs on the first seed and only "
+             "the selected lr runs the others (default: compare.seed_policy)."),
     sets: Optional[list[str]] = SetOpt,
     output: Optional[Path] = OutputOpt,
     seed: Optional[int] = SeedOpt,
@@ -239,6 +243,8 @@ def compare_optimizers(
     for key, value in (("optimizers", optimizers), ("objectives", objectives), ("lr_grid", lr_grid), ("seeds", seeds)):
         if value:
             extra.append(f"compare.{key}=[{value}]")
+    if seed_policy:
+        extra.append(f"compare.seed_policy={seed_policy}")
     _run(json_out, quiet, lambda rep: run_compare(_recipe(recipe, sets, seed, extra), rep, output))
 
 

@@ -148,6 +148,9 @@ class CompareConfig:
     seeds: tuple[int, ...] = (0,)
     utility_ratio: float = 0.9
     include_influence: bool = True
+    # "all": every lr runs every seed; "selected": the lr grid runs on the first seed, the rule
+    # picks the lr per optimizer x objective, and only that lr runs the other seeds
+    seed_policy: Literal["all", "selected"] = "all"
 
 
 @dataclass(frozen=True)

@@ -67,3 +67,30 @@ def test_compare_outputs_and_resume(soul, pipeline, tmp_path):
     again = json.loads((out / "results.json").read_text())
     adamw = next(c for c in again["cells"] if c["optimizer"] == "adamw")
     assert adamw["evaluations"][0]["forget_quality"] == 0.123456
+
+
+def test_selected_seed_policy_runs_other_seeds_only_at_the_chosen_lr(soul, pipeline, tmp_path):
+    out = tmp_path / "staged"
+    res = soul.json("compare-optimizers", "--optimizers", "adamw", "--objectives", "graddiff",
+                    "--lr-grid", "1e-3,1e-2", "--seeds", "0,1", "--seed-policy", "selected",
+                    "--set", "eval.eval_every=1", "--output", str(out))
+    cells = json.loads((out / "results.json").read_text())["cells"]
+    (chosen,) = [s for s in res["selected"] if s["optimizer"] == "adamw"]
+    other = 1e-2 if chosen["lr"] == 1e-3 else 1e-3
+    runs = sorted((c["optimizer"], c["lr"], c["seed"]) for c in cells)
+    assert runs == sorted([("adamw", 1e-3, 0), ("adamw", 1e-2, 0), ("adamw", chosen["lr"], 1),
+                           ("influence", None, 0), ("influence", None, 1)])
+    assert ("adamw", other, 1) not in runs
+    assert chosen["seeds"] == [0, 1]
+    assert "lr chosen on seed 0" in res["rule"]
+
+
+def test_follow_up_cells_and_selected_lr_filter():
+    from soulcli.workflows.compare import at_selected_lr, follow_up_cells
+
+    sel = [{"objective": "graddiff", "optimizer": "adamw", "lr": 3e-4}]
+    assert [c.id for c in follow_up_cells(sel, (1, 2))] == ["graddiff-adamw-lr3e-04-s1",
+                                                             "graddiff-adamw-lr3e-04-s2"]
+    cells = [_cell("adamw", 1e-4, 0, [(5, 0.1, 0.9)]), _cell("adamw", 3e-4, 0, [(5, 0.2, 0.9)]),
+             _cell("signum", 3e-4, 0, [(5, 0.2, 0.9)])]
+    assert [(c["optimizer"], c["lr"]) for c in at_selected_lr(cells, sel)] == [("adamw", 3e-4)]

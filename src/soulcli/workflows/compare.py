@@ -5,6 +5,12 @@ evaluated every ``eval.eval_every`` steps. Per optimizer x objective the setting
 rate, step) with the highest forget quality among those keeping model utility at least
 ``compare.utility_ratio`` x the target's is selected (mean over seeds). Finished cells are
 stored in ``cells/`` and never recomputed, so an interrupted comparison resumes.
+
+``compare.seed_policy``: ``all`` runs every learning rate with every seed; ``selected`` runs
+the learning-rate grid on the first seed, picks the learning rate per optimizer x objective by
+the same rule on that seed, runs only that learning rate on the other seeds, and then picks the
+step by the mean over all seeds at that learning rate (the spread reported is over all seeds;
+the learning rate itself was tuned on the first seed only, which the stated rule says).
 """
 
 from __future__ import annotations
@@ -43,14 +49,27 @@ class Cell:
         return f"{self.objective}-{self.optimizer}-{lr}-s{self.seed}"
 
 
-def grid(recipe: Recipe) -> list[Cell]:
+def grid(recipe: Recipe, seeds: tuple[int, ...] | None = None) -> list[Cell]:
+    """Every cell of the grid, with ``seeds`` (default: ``compare.seeds``)."""
     c = recipe.compare
+    seeds = c.seeds if seeds is None else seeds
     lrs = c.lr_grid or (recipe.optimizer.lr,)
     cells = [Cell(obj, opt, lr, seed) for obj in c.objectives for opt in c.optimizers
-             for lr in lrs for seed in c.seeds]
+             for lr in lrs for seed in seeds]
     if c.include_influence:
-        cells += [Cell("ga", "influence", None, seed) for seed in c.seeds]
+        cells += [Cell("ga", "influence", None, seed) for seed in seeds]
     return cells
+
+
+def follow_up_cells(selected: list[dict], seeds: tuple[int, ...]) -> list[Cell]:
+    """The selected learning rate of each optimizer x objective, on ``seeds``."""
+    return [Cell(s["objective"], s["optimizer"], s["lr"], seed) for s in selected for seed in seeds]
+
+
+def at_selected_lr(cells: list[dict], selected: list[dict]) -> list[dict]:
+    """The cells that ran the learning rate selected for their optimizer x objective."""
+    chosen = {(s["objective"], s["optimizer"]): s["lr"] for s in selected}
+    return [c for c in cells if chosen.get((c["objective"], c["optimizer"]), object()) == c["lr"]]
 
 
 def _write_atomic(path: Path, text: str) -> None:
@@ -297,26 +316,40 @@ def run_compare(recipe: Recipe, reporter: Reporter, output: Path | None = None) 
     n_forget = len(common.load_split(data_dir, forget_split_names(common.forget_pct(recipe))[0]))
     steps = recipe.unlearn.max_steps or recipe.unlearn.epochs * -(-n_forget // recipe.unlearn.batch_size)
     eval_every = recipe.eval.eval_every or max(1, steps // 5)
-    cells = grid(recipe)
-    reporter.info(f"Comparing {len(cells)} cells ({steps} steps each, evaluated every {eval_every} steps) in {out_dir}")
-    results = []
-    with reporter.task("grid", len(cells)) as task:
-        for cell in cells:
-            path = cells_dir / f"{cell.id}.json"
-            if path.is_file():
-                results.append(json.loads(path.read_text()))
-                task.update(1, cell=f"{cell.id} (done before)")
-                continue
-            reporter.info(f"cell {cell.id}")
-            res = run_cell(recipe, cell, data_dir, target_dir, reference, reporter, device, eval_every)
-            _write_atomic(path, json.dumps(res))
-            results.append(res)
-            task.update(1, cell=cell.id)
+    c = recipe.compare
+    staged = c.seed_policy == "selected" and len(c.seeds) > 1
+    cells = grid(recipe, c.seeds[:1] if staged else c.seeds)
+    groups = len({(cell.objective, cell.optimizer) for cell in cells})
+    total = len(cells) + (groups * (len(c.seeds) - 1) if staged else 0)
+    reporter.info(f"Comparing {total} cells ({steps} steps each, evaluated every {eval_every} steps) in {out_dir}")
+    results: list[dict] = []
+    with reporter.task("grid", total) as task:
 
+        def run_all(todo: list[Cell]) -> None:
+            for cell in todo:
+                path = cells_dir / f"{cell.id}.json"
+                if path.is_file():
+                    results.append(json.loads(path.read_text()))
+                    task.update(1, cell=f"{cell.id} (done before)")
+                    continue
+                reporter.info(f"cell {cell.id}")
+                res = run_cell(recipe, cell, data_dir, target_dir, reference, reporter, device, eval_every)
+                _write_atomic(path, json.dumps(res))
+                results.append(res)
+                task.update(1, cell=cell.id)
+
+        run_all(cells)
+        if staged:
+            tuned = select(results, target["model_utility"], c.utility_ratio)
+            run_all(follow_up_cells(tuned, c.seeds[1:]))
+
+    seeds_text = (f"lr chosen on seed {c.seeds[0]}, step by the mean over seeds {list(c.seeds)} at that lr"
+                  if staged else f"mean over seeds {list(c.seeds)}")
     rule = (f"selected per optimizer x objective: best forget quality with model utility >= "
-            f"{recipe.compare.utility_ratio:g} x target's {target['model_utility']:.3f}; mean over seeds "
-            f"{list(recipe.compare.seeds)}; * = no setting met the rule, best utility shown")
-    selected = select(results, target["model_utility"], recipe.compare.utility_ratio)
+            f"{c.utility_ratio:g} x target's {target['model_utility']:.3f}; {seeds_text}; "
+            f"* = no setting met the rule, best utility shown")
+    pool = at_selected_lr(results, tuned) if staged else results
+    selected = select(pool, target["model_utility"], c.utility_ratio)
     summary = {"rule": rule, "target": target, "target_model": str(target_dir), "data": str(data_dir),
                "selected": selected, "cells": results, "recipe": recipe_to_dict(recipe), "versions": versions()}
     write_json(out_dir / ".results.json.partial", summary)
