@@ -29,17 +29,25 @@ def fmt(v, digits=3):
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--recipe", default="recipes/tofu_sophia.yaml")
-    ap.add_argument("--optimizers", default="adamw,signum,sophiag")
+    ap.add_argument("--optimizers", default="adamw,signum,sophiag,sophiah,adahessian")
     ap.add_argument("--objectives", default="graddiff,npo,po")
-    ap.add_argument("--lr-grid", default="1e-4")
+    ap.add_argument("--lr-grid", default="3e-5,1e-4,3e-4")
     ap.add_argument("--seeds", default="0,1,2")
-    ap.add_argument("--eval-every", default="13")
+    ap.add_argument("--seed-policy", default="selected")
+    ap.add_argument("--eval-every", default="26")
     ap.add_argument("--output", default=str(ROOT / "bench" / "out" / "compare_run"))
     ap.add_argument("--set", action="append", default=[])
+    ap.add_argument("--resume", action="store_true",
+                    help="keep finished cells of an earlier run (the time then is not a full run's)")
     args = ap.parse_args()
+    if not args.resume and Path(args.output).exists():
+        import shutil
+
+        shutil.rmtree(args.output)  # a timed run computes every cell
     exe = Path(sys.executable).with_name("soul")
     cmd = [str(exe), "compare-optimizers", "--recipe", args.recipe, "--optimizers", args.optimizers,
            "--objectives", args.objectives, "--lr-grid", args.lr_grid, "--seeds", args.seeds,
+           "--seed-policy", args.seed_policy,
            "--set", f"eval.eval_every={args.eval_every}", "--output", args.output, "--json"]
     for s in args.set:
         cmd += ["--set", s]

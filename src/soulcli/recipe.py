@@ -315,6 +315,7 @@ def _check_values(recipe: Recipe, errors: list[str]) -> None:
 
     from soulcli.objectives import OBJECTIVES, objective_hparams
     from soulcli.optim import CURVATURE_ESTIMATORS, OPTIMIZERS, optimizer_hparams
+    from soulcli.optim.registry import check_hparam
 
     def check_args(kind: str, path: str, name: str, args: Mapping[str, Any], known: Mapping[str, Any]) -> None:
         for key, value in args.items():
@@ -337,7 +338,17 @@ def _check_values(recipe: Recipe, errors: list[str]) -> None:
             f" choose one of: {', '.join(sorted(OPTIMIZERS))}"
         )
     else:
-        check_args("optimizer", "optimizer.args", opt.name, opt.args, optimizer_hparams(opt.name))
+        known = optimizer_hparams(opt.name)
+        check_args("optimizer", "optimizer.args", opt.name,
+                   {k: v for k, v in opt.args.items() if k not in known}, known)
+        for key, value in opt.args.items():
+            problem = check_hparam(opt.name, key, value) if key in known else None
+            if problem:
+                errors.append(f"optimizer.args.{key}: {problem}")
+        if opt.name == "sophiag" and opt.curvature == "hutchinson":
+            errors.append("optimizer.curvature: sophiag takes squared-gradient curvature (gnb or "
+                          "empirical_fisher); Hutchinson samples can be negative: use "
+                          "optimizer.name=sophiah")
     if opt.curvature is not None and opt.curvature not in CURVATURE_ESTIMATORS:
         errors.append(
             f"optimizer.curvature: unknown estimator '{opt.curvature}'"

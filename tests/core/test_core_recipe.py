@@ -77,6 +77,31 @@ def test_unknown_names_and_args_checked_against_registries():
                for p in err.value.problems)
 
 
+def test_optimizer_args_typed_including_optional_ones():
+    """Hyperparameters defaulting to None are checked against their annotation."""
+    ok = build_recipe({"optimizer": {"name": "adamw", "args": {"fused": True}}})
+    assert ok.optimizer.args == {"fused": True}
+    ok = build_recipe({"optimizer": {"name": "sophiag", "args": {"diagnostics_every": 5}}})
+    assert ok.optimizer.args == {"diagnostics_every": 5}
+    with pytest.raises(RecipeError) as err:
+        build_recipe({"optimizer": {"name": "sophiag", "args": {"rho": "big", "diagnostics_every": 1.5}}})
+    assert sorted(err.value.problems) == [
+        "optimizer.args.diagnostics_every: optimizer 'sophiag': diagnostics_every must be a whole "
+        "number, got 1.5",
+        "optimizer.args.rho: optimizer 'sophiag': rho must be a number, got 'big'"]
+    with pytest.raises(RecipeError) as err:
+        build_recipe({"optimizer": {"name": "adamw", "args": {"fused": 3}}})
+    assert err.value.problems == ["optimizer.args.fused: optimizer 'adamw': fused must be true or "
+                                  "false, got 3"]
+
+
+def test_sophiag_with_hutchinson_rejected_up_front():
+    with pytest.raises(RecipeError) as err:
+        build_recipe({"optimizer": {"name": "sophiag", "curvature": "hutchinson"}})
+    assert len(err.value.problems) == 1 and "use optimizer.name=sophiah" in err.value.problems[0]
+    assert build_recipe({"optimizer": {"name": "sophiah", "curvature": "hutchinson"}})
+
+
 def test_value_rules():
     with pytest.raises(RecipeError) as err:
         build_recipe({"optimizer": {"lr": -1}, "unlearn": {"batch_size": 0}})

@@ -44,6 +44,31 @@ def optimizer_hparams(name: str) -> dict[str, Any]:
     return {k: p.default for k, p in signature.parameters.items() if k not in _COMMON}
 
 
+def _optional_kind(name: str, key: str) -> Any:
+    """For a hyperparameter whose default is None: an example value of the type its annotation
+    names besides None (``bool | None`` -> False), or None when it names none we check."""
+    annotation = inspect.signature(_lookup(name).__init__).parameters[key].annotation
+    text = annotation if isinstance(annotation, str) else getattr(annotation, "__name__", "")
+    for kind, example in (("bool", False), ("int", 0), ("float", 0.0)):
+        if kind in str(text).replace("|", " ").split():
+            return example
+    return None
+
+
+def check_hparam(name: str, key: str, value: Any) -> str | None:
+    """Why ``value`` is not valid for hyperparameter ``key`` of optimizer ``name`` (None: it is)."""
+    default = optimizer_hparams(name)[key]
+    if default is None:
+        if value is None:
+            return None
+        default = _optional_kind(name, key)
+    try:
+        _check_type(name, key, value, default)
+    except UserError as err:
+        return str(err)
+    return None
+
+
 def _check_type(optimizer: str, key: str, value: Any, default: Any) -> Any:
     """``value`` checked against the kind of ``default`` (tuples become tuples)."""
     def bad(kind: str) -> UserError:
@@ -80,6 +105,9 @@ def build_optimizer(name: str, params: Iterable[Any], lr: float, weight_decay: f
         if key not in accepted:
             raise UserError(f"unknown hyperparameter '{key}' for optimizer '{name}'"
                             f"{did_you_mean(key, accepted)}; valid: {', '.join(sorted(accepted))}")
+        problem = check_hparam(name, key, value)
+        if problem:
+            raise UserError(problem)
         checked[key] = _check_type(name, key, value, accepted[key])
     for key, value in (("lr", lr), ("weight_decay", weight_decay)):
         _check_type(name, key, value, 0.0)
