@@ -239,6 +239,8 @@ def plot(cells: list[dict], selected: list[dict], target: dict, out_dir: Path) -
     files.append("fq_vs_mu.png")
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    # colour = optimizer (as in the teaser), line style and marker = objective
+    styles = {o: ls for o, ls in zip(objectives, ["-", "--", ":", "-."] * 3)}
     for s in selected:
         runs = [c for c in cells if c["objective"] == s["objective"] and c["optimizer"] == s["optimizer"]
                 and c["lr"] == s["lr"] and c["seed"] == s["seeds"][0]]
@@ -246,10 +248,12 @@ def plot(cells: list[dict], selected: list[dict], target: dict, out_dir: Path) -
             continue
         evs = [{"step": 0, **{k: target[k] for k in TRACKED}}] + runs[0]["evaluations"]
         steps = [e["step"] for e in evs]
-        style = "-" if s["optimizer"] in SECOND_ORDER else "--"
-        label = f"{s['optimizer']} / {s['objective']}"
-        axes[0].plot(steps, [max(e["forget_quality"] or 1e-30, 1e-30) for e in evs], style, marker=".", label=label)
-        axes[1].plot(steps, [e["model_utility"] for e in evs], style, marker=".", label=label)
+        kind = "SO" if s["optimizer"] in SECOND_ORDER else "FO"
+        label = f"{s['optimizer']} ({kind}) / {s['objective']}"
+        look = dict(color=colors[s["optimizer"]], ls=styles[s["objective"]], marker=markers[s["objective"]],
+                    markersize=4, label=label)
+        axes[0].plot(steps, [max(e["forget_quality"] or 1e-30, 1e-30) for e in evs], **look)
+        axes[1].plot(steps, [e["model_utility"] for e in evs], **look)
     axes[0].set_yscale("log")
     axes[0].set_title("forget quality over steps (selected lr, first seed)")
     axes[1].set_title("model utility over steps")
