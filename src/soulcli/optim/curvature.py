@@ -48,11 +48,16 @@ def answer_mask(labels: Tensor) -> Tensor:
     return labels[:, 1:] != IGNORE_INDEX
 
 
+def pick_answer_logits(logits: Tensor, labels: Tensor) -> Tensor:
+    """The answer positions of ``[B, T, V]`` logits, ``[n_tokens, V]``, in fp32 (fp64 stays)."""
+    picked = logits[:, :-1][answer_mask(labels)]
+    return picked.to(torch.promote_types(picked.dtype, torch.float32))
+
+
 def answer_logits(model: torch.nn.Module, batch: Batch) -> Tensor:
     """Logits of the answer positions, ``[n_tokens, vocab]``, in fp32 (fp64 stays fp64)."""
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-    picked = logits[:, :-1][answer_mask(batch["labels"])]
-    return picked.to(torch.promote_types(picked.dtype, torch.float32))
+    return pick_answer_logits(logits, batch["labels"])
 
 
 def sample_categorical(logits: Tensor, generator: torch.Generator) -> Tensor:
@@ -169,11 +174,7 @@ class GaussNewtonBartlett(RandomEstimator):
         """One draw: the sampled-label gradient aligned with ``params`` and its token count."""
         device = next(iter(trainable(params) or params)).device
         loss, count = self.sampled_loss(model, batch, self.generator(device))
-        if count == 0:  # no answer token to sample: no curvature information
-            return [None] * len(params), 0
-        live = trainable(params)
-        grads = torch.autograd.grad(loss, live, allow_unused=True)
-        return align(params, {id(p): g for p, g in zip(live, grads) if g is not None}), int(count)
+        return _sampled_gradient(loss, int(count), params, retain_graph=False)
 
     def before_backward(self, step: int, model: torch.nn.Module, batch: Batch, opt: Any,
                         interval: int) -> dict[str, float]:
@@ -202,21 +203,14 @@ class GaussNewtonBartlett(RandomEstimator):
         The objective's forward graph is kept (``retain_graph``) for its own backward, so a
         curvature step costs one extra backward instead of a forward and a backward.
         """
-        pieces = []
-        for data, logits in parts:
-            if logits is None:
-                logits = model(input_ids=data["input_ids"],
-                               attention_mask=data["attention_mask"]).logits
-            picked = logits[:, :-1][answer_mask(data["labels"])]
-            pieces.append(picked.to(torch.promote_types(picked.dtype, torch.float32)))
+        pieces = [answer_logits(model, data) if logits is None
+                  else pick_answer_logits(logits, data["labels"]) for data, logits in parts]
         logits = torch.cat(pieces) if pieces else torch.empty(0)
         count = int(logits.shape[0])
         if count == 0:
             return [None] * len(params), 0
-        live = trainable(params)
         loss = sampled_cross_entropy(logits, self.generator(logits.device))
-        grads = torch.autograd.grad(loss, live, allow_unused=True, retain_graph=True)
-        return align(params, {id(p): g for p, g in zip(live, grads) if g is not None}), count
+        return _sampled_gradient(loss, count, params, retain_graph=True)
 
     def after_forward(self, step: int, model: torch.nn.Module,
                       parts: list[tuple[Batch, Tensor | None]], opt: Any,
@@ -226,6 +220,16 @@ class GaussNewtonBartlett(RandomEstimator):
             return {}
         grads, count = self.sample_shared(model, parts, param_list(opt))
         return self._apply(opt, grads, count)
+
+
+def _sampled_gradient(loss: Tensor, count: int, params: list[Tensor],
+                      retain_graph: bool) -> tuple[list[Tensor | None], int]:
+    """The gradient of a sampled-label loss aligned with ``params``, and its token count."""
+    if count == 0:  # no answer token to sample: no curvature information
+        return [None] * len(params), 0
+    live = trainable(params)
+    grads = torch.autograd.grad(loss, live, allow_unused=True, retain_graph=retain_graph)
+    return align(params, {id(p): g for p, g in zip(live, grads) if g is not None}), count
 
 
 class Hutchinson(RandomEstimator):

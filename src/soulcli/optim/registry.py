@@ -55,15 +55,20 @@ def _optional_kind(name: str, key: str) -> Any:
     return None
 
 
-def check_hparam(name: str, key: str, value: Any) -> str | None:
-    """Why ``value`` is not valid for hyperparameter ``key`` of optimizer ``name`` (None: it is)."""
-    default = optimizer_hparams(name)[key]
+def checked_hparam(name: str, key: str, value: Any, default: Any) -> Any:
+    """``value`` for hyperparameter ``key`` (default ``default``) of optimizer ``name``, typed
+    like the default or, for a None default, like its annotation; a bad one raises UserError."""
     if default is None:
         if value is None:
             return None
         default = _optional_kind(name, key)
+    return _check_type(name, key, value, default)
+
+
+def check_hparam(name: str, key: str, value: Any) -> str | None:
+    """Why ``value`` is not valid for hyperparameter ``key`` of optimizer ``name`` (None: it is)."""
     try:
-        _check_type(name, key, value, default)
+        checked_hparam(name, key, value, optimizer_hparams(name)[key])
     except UserError as err:
         return str(err)
     return None
@@ -105,10 +110,7 @@ def build_optimizer(name: str, params: Iterable[Any], lr: float, weight_decay: f
         if key not in accepted:
             raise UserError(f"unknown hyperparameter '{key}' for optimizer '{name}'"
                             f"{did_you_mean(key, accepted)}; valid: {', '.join(sorted(accepted))}")
-        problem = check_hparam(name, key, value)
-        if problem:
-            raise UserError(problem)
-        checked[key] = _check_type(name, key, value, accepted[key])
+        checked[key] = checked_hparam(name, key, value, accepted[key])
     for key, value in (("lr", lr), ("weight_decay", weight_decay)):
         _check_type(name, key, value, 0.0)
     return cls(params, lr=lr, weight_decay=weight_decay, **checked)

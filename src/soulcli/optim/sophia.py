@@ -69,12 +69,12 @@ from soulcli.optim import cpu_kernels
 from soulcli.optim.base import (
     Bank,
     Chunk,
-    total,
     SecondOrderOptimizer,
     check_betas,
     check_nonnegative,
     check_positive,
     decay_and_add,
+    total,
 )
 
 WIN_RATE_TARGET = (0.1, 0.5)
