@@ -18,6 +18,7 @@ for callers that build components directly. Non-finite numbers are rejected ever
 
 from __future__ import annotations
 
+import collections.abc
 import dataclasses
 import inspect
 import math
@@ -29,6 +30,7 @@ from typing import Any, Callable, Literal, Mapping
 from soulcli.errors import UserError, did_you_mean
 
 MISSING: Any = dataclasses.MISSING
+_SEQUENCES = (tuple, list, collections.abc.Sequence)
 
 
 @dataclass(frozen=True)
@@ -129,12 +131,12 @@ def type_name(tp: Any) -> str:
         return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
     if origin in (typing.Union, types.UnionType):
         return " or ".join(type_name(a) for a in typing.get_args(tp))
-    if origin in (tuple, list, typing.Sequence):
+    if origin in _SEQUENCES:
         args = [a for a in typing.get_args(tp) if a is not Ellipsis]
         if origin is tuple and len(args) > 1:
             return f"a list of {len(args)} {type_name(args[0]).removeprefix('a ').removeprefix('an ')}s"
         return f"a list of {type_name(args[0]) if args else 'values'}"
-    if origin in (dict, Mapping):
+    if origin in (dict, collections.abc.Mapping):
         return "a mapping"
     if tp is type(None):
         return "null"
@@ -196,7 +198,7 @@ def _coerce(value: Any, tp: Any, path: str, errors: list[str]) -> Any:
         errors.append(f"{path}: {value!r} is not {type_name(tp)}"
                       f"{did_you_mean(str(value), map(str, choices))}")
         return MISSING
-    if origin in (tuple, list, typing.Sequence):
+    if origin in _SEQUENCES:
         args = [a for a in typing.get_args(tp) if a is not Ellipsis] or [Any]
         fixed = origin is tuple and len(args) > 1
         if isinstance(value, str) and args[0] in (str, float, int):
@@ -208,7 +210,7 @@ def _coerce(value: Any, tp: Any, path: str, errors: list[str]) -> Any:
         items = tuple(coerce(v, args[i] if fixed else args[0], f"{path}[{i}]", errors)
                       for i, v in enumerate(value))
         return MISSING if len(errors) > before else items
-    if origin in (dict, Mapping) or tp is dict:
+    if origin in (dict, collections.abc.Mapping) or tp is dict:
         if not isinstance(value, Mapping):
             errors.append(f"{path}: expected a mapping, got {value!r}")
             return MISSING
@@ -257,9 +259,8 @@ def check(params: Mapping[str, Param], raw: Mapping[str, Any], path: str, errors
         sub = f"{path}.{key}" if path else str(key)
         if key not in params:
             whose = f" of {owner}" if owner else ""
-            takes = ", ".join(sorted(params)) or "none"
-            errors.append(f"{sub}: unknown key{whose}{did_you_mean(str(key), params)} "
-                          f"(valid: {takes})")
+            hint = did_you_mean(str(key), params) or f" (valid: {', '.join(sorted(params)) or 'none'})"
+            errors.append(f"{sub}: unknown key{whose}{hint}")
             continue
         spec = params[key]
         if value is None and spec.default is None:
@@ -307,6 +308,16 @@ def build(cls: type, raw: Any, path: str, errors: list[str]) -> Any:
     except (TypeError, ValueError) as exc:
         errors.append(f"{path or 'recipe'}: {exc}")
         return MISSING
+
+
+def check_instance(obj: Any, path: str) -> None:
+    """Re-check a dataclass instance built directly in code (not through :func:`build`) against
+    its own declarations; one UserError naming every bad field."""
+    errors: list[str] = []
+    raw = {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj)}
+    check(params_of(type(obj)), raw, path, errors)
+    if errors:
+        raise UserError("; ".join(errors))
 
 
 def declares_args(cls: type) -> type:

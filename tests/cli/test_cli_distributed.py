@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -11,10 +12,18 @@ from pathlib import Path
 from conftest import MICRO
 
 
+def free_port() -> int:
+    """A port nothing listens on now (a fixed one collides when two suites run at once)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def test_torchrun_two_ranks(soul, pipeline, tmp_path):
     run = tmp_path / "ddp"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+           "--master_addr", "127.0.0.1", "--master_port", str(free_port()),
            "-m", "soulcli.cli", "unlearn", "--recipe", str(MICRO), "--set", f"cache_dir={soul.cache}",
            "--output", str(run), "--json", "--quiet"]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)

@@ -26,12 +26,15 @@ from __future__ import annotations
 import os
 import random
 from dataclasses import dataclass
-from typing import Mapping
+from typing import Annotated, Mapping
+
+from soulcli import schema
 
 from soulcli.data import wordpools as W
 from soulcli.data.io import write_benchmark_dir
 from soulcli.data.tofu import FORGET_PERCENTAGES, SPLIT_NAMES, forget_split_names
 from soulcli.errors import UserError
+from soulcli.schema import Range
 
 GENERATOR_NAME = "soulcli.synthetic"
 #: Bump whenever templates, pools or sampling change (a seed then gives different data).
@@ -373,68 +376,36 @@ def _real_authors(n: int, seed: int, titles: _Titles) -> list[dict]:
 # --- the benchmark ---------------------------------------------------------------------------
 
 
-def _is_int(x) -> bool:
-    return isinstance(x, int) and not isinstance(x, bool)
-
-
 def forget_author_counts(num_authors: int) -> dict[int, int]:
     """Authors in forget01/05/10: the percentage of ``num_authors``, rounded half up, >= 1."""
     return {p: max(1, (num_authors * p * 2 + 100) // 200) for p in FORGET_PERCENTAGES}
 
 
-def _validate(num_authors, questions_per_author, num_holdout_authors, num_world_facts,
-              num_real_authors, seed, num_perturbed) -> None:
-    for label, value in (
-        ("num_authors", num_authors), ("questions_per_author", questions_per_author),
-        ("num_holdout_authors", num_holdout_authors), ("num_world_facts", num_world_facts),
-        ("num_real_authors", num_real_authors), ("seed", seed), ("num_perturbed", num_perturbed),
-    ):
-        if not _is_int(value):
-            raise UserError(f"{label} must be an integer, got {value!r}")
+# The generator's limits, declared once: the recipe's data section uses the same types.
+NumAuthors = Annotated[int, Range(ge=2), "authors trained on (>= 2: one retained, one forgotten)"]
+QuestionsPerAuthor = Annotated[int, Range(ge=1, le=MAX_QUESTIONS_PER_AUTHOR),
+                               "questions per author, one per author attribute"]
+
+
+def _check_name_space(num_authors: int, num_holdout_authors: int) -> None:
     name_space = len(W.FIRST_NAMES) * len(W.LAST_NAMES)
-    if num_authors < 2:
-        raise UserError(
-            f"num_authors must be at least 2 (one retained, one forgotten author), got "
-            f"{num_authors}; use 100 or more for TOFU-like forget01/05/10 splits"
-        )
-    if not 1 <= questions_per_author <= MAX_QUESTIONS_PER_AUTHOR:
-        raise UserError(
-            f"questions_per_author must be between 1 and {MAX_QUESTIONS_PER_AUTHOR} (one per "
-            f"author attribute), got {questions_per_author}"
-        )
-    if num_holdout_authors < 1:
-        raise UserError(
-            f"num_holdout_authors must be at least 1 (membership attacks need never-trained "
-            f"authors), got {num_holdout_authors}"
-        )
     if num_authors + num_holdout_authors > name_space:
         raise UserError(
             f"num_authors + num_holdout_authors = {num_authors + num_holdout_authors} exceeds "
             f"the {name_space} distinct author names available; use fewer authors"
         )
-    if not 1 <= num_world_facts <= MAX_WORLD_FACTS:
-        raise UserError(
-            f"num_world_facts must be between 1 and {MAX_WORLD_FACTS}, got {num_world_facts}"
-        )
-    if not 1 <= num_real_authors <= MAX_REAL_AUTHORS:
-        raise UserError(
-            f"num_real_authors must be between 1 and {MAX_REAL_AUTHORS}, got {num_real_authors}"
-        )
-    if not 3 <= num_perturbed <= MAX_PERTURBED:
-        raise UserError(
-            f"num_perturbed must be between 3 and {MAX_PERTURBED}, got {num_perturbed}"
-        )
 
 
 def generate_benchmark(
-    num_authors: int = 100,
-    questions_per_author: int = 10,
-    num_holdout_authors: int | None = None,
-    num_world_facts: int = 100,
-    num_real_authors: int = 100,
-    seed: int = 0,
+    num_authors: NumAuthors = 100,
+    questions_per_author: QuestionsPerAuthor = 10,
+    num_holdout_authors: Annotated[int, Range(ge=1), "never-trained authors for the membership "
+                                   "attacks (default 10% of num_authors)"] | None = None,
+    num_world_facts: Annotated[int, Range(ge=1, le=MAX_WORLD_FACTS)] = 100,
+    num_real_authors: Annotated[int, Range(ge=1, le=MAX_REAL_AUTHORS)] = 100,
+    seed: Annotated[int, Range(ge=0)] = 0,
     *,
-    num_perturbed: int = 5,
+    num_perturbed: Annotated[int, Range(ge=3, le=MAX_PERTURBED)] = 5,
 ) -> Benchmark:
     """Build every split (see :data:`soulcli.data.tofu.SPLIT_NAMES`) of a synthetic benchmark.
 
@@ -445,10 +416,14 @@ def generate_benchmark(
     general-knowledge splits carry 3 (as in TOFU). Returns a :class:`Benchmark` (a dict of
     split name -> records, in :data:`SPLIT_NAMES` order) whose ``meta`` goes into the manifest.
     """
+    schema.validate(generate_benchmark, dict(
+        num_authors=num_authors, questions_per_author=questions_per_author,
+        num_holdout_authors=num_holdout_authors, num_world_facts=num_world_facts,
+        num_real_authors=num_real_authors, seed=seed, num_perturbed=num_perturbed),
+        "the built-in benchmark")
     if num_holdout_authors is None:
-        num_holdout_authors = max(1, (num_authors + 5) // 10) if _is_int(num_authors) else 0
-    _validate(num_authors, questions_per_author, num_holdout_authors, num_world_facts,
-              num_real_authors, seed, num_perturbed)
+        num_holdout_authors = max(1, (num_authors + 5) // 10)
+    _check_name_space(num_authors, num_holdout_authors)
 
     order = [(f, l) for f in W.FIRST_NAMES for l in W.LAST_NAMES]
     _rng(seed, "names").shuffle(order)

@@ -6,7 +6,8 @@ from that stored data. See :mod:`soulcli.eval.evaluate` for the flow and
 :mod:`soulcli.eval.metrics` for the formulas and their sources.
 """
 
-from soulcli.eval.evaluate import EvalConfig, evaluate_model
+from soulcli.eval.config import EvalConfig
+from soulcli.eval.evaluate import evaluate_model
 from soulcli.eval.reference import (
     as_reference,
     load_reference,

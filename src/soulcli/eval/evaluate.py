@@ -44,48 +44,12 @@ from soulcli.eval.registry import (
     true_answer_field,
     with_dependencies,
 )
+from soulcli.eval.config import EvalConfig
 from soulcli.eval.scoring import Progress, TokenScores, score_pairs
 
 NO_REFERENCE = (
     "no reference given: pass the retain model's eval.json (or a reference file) as the reference"
 )
-
-
-@dataclass(frozen=True)
-class EvalConfig:
-    """Knobs of an evaluation.
-
-    ``batch_size``: sequences per forward pass (scoring) and prompts per generation batch.
-    ``max_new_tokens``: cap on each greedy answer. ``mink_k``: fraction of lowest-scoring tokens
-    that Min-K% and Min-K%++ average. ``metrics``: names or glob patterns to compute (``None``:
-    all). ``max_length``: longest scored sequence in tokens; longer answers are cut.
-    """
-
-    batch_size: int = 32
-    max_new_tokens: int = 64
-    mink_k: float = 0.4
-    metrics: tuple[str, ...] | None = None
-    max_length: int = 512
-
-    def __post_init__(self) -> None:
-        problems = []
-        if not isinstance(self.batch_size, int) or self.batch_size < 1:
-            problems.append(f"eval.batch_size must be a positive integer (got {self.batch_size!r})")
-        if not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
-            problems.append(
-                f"eval.max_new_tokens must be a positive integer (got {self.max_new_tokens!r})"
-            )
-        if not isinstance(self.mink_k, (int, float)) or not 0 < self.mink_k <= 1:
-            problems.append(f"eval.mink_k must be in (0, 1] (got {self.mink_k!r})")
-        if not isinstance(self.max_length, int) or self.max_length < 2:
-            problems.append(f"eval.max_length must be an integer >= 2 (got {self.max_length!r})")
-        if problems:
-            raise UserError("; ".join(problems))
-        if self.metrics is not None:
-            if isinstance(self.metrics, str):
-                object.__setattr__(self, "metrics", (self.metrics,))
-            object.__setattr__(self, "metrics", tuple(self.metrics))
-            resolve_metrics(self.metrics)
 
 
 class _Unavailable(Exception):
@@ -411,7 +375,7 @@ def evaluate_model(
         template,
         pairs.pairs,
         batch_size=cfg.batch_size,
-        max_length=cfg.max_length,
+        max_length=cfg.max_length or 512,
         with_stats=pairs.stats,
         progress=progress,
     )

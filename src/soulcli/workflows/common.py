@@ -40,8 +40,7 @@ def setup_runtime(recipe: Recipe, seed: int | None = None) -> torch.device:
 
 
 def template_of(recipe: Recipe) -> PromptTemplate:
-    t = recipe.data.template
-    return PromptTemplate(t.question_start, t.question_end, t.answer_start, tuple(t.stop_strings))
+    return recipe.data.template
 
 
 def forget_pct(recipe: Recipe) -> int:

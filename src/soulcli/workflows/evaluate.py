@@ -17,11 +17,12 @@ from soulcli.workflows import common
 
 
 def eval_config(recipe: Recipe, metrics: tuple[str, ...] | None = None):
-    from soulcli.eval import EvalConfig
+    """The recipe's ``eval`` section, ``max_length`` defaulting to ``data.max_length``."""
+    import dataclasses
 
     e = recipe.eval
-    return EvalConfig(batch_size=e.batch_size, max_new_tokens=e.max_new_tokens,
-                      metrics=metrics or e.metrics, max_length=recipe.data.max_length)
+    return dataclasses.replace(e, metrics=metrics or e.metrics,
+                               max_length=e.max_length or recipe.data.max_length)
 
 
 def _progress(reporter: Reporter):

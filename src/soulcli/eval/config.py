@@ -1,0 +1,40 @@
+"""The evaluation's knobs: one schema, used by ``evaluate_model`` and as the recipe's ``eval``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated
+
+from soulcli import schema
+from soulcli.eval.registry import resolve_metrics
+from soulcli.schema import POSITIVE, Range
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """Knobs of an evaluation (recipe section ``eval``).
+
+    ``batch_size``: sequences per forward pass (scoring) and prompts per generation batch.
+    ``max_new_tokens``: cap on each greedy answer. ``mink_k``: fraction of lowest-scoring tokens
+    that Min-K% and Min-K%++ average. ``metrics``: names or glob patterns to compute (``None``:
+    all). ``max_length``: longest scored sequence in tokens, longer answers are cut (``None``:
+    the recipe's ``data.max_length``; 512 for a direct ``evaluate_model`` call).
+    ``eval_every``: evaluate every N unlearning steps where a workflow tracks a run's course
+    (compare-optimizers; ``None``: five times per run).
+    """
+
+    batch_size: Annotated[int, POSITIVE] = 32
+    max_new_tokens: Annotated[int, POSITIVE] = 48
+    mink_k: Annotated[float, Range(gt=0, le=1)] = 0.4
+    metrics: tuple[str, ...] | None = None
+    max_length: Annotated[int, Range(ge=2)] | None = None
+    eval_every: Annotated[int, POSITIVE] | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.metrics, str):
+            object.__setattr__(self, "metrics", (self.metrics,))
+        elif self.metrics is not None:
+            object.__setattr__(self, "metrics", tuple(self.metrics))
+        schema.check_instance(self, "eval")
+        if self.metrics is not None:
+            resolve_metrics(self.metrics)
