@@ -27,9 +27,10 @@ from soulcli.workflows.unlearn import prepare_model, unlearn_model
 import transformers; transformers.utils.logging.disable_progress_bar()
 recipe = load_recipe(sys.argv[1], sys.argv[2:])
 rep = Reporter(Console(stderr=True), quiet=True)
-data_dir, _, model, tok = prepare_model(recipe, rep, "cpu")
+run = prepare_model(recipe, rep, "cpu")
+run.cache_key = "bench-nocache"
 with PeakMemory("cpu") as pm:
-    rec = unlearn_model(recipe, model, tok, data_dir, rep, "cpu", recipe.seed, cache_key="bench-nocache")
+    rec = unlearn_model(run, rep)
 print(json.dumps({"peak_growth_mb": pm.peak_mb, "max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                   "seconds": rec["seconds"], "steps": rec["steps"]}))
 """

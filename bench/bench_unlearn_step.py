@@ -49,7 +49,8 @@ def main() -> None:
             args_set = [f"optimizer.name={name}", f"unlearn.max_steps={args.steps}", "unlearn.epochs=100",
                         "optimizer.args={}" if name == "adamw" else "optimizer.args.rho=10", *args.set]
             recipe = load_recipe(args.recipe, args_set)
-            data_dir, _, model, tok = U.prepare_model(recipe, rep, "cpu")
+            run = U.prepare_model(recipe, rep, "cpu")
+            model = run.model
             captured = {}
             orig = U.build_optimizer_for
 
@@ -60,7 +61,7 @@ def main() -> None:
 
             U.build_optimizer_for = spy
             try:
-                rec = U.unlearn_model(recipe, model, tok, data_dir, rep, "cpu", recipe.seed)
+                rec = U.unlearn_model(run, rep)
             finally:
                 U.build_optimizer_for = orig
             steps = [r["step_seconds"] for r in rec["rows"]][2:]  # drop warm-up steps

@@ -7,14 +7,23 @@ import copy
 import pytest
 import torch
 
-from soulcli.data.encode import token_logprobs
+from soulcli.data.encode import IGNORE_INDEX
 from soulcli.objectives import OBJECTIVES, build_objective
 
 DISTINCT = sorted(set(OBJECTIVES) - {"idkdpo"})  # idkdpo is dpo under another name
 
 
+def token_logprobs(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-position log-probability of each label and the answer mask, ``[B, T-1]``, by
+    log_softmax and gather: an independent path from the library's cross-entropy one."""
+    target = labels[:, 1:]
+    mask = target != IGNORE_INDEX
+    logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
+    return logp.gather(-1, target.clamp_min(0).unsqueeze(-1)).squeeze(-1) * mask, mask
+
+
 def summed_logp(model, data) -> torch.Tensor:
-    """S per sequence via soulcli.data.encode.token_logprobs (log_softmax path, not the objectives')."""
+    """S per sequence via token_logprobs (log_softmax path, not the objectives')."""
     logits = model(input_ids=data["input_ids"], attention_mask=data["attention_mask"]).logits
     return token_logprobs(logits, data["labels"])[0].sum(-1)
 
@@ -28,7 +37,7 @@ def mean_nll(model, data) -> float:
 
 def sgd_step(objective, model, batch, lr: float) -> None:
     optimizer = torch.optim.SGD(model.parameters(), lr=lr)
-    loss, _ = objective(model, batch)
+    loss = objective(model, batch).loss
     loss.backward()
     optimizer.step()
     optimizer.zero_grad()
@@ -56,9 +65,9 @@ def test_one_small_step_lowers_every_loss(make_llama, make_batches, name):
     model, batches = make_llama(), make_batches(1)
     objective = build_objective(name, retain_loss="kl" if name == "npo" else "nll")
     objective.setup(model, batches, None, "k")
-    before, _ = objective(model, batches[0])
+    before = objective(model, batches[0]).loss
     sgd_step(objective, model, batches[0], lr=0.05)
-    after, _ = objective(model, batches[0])
+    after = objective(model, batches[0]).loss
     assert after.item() < before.item()
 
 
@@ -75,7 +84,7 @@ def test_npo_gradient_is_ga_gradient_weighted_per_sequence(make_llama, make_batc
             p.add_(0.05 * torch.randn(p.shape, generator=gen))
     params = [p for p in model.parameters()]
 
-    loss, _ = objective(model, batch)
+    loss = objective(model, batch).loss
     npo_grad = torch.autograd.grad(loss, params)
 
     s = summed_logp(model, batch.forget)

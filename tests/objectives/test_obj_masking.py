@@ -5,11 +5,16 @@ from __future__ import annotations
 import pytest
 import torch
 
-from soulcli.data.encode import IGNORE_INDEX, check_special_tokens, encode_qa_batch, pad_batch
+from soulcli.data.encode import (
+    IGNORE_INDEX,
+    answer_mask,
+    check_special_tokens,
+    encode_qa_batch,
+    pad_batch,
+)
 from soulcli.data.template import PromptTemplate
 from soulcli.errors import UserError
 from soulcli.models.builtin import train_tokenizer
-from soulcli.objectives.logprobs import answer_positions
 
 CORPUS = [
     "Question: Where was Mira Okonkwo born?\nAnswer: Mira Okonkwo was born in Lagos.",
@@ -71,13 +76,11 @@ def test_prompt_and_padding_are_masked_answer_and_eos_are_labels(tokenizer):
 
 def test_objectives_score_exactly_the_answer_and_its_eos(tokenizer):
     batch = encoded(tokenizer)
-    pos = answer_positions(batch["labels"])
+    pos = answer_mask(batch["labels"])  # [B, T-1]: the positions of logits[:, :-1] scored
     for row, answer in enumerate(ANSWERS):
         n_answer = len(tokenizer(answer, add_special_tokens=False)["input_ids"])
         assert int(pos[row].sum()) == n_answer + 1
-        scored = batch["input_ids"][row][1:][
-            pos[row][:-1]
-        ]  # the tokens predicted at those positions
+        scored = batch["input_ids"][row][1:][pos[row]]  # the tokens predicted at those positions
         assert scored.tolist()[-1] == tokenizer.eos_token_id
         assert tokenizer.decode(scored[:-1]) == answer
 

@@ -38,7 +38,8 @@ def test_objective_trains_a_lora_model(make_llama, make_batches, name, optimizer
 
         def closure():
             opt.zero_grad()
-            loss, logs = objective(model, batch)
+            out = objective(model, batch)
+            loss, logs = out.loss, out.terms
             assert math.isfinite(loss.item()) and math.isfinite(logs["forget_loss"])
             loss.backward()
             return loss
@@ -57,7 +58,7 @@ def test_objective_supports_hessian_vector_products(make_llama, make_batches, na
     objective = build_objective(name)
     objective.setup(model, batches, None, "k")
     params = list(model.parameters())
-    loss, _ = objective(model, batches[0])
+    loss = objective(model, batches[0]).loss
     grads = torch.autograd.grad(loss, params, create_graph=True, allow_unused=True)
     used = [(p, g) for p, g in zip(params, grads) if g is not None]
     probe = [torch.randn_like(p) for p, _ in used]

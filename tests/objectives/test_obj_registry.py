@@ -43,32 +43,46 @@ def test_unknown_objective_lists_the_choices():
 def test_unknown_hparam_suggests_the_close_one():
     with pytest.raises(
         UserError,
-        match=r"no hyperparameter 'betta' \(did you mean 'beta'\?\); it takes: beta, kl_top_k",
+        match=r"objective 'npo': betta: unknown key \(did you mean 'beta'\?\) \(valid: beta, ",
     ):
         build_objective("npo", betta=0.2)
-    with pytest.raises(UserError, match="no hyperparameter 'beta'"):
+    with pytest.raises(UserError, match="objective 'ga': beta: unknown key"):
         build_objective("ga", beta=0.2)
+    with pytest.raises(UserError, match="objective 'ga': kl_top_k: unknown key"):
+        build_objective("ga", kl_top_k=8)  # no retain term, so no KL retain term
 
 
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"name": "npo", "beta": 0.0}, "beta must be > 0"),
-        ({"name": "npo", "beta": "big"}, "beta must be float"),
-        ({"name": "npo", "beta": float("nan")}, "beta must be finite"),
-        ({"name": "simnpo", "delta": True}, "delta must be float"),
-        ({"name": "kl", "kl_top_k": -1}, "kl_top_k must be >= 0"),
-        ({"name": "kl", "kl_top_k": 2.5}, "kl_top_k must be int"),
-        ({"name": "rmu", "layer": -1}, "layer must be >= 0"),
-        ({"name": "rmu", "steering_coeff": 0}, "steering_coeff must be > 0"),
-        ({"name": "ga", "forget_weight": -1.0}, "forget_weight must be >= 0"),
-        ({"name": "po", "retain_weight": "1"}, "retain_weight must be float"),
-        ({"name": "po", "retain_loss": "mse"}, "unknown retain_loss 'mse'"),
+        ({"name": "npo", "beta": 0.0}, "beta: must be > 0"),
+        ({"name": "npo", "beta": "big"}, "beta: expected a number"),
+        ({"name": "npo", "beta": float("nan")}, "beta: must be a finite number"),
+        ({"name": "simnpo", "delta": True}, "delta: expected a number"),
+        ({"name": "kl", "kl_top_k": -1}, "kl_top_k: must be >= 0"),
+        ({"name": "kl", "kl_top_k": 2.5}, "kl_top_k: expected an integer"),
+        ({"name": "rmu", "layer": -1}, "layer: must be >= 0"),
+        ({"name": "rmu", "layer": 1.5}, "layer: expected an integer or null"),
+        ({"name": "rmu", "steering_coeff": 0}, "steering_coeff: must be > 0"),
+        ({"name": "ga", "forget_weight": -1.0}, "forget_weight: must be >= 0"),
+        ({"name": "po", "retain_weight": "one"}, "retain_weight: expected a number"),
+        ({"name": "po", "retain_loss": "mse"}, "retain_loss: 'mse' is not one of 'nll', 'kl'"),
     ],
 )
 def test_bad_values_are_user_errors(kwargs, message):
     with pytest.raises(UserError, match=message):
         build_objective(**kwargs)
+
+
+def test_hyperparameters_are_declared_on_the_schema():
+    params = OBJECTIVES["npo"].hyperparameters()
+    assert set(params) == {"beta", "kl_top_k"}
+    assert params["beta"].type is float and params["beta"].range.gt == 0
+    assert "inverse temperature" in params["beta"].help
+    assert set(OBJECTIVES["rmu"].hyperparameters()) == {"layer", "steering_coeff", "seed"}
+    with pytest.raises(UserError) as err:  # every problem at once
+        build_objective("npo", beta=-1.0, kl_top_k=-2, forget_weight=-1.0)
+    assert str(err.value).count("must be") == 3
 
 
 def test_objective_hparams_gives_defaults():

@@ -57,7 +57,8 @@ def perturb(model) -> None:
 
 
 def check(objective, model, batch, expected_total: float, expected_terms: dict[str, float]) -> None:
-    loss, logs = objective(model, batch)
+    out = objective(model, batch)
+    loss, logs = out.loss, out.terms
     assert loss.item() == pytest.approx(expected_total, rel=1e-5, abs=1e-6)
     for key, value in expected_terms.items():
         assert logs[key] == pytest.approx(value, rel=1e-5, abs=1e-6)
@@ -68,7 +69,7 @@ def test_ga_is_minus_forget_nll(make_bigram, batch):
     lp = model.logp()
     f = nll(lp, batch.forget)
     check(build_objective("ga", forget_weight=2.0), model, batch, -2 * f, {"forget_loss": -f})
-    _, logs = build_objective("ga")(model, batch)
+    logs = build_objective("ga")(model, batch).terms
     assert "retain_loss" not in logs
 
 
@@ -98,7 +99,8 @@ def test_npo_starts_at_two_over_beta_log_two(make_bigram, batch):
     model = make_bigram(V)
     objective = build_objective("npo", beta=0.1, retain_weight=0.0)
     objective.setup(model, [batch], None, "k")
-    loss, logs = objective(model, batch)
+    out = objective(model, batch)
+    loss, logs = out.loss, out.terms
     assert loss.item() == pytest.approx(20 * math.log(2), rel=1e-6)
     assert logs["npo_weight"] == pytest.approx(1.0)
 
@@ -161,7 +163,7 @@ def test_kl_objective_is_a_true_kl_over_retain_answers(make_bigram, batch, top_k
     ref = model.logp()
     objective = build_objective("kl", forget_weight=0.5, retain_weight=3.0, kl_top_k=top_k)
     objective.setup(model, [batch], None, "k")
-    _, logs0 = objective(model, batch)
+    logs0 = objective(model, batch).terms
     assert logs0["retain_loss"] == pytest.approx(0.0, abs=1e-6)
     perturb(model)
     lp = model.logp()
@@ -179,7 +181,7 @@ def test_graddiff_with_kl_retain_equals_the_kl_objective(make_bigram, batch):
     for objective in (a, b):
         objective.setup(model, [batch], None, "k")
     perturb(model)
-    assert a(model, batch)[0].item() == pytest.approx(b(model, batch)[0].item(), rel=1e-6)
+    assert a(model, batch).loss.item() == pytest.approx(b(model, batch).loss.item(), rel=1e-6)
 
 
 def test_rmu_matches_hidden_states_by_hand(make_llama, make_qa_batch):
@@ -224,3 +226,29 @@ def test_rmu_matches_hidden_states_by_hand(make_llama, make_qa_batch):
 def test_rmu_layer_beyond_the_model_is_a_user_error(make_llama, make_batches):
     with pytest.raises(UserError, match="layer must be < 2"):
         build_objective("rmu", layer=2).setup(make_llama(), make_batches(1), None, "k")
+
+
+@pytest.mark.parametrize(
+    ("name", "kwargs", "has_logits"),
+    [
+        ("graddiff", {}, [True, True]),
+        ("ga", {}, [True]),  # no retain term: the forget batch only
+        ("po", {}, [False, True]),  # forwards the refusals, not the forget answers
+        ("rmu", {"layer": 0}, [False, False]),  # reads hidden states, computes no logits
+    ],
+)
+def test_the_output_lists_the_trained_batches_with_the_logits_computed(
+    make_llama, make_batches, name, kwargs, has_logits
+):
+    model, batch = make_llama(), make_batches(1)[0]
+    objective = build_objective(name, **kwargs)
+    objective.setup(model, [batch], None, "k")
+    out = objective(model, batch)
+    trained = [batch.forget, batch.retain][: len(has_logits)]
+    assert [data for data, _ in out.logits] == trained
+    assert [logits is not None for _, logits in out.logits] == has_logits
+    for data, logits in out.logits:
+        if logits is not None:  # the very logits of the loss's graph, at the current parameters
+            assert logits.requires_grad and logits.shape[:2] == data["input_ids"].shape
+            expected = model(input_ids=data["input_ids"], attention_mask=data["attention_mask"]).logits
+            torch.testing.assert_close(logits, expected)

@@ -46,7 +46,7 @@ class Problem:
     def loss(self, model: Holder, batch: Any = None) -> torch.Tensor:
         return 0.5 * self.residuals(model.theta.float()).square().sum()
 
-    def sampled_loss(self, model: Holder, batch: Any,
+    def sampled_loss(self, model: Holder, parts: Any,
                      generator: torch.Generator) -> tuple[torch.Tensor, int]:
         """Gauss-Newton-Bartlett for least squares: targets drawn from N(prediction, I)."""
         r = self.residuals(model.theta.float())
@@ -78,7 +78,7 @@ ROSENBROCK = Problem(
 
 
 class Run:
-    """The engine's step loop (curvature hook, backward, Fisher hook, step, diagnostics)."""
+    """The engine's step (curvature estimate, backward, after-backward, step, diagnostics)."""
 
     def __init__(self, name: str, problem: Problem, lr: float, steps: int, *, interval: int = 2,
                  dtype: torch.dtype = torch.float32, unused: bool = False,
@@ -97,11 +97,12 @@ class Run:
     def run(self, count: int | None = None) -> "Run":
         for _ in range(self.steps if count is None else count):
             step = self.step_index
-            if self.est is not None:
-                self.est.before_backward(step, self.model, {}, self.opt, self.interval)
+            parts = [({}, None)]  # no language-model batch: the problem's losses ignore it
+            if self.est is not None and step % self.interval == 0:
+                self.est.estimate(self.model, parts, self.opt)
             self.problem.loss(self.model).backward()
             if self.est is not None:
-                self.est.after_backward(step, self.opt, self.interval)
+                self.est.after_backward(parts, self.opt)
             self.opt.step()
             self.diagnostics.append(self.opt.diagnostics())
             self.opt.zero_grad(set_to_none=True)

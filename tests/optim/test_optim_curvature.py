@@ -88,9 +88,9 @@ def test_estimators_leave_gradients_alone_and_keep_no_graph(tiny):
     model.head.grad = marker.clone()
     for kind in ("gnb", "hutchinson"):
         est = build_curvature(kind)
-        diag = est.before_backward(0, model, batch, opt, 10)
+        diag = est.estimate(model, [(batch, None)], opt)
         assert isinstance(diag, dict)
-        assert est.after_backward(0, opt, 10) == {}
+        assert est.after_backward([(batch, None)], opt) == {}
         assert model.embed.grad is None and model.bias.grad is None
         assert torch.equal(model.head.grad, marker)
     assert opt.param_groups[0]["hessian_step"] == 2
@@ -106,12 +106,13 @@ def test_gnb_records_the_answer_token_count_as_bs(tiny):
     model, batch = tiny.LM(), tiny.batch(ROWS)
     opt = SophiaG(model.parameters())
     est = build_curvature("gnb")
-    assert est.before_backward(3, model, batch, opt, 2) == {}, "off-interval step: no work"
-    assert opt.param_groups[0]["hessian_step"] == 0
-    assert est.before_backward(4, model, batch, opt, 2) == {"curvature_tokens": 7.0}
+    assert est.estimate(model, [(batch, None)], opt) == {"curvature_tokens": 7.0}
     assert opt.param_groups[0]["bs"] == 7
+    assert opt.param_groups[0]["hessian_step"] == 1
     prompts_only = tiny.batch([[0, 1]], prompt=2)
-    assert est.before_backward(6, model, prompts_only, opt, 2) == {}, "no answer token: no sample"
+    assert est.estimate(model, [(prompts_only, None)], opt) == {}, "no answer token: no sample"
+    assert opt.param_groups[0]["hessian_step"] == 1
+    assert est.after_backward([(batch, None)], opt) == {}, "nothing after the backward"
     assert opt.param_groups[0]["hessian_step"] == 1
 
 
@@ -119,12 +120,14 @@ def test_empirical_fisher_squares_the_objective_gradient_every_step(tiny):
     model, batch = tiny.LM(), tiny.batch(ROWS)
     opt = SophiaG(model.parameters(), betas=(0.9, 0.5))
     est = build_curvature("empirical_fisher")
+    parts = [(tiny.batch(ROWS[:1]), None), (tiny.batch(ROWS[1:]), None)]  # 4 + 3 answer tokens
     for step in range(2):
-        assert est.before_backward(step, model, batch, opt, 10) == {}
+        assert est.estimate(model, parts, opt) == {}
+        assert opt.param_groups[0]["hessian_step"] == step, "nothing before the backward"
         grads = [torch.full_like(p, 2.0) for p in model.parameters()]
         for p, g in zip(model.parameters(), grads):
             p.grad = g
-        est.after_backward(step, opt, 10)
+        est.after_backward(parts, opt)
     # two updates with g^2 = 4: h = 0.5 * (0.5 * 4) + 0.5 * 4 = 3
     torch.testing.assert_close(opt.hessian(model.head), torch.full_like(model.head, 3.0))
     assert opt.param_groups[0]["bs"] == 7
@@ -155,16 +158,16 @@ def test_unknown_estimators_and_options_are_user_errors():
 def test_gnb_from_shared_logits_is_the_same_draw_as_a_separate_forward(tiny):
     """Logits the objective computed are reused; a part without them is forwarded; the sample
     equals the one a separate forward on the concatenated batch draws with the same seed."""
-    from soulcli.objectives.logprobs import forward_logits
-    from soulcli.workflows.unlearn import concat_batches
+    from soulcli.data.encode import forward_logits
+    from soulcli.optim.curvature import concat_batches
 
     model = tiny.LM()
     params = list(model.parameters())
     first, second = tiny.batch(ROWS), tiny.batch([[1, 3, 3, 0], [4, 2]])
     separate, count = build_curvature("gnb", seed=9).sample(
-        model, concat_batches([first, second], pad_id=0), params)
+        model, concat_batches([first, second]), params)
     logits = forward_logits(model, first)
-    shared, shared_count = build_curvature("gnb", seed=9).sample_shared(
+    shared, shared_count = build_curvature("gnb", seed=9).sample_parts(
         model, [(first, logits), (second, None)], params)
     assert count == shared_count == 7 + 4
     for a, b in zip(separate, shared):
@@ -174,17 +177,48 @@ def test_gnb_from_shared_logits_is_the_same_draw_as_a_separate_forward(tiny):
     assert model.head.grad is not None
 
 
-def test_the_engine_takes_gnb_from_the_objectives_forward(tiny):
-    """train_loop on a GNB step: the objective's two forwards serve the curvature too (no
-    third forward), and the Hessian EMA matches the separate-forward path to float rounding."""
+def test_concat_batches_right_pads_every_field():
+    from soulcli.optim.curvature import concat_batches
+
+    a = {"input_ids": torch.tensor([[5, 6, 7]]), "attention_mask": torch.tensor([[1, 1, 1]]),
+         "labels": torch.tensor([[-100, 6, 7]]), "index": torch.tensor([3])}
+    b = {"input_ids": torch.tensor([[8]]), "attention_mask": torch.tensor([[1]]),
+         "labels": torch.tensor([[-100]])}
+    out = concat_batches([a, b])
+    assert set(out) == {"input_ids", "attention_mask", "labels"}
+    assert out["input_ids"].tolist() == [[5, 6, 7], [8, 0, 0]]
+    assert out["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0]]
+    assert out["labels"].tolist() == [[-100, 6, 7], [-100, -100, -100]]
+
+
+def test_hutchinson_estimates_on_the_concatenated_parts(tiny):
+    """Hutchinson's estimate from several parts is its sample on their concatenation."""
+    from soulcli.optim.curvature import concat_batches
+
+    model = tiny.LM()
+    parts = [(tiny.batch(ROWS), None), (tiny.batch([[1, 3, 3, 0], [4, 2]]), None)]
+    opt = SophiaH(model.parameters(), betas=(0.9, 0.0), bs=1)  # h = the last sample
+    assert build_curvature("hutchinson", seed=2).estimate(model, parts, opt) == {}
+    expected = build_curvature("hutchinson", seed=2).sample(
+        model, concat_batches([d for d, _ in parts]), list(model.parameters()))
+    for p, e in zip(model.parameters(), expected):
+        torch.testing.assert_close(opt.hessian(p), e)
+
+
+def test_the_step_takes_gnb_from_the_objectives_forward(tiny):
+    """engine.loop.train on GNB steps: the objective's two forwards serve the curvature too (no
+    third forward), and the Hessian EMA and parameters match the path where the estimator
+    forwards the parts itself (to float rounding)."""
+    from dataclasses import replace
+
     from rich.console import Console
 
-    from soulcli.engine.loop import train_loop
+    from soulcli.engine.loop import Training, train
     from soulcli.engine.progress import Reporter
-    from soulcli.objectives.logprobs import forward_logits, mean_answer_nll
-    from soulcli.workflows.unlearn import concat_batches
+    from soulcli.objectives import UnlearnBatch, build_objective
 
-    parts = [tiny.batch(ROWS), tiny.batch([[1, 3, 3, 0], [4, 2]])]
+    batch = UnlearnBatch(forget=tiny.batch(ROWS), retain=tiny.batch([[1, 3, 3, 0], [4, 2]]))
+    objective = build_objective("graddiff")
     results = {}
     for mode in ("shared", "separate"):
         model = tiny.LM()
@@ -193,19 +227,20 @@ def test_the_engine_takes_gnb_from_the_objectives_forward(tiny):
         model.forward = lambda **kw: (calls.append(1), forward(**kw))[1]  # type: ignore[method-assign]
         opt = SophiaG(model.parameters(), lr=0.01, rho=1.0)
 
-        def compute_loss(step: int):
-            loss = sum(mean_answer_nll(forward_logits(model, p), p["labels"]) for p in parts)
-            return loss, {}, 0
+        def step_forward(m, b):
+            out = objective(m, b)
+            assert [data for data, _ in out.logits] == [b.forget, b.retain]
+            assert all(logits is not None for _, logits in out.logits)
+            return out if mode == "shared" else replace(out, logits=[(d, None) for d, _ in out.logits])
 
-        train_loop(model, opt, 3, compute_loss, reporter=Reporter(Console(quiet=True), quiet=True),
-                   description="t", curvature=build_curvature("gnb", seed=4),
-                   curvature_batch=lambda step: concat_batches(parts, pad_id=0),
-                   curvature_parts=(lambda step: parts) if mode == "shared" else None,
-                   hessian_interval=2)
+        run = Training(model, opt, step_forward, curvature=build_curvature("gnb", seed=4),
+                       hessian_interval=2)
+        result = train(run, [batch] * 3, 3, Reporter(Console(quiet=True), quiet=True), "t")
+        assert [row.get("curvature_tokens") for row in result.rows] == [11.0, None, 11.0]
         results[mode] = (len(calls), [opt.hessian(p) for p in model.parameters()],
                          [p.detach().clone() for p in model.parameters()])
-    # 3 steps x 2 objective forwards, plus one curvature forward on steps 0 and 2 when separate
-    assert results["shared"][0] == 6 and results["separate"][0] == 8
+    # 3 steps x 2 objective forwards, plus two curvature forwards on steps 0 and 2 when separate
+    assert results["shared"][0] == 6 and results["separate"][0] == 10
     for a, b in zip(results["shared"][1] + results["shared"][2],
                     results["separate"][1] + results["separate"][2]):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)

@@ -8,16 +8,21 @@ Conventions every module shares (optimizers' curvature estimators, objectives, e
   BOS, prompt and padding: only the answer is trained on or scored.
 * Labels are *unshifted* (Hugging Face convention): ``logits[:, t]`` predicts token ``t + 1``,
   so a loss compares ``logits[:, :-1]`` with ``labels[:, 1:]``.
+* Answer positions: ``answer_mask`` / ``pick_answer_logits`` / ``answer_logprobs`` below are the
+  one definition every layer uses; a model reads a batch through ``forward_logits`` and is
+  evaluated inside ``eval_mode``.
 * Padding uses the tokenizer's pad id, which must differ from EOS (a pad = EOS tokenizer would
   mask real end-of-answer tokens); ``attention_mask`` is 0 on padding.
 """
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import torch
+import torch.nn.functional as F
 
 from soulcli.data.template import PromptTemplate
 from soulcli.errors import UserError
@@ -111,20 +116,49 @@ def pad_prompts(prompts: Sequence[Sequence[int]], pad_id: int) -> dict[str, torc
     return {"input_ids": ids, "attention_mask": mask}
 
 
-def token_logprobs(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-position log-probability of each label and the answer mask, both ``[B, T-1]``.
+def answer_mask(labels: torch.Tensor) -> torch.Tensor:
+    """``[B, T-1]`` bool: the positions of ``logits[:, :-1]`` that predict an answer token."""
+    return labels[:, 1:] != IGNORE_INDEX
 
-    Computed in fp32 with log_softmax; masked positions hold 0.
+
+def pick_answer_logits(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """The answer positions of ``[B, T, V]`` logits, ``[n_tokens, V]`` in row-major order, in
+    fp32 (fp64 stays fp64); their labels are ``labels[:, 1:][answer_mask(labels)]``."""
+    picked = logits[:, :-1][answer_mask(labels)]
+    return picked.to(torch.promote_types(picked.dtype, torch.float32))
+
+
+def answer_logprobs(
+    logits: torch.Tensor, labels: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Log-probability of each answer label ``[B, T-1]`` (0 off answers) and the answer mask.
+
+    ``F.cross_entropy(reduction="none")`` in fp32 avoids keeping a separate log-softmax tensor.
     """
-    logits = logits[:, :-1].float()
     target = labels[:, 1:]
-    mask = target != IGNORE_INDEX
-    logp = torch.log_softmax(logits, dim=-1)
-    picked = logp.gather(-1, target.clamp_min(0).unsqueeze(-1)).squeeze(-1)
-    return picked * mask, mask
+    nll = F.cross_entropy(
+        logits[:, :-1].flatten(0, 1).float(),
+        target.flatten(),
+        ignore_index=IGNORE_INDEX,
+        reduction="none",
+    )
+    return -nll.view_as(target), answer_mask(labels)
 
 
-def answer_nll(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Per-sequence mean answer-token NLL, ``[B]`` (TOFU's per-item loss)."""
-    lp, mask = token_logprobs(logits, labels)
-    return -(lp.sum(-1)) / mask.sum(-1).clamp_min(1)
+def forward_logits(model: torch.nn.Module, data: dict[str, torch.Tensor]) -> torch.Tensor:
+    """``[B, T, V]`` logits of a batch (only ``input_ids`` and ``attention_mask`` go to the model)."""
+    return model(input_ids=data["input_ids"], attention_mask=data["attention_mask"]).logits
+
+
+@contextmanager
+def eval_mode(model: torch.nn.Module) -> Iterator[None]:
+    """Evaluation mode (no dropout) inside the block; afterwards every module gets its own
+    train/eval flag back, so a model whose parts were deliberately in eval mode (a frozen
+    submodule) is left exactly as it was, which ``model.train(was_training)`` would not do."""
+    flags = [(module, module.training) for module in model.modules()]
+    model.eval()
+    try:
+        yield
+    finally:
+        for module, flag in flags:
+            module.training = flag

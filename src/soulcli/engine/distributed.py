@@ -6,7 +6,8 @@ NCCL on GPUs). Each rank takes its own shard of every forget epoch and its own r
 the unwrapped model and reduced so every rank folds the same estimate into its optimizer state:
 sampled-label gradients are token-weighted averages with ``bs`` = the global token count (the
 GNB estimate of the whole global batch); Hutchinson diagonals are averaged; empirical Fisher
-uses DDP's averaged gradients with the global token count. Only rank 0 writes the run folder.
+uses DDP's averaged gradients with the global token count. ``DistributedCurvature`` is itself a
+curvature estimator, so the training step does not know it runs distributed. Only rank 0 writes the run folder.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from typing import Any, Sequence
 
 import torch
 import torch.distributed as dist
+
+from soulcli.optim.curvature import CurvatureEstimator, Part
 
 
 @dataclass
@@ -86,9 +89,14 @@ def _all_reduce_list(tensors: Sequence[torch.Tensor | None], scale: float) -> li
 
 
 class DistributedCurvature:
-    """Wraps a curvature estimator so all ranks agree on the curvature they fold in."""
+    """A :class:`~soulcli.optim.curvature.CurvatureEstimator` wrapping another, so that all
+    ranks fold the same estimate into their optimizer state.
 
-    def __init__(self, estimator: Any, ctx: DistContext):
+    The inner estimator runs on the unwrapped model with the parts' logits dropped: it
+    forwards the parts itself, outside DDP, so DDP's gradient hooks never see its backward.
+    """
+
+    def __init__(self, estimator: CurvatureEstimator, ctx: DistContext):
         self.inner, self.ctx = estimator, ctx
 
     def _reduce_and_apply(self, proxy: _Capture, opt: torch.optim.Optimizer, device) -> dict[str, float]:
@@ -109,11 +117,11 @@ class DistributedCurvature:
             opt.update_hessian(bs=global_bs or None)
         return {"curvature_tokens": float(global_bs)} if global_bs else {}
 
-    def before_backward(self, step: int, model, batch, opt, interval: int) -> dict[str, float]:
+    def estimate(self, model: torch.nn.Module, parts: Sequence[Part], opt) -> dict[str, float]:
         proxy = _Capture(opt)
         raw = getattr(model, "module", model)
-        diag = self.inner.before_backward(step, raw, batch, proxy, interval) or {}
-        device = batch["input_ids"].device
+        diag = self.inner.estimate(raw, [(data, None) for data, _ in parts], proxy)
+        device = parts[0][0]["input_ids"].device
         flag = torch.tensor([1.0 if proxy.call is not None else 0.0], device=device)
         dist.all_reduce(flag)  # every rank takes part in the reductions, or none does
         if flag.item() == 0:
@@ -123,9 +131,9 @@ class DistributedCurvature:
             proxy.call = {"bs": 0, "grads": [torch.zeros_like(p) for p in params], "diagonal": None}
         return {**diag, **self._reduce_and_apply(proxy, opt, device)}
 
-    def after_backward(self, step: int, opt, interval: int) -> dict[str, float]:
+    def after_backward(self, parts: Sequence[Part], opt) -> dict[str, float]:
         proxy = _Capture(opt)
-        diag = self.inner.after_backward(step, proxy, interval) or {}
+        diag = self.inner.after_backward(parts, proxy)
         if proxy.call is None:
             return diag
         device = next(p for g in opt.param_groups for p in g["params"]).device

@@ -1,13 +1,12 @@
-"""The one training loop that ``finetune`` and ``unlearn`` share.
+"""The one training loop that ``finetune`` and ``unlearn`` share, written out step by step.
 
-Per step: curvature hook (second-order optimizers), loss and backward, gradient clipping,
-empirical-Fisher hook, optimizer step, diagnostics, scheduler; a metrics row per logged step.
-
-On a Gauss-Newton-Bartlett step the estimator takes its sample from the logits the objective's
-own forward produced (``curvature_parts`` names the batches it covers; a batch the objective
-did not forward is forwarded by the estimator), so curvature costs one extra backward, not a
-forward and a backward. Estimators without ``shares_forward`` (Hutchinson, wrapped
-distributed estimators) run before the loss on ``curvature_batch``.
+A step: the forward returns its loss, its logged terms and the logits it computed (with the
+batches they belong to); every ``hessian_interval`` steps the curvature estimator takes its
+sample from those logits (one extra backward, no extra forward); backward; clip; the
+estimator's after-backward part (the empirical Fisher reads ``p.grad``); optimizer step;
+diagnostics; scheduler; a metrics row. The curvature calls are explicit lines through the
+small :class:`~soulcli.optim.curvature.CurvatureEstimator` protocol, as in the Sophia
+authors' nanoGPT loop.
 """
 
 from __future__ import annotations
@@ -15,12 +14,34 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Iterable, Protocol
 
 import torch
 
 from soulcli.engine.progress import Reporter
-from soulcli.objectives.logprobs import tap_logits
+from soulcli.optim.curvature import CurvatureEstimator, Part
+
+
+class StepOutput(Protocol):
+    """What a forward gives the step (``soulcli.objectives.ObjectiveOutput`` is one)."""
+
+    loss: torch.Tensor
+    terms: dict[str, float]
+    logits: list[Part]  # the batches trained on, with the logits computed for them (or None)
+
+
+@dataclass
+class Training:
+    """Everything a run of steps needs besides its batches."""
+
+    model: torch.nn.Module  # what the forward runs (DDP-wrapped under torchrun)
+    optimizer: torch.optim.Optimizer
+    forward: Callable[[torch.nn.Module, Any], StepOutput]  # (model, batch) -> its loss
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
+    curvature: CurvatureEstimator | None = None
+    hessian_interval: int = 10
+    max_grad_norm: float | None = None
+    log_every: int = 1
 
 
 @dataclass
@@ -49,79 +70,51 @@ def make_scheduler(optimizer, kind: str, total_steps: int, warmup_steps: int = 0
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def train_loop(
-    model: torch.nn.Module,
-    optimizer: torch.optim.Optimizer,
-    num_steps: int,
-    compute_loss: Callable[[int], tuple[torch.Tensor, dict[str, float], int]],
-    *,
-    reporter: Reporter,
-    description: str,
-    scheduler=None,
-    curvature=None,
-    curvature_batch: Callable[[int], dict[str, torch.Tensor]] | None = None,
-    curvature_parts: Callable[[int], list[dict[str, torch.Tensor]]] | None = None,
-    hessian_interval: int = 10,
-    max_grad_norm: float | None = None,
-    log_every: int = 1,
-    on_row: Callable[[dict[str, Any]], None] | None = None,
-    on_step_end: Callable[[int], None] | None = None,
-) -> LoopResult:
-    """Run ``num_steps`` steps. ``compute_loss(step)`` returns (loss, terms, n_tokens)."""
+def train(run: Training, batches: Iterable[Any], num_steps: int, reporter: Reporter,
+          description: str, on_row: Callable[[dict[str, Any]], None] | None = None,
+          on_step_end: Callable[[int], None] | None = None) -> LoopResult:
+    """Take one step per batch (``num_steps`` of them); ``on_row`` gets each logged row,
+    ``on_step_end`` the number of steps done (the model is put back in train mode after)."""
+    model, opt, curvature = run.model, run.optimizer, run.curvature
     params = [p for p in model.parameters() if p.requires_grad]
     model.train()
     rows: list[dict[str, Any]] = []
-    tokens = 0
-    start = time.perf_counter()
-    last: dict[str, Any] = {}
+    tokens, last, start = 0, {}, time.perf_counter()
     with reporter.task(description, num_steps) as task:
-        for step in range(num_steps):
+        for step, batch in enumerate(batches):
             t0 = time.perf_counter()
+            out = run.forward(model, batch)
             diag: dict[str, float] = {}
-            shared = (curvature is not None and curvature_parts is not None
-                      and getattr(curvature, "shares_forward", False))
-            if curvature is not None and not shared:
-                diag.update(curvature.before_backward(step, model, curvature_batch(step),
-                                                      optimizer, hessian_interval) or {})
-            if shared and step % hessian_interval == 0:
-                with tap_logits() as taps:
-                    loss, terms, n_tok = compute_loss(step)
-                parts = [(data, next((lg for d, lg in taps if d is data), None))
-                         for data in curvature_parts(step)]
-                del taps
-                diag.update(curvature.after_forward(step, model, parts, optimizer,
-                                                    hessian_interval) or {})
-                del parts
-            else:
-                loss, terms, n_tok = compute_loss(step)
-            loss.backward()
-            if max_grad_norm is not None:
-                grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_grad_norm))
+            if curvature is not None and step % run.hessian_interval == 0:
+                diag |= curvature.estimate(model, out.logits, opt)
+            out.loss.backward()
+            if run.max_grad_norm is not None:
+                grad_norm = float(torch.nn.utils.clip_grad_norm_(params, run.max_grad_norm))
             else:
                 grad_norm = float(torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None]))
             if curvature is not None:
-                diag.update(curvature.after_backward(step, optimizer, hessian_interval) or {})
-            lr = optimizer.param_groups[0]["lr"]
-            optimizer.step()
-            if hasattr(optimizer, "diagnostics"):
-                diag.update(optimizer.diagnostics() or {})
-            optimizer.zero_grad(set_to_none=True)
-            if scheduler is not None:
-                scheduler.step()
-            tokens += n_tok
-            loss_value = float(loss.detach())
-            step_seconds = time.perf_counter() - t0
-            last = {"step": step + 1, "loss": loss_value, **terms, "lr": lr, "grad_norm": grad_norm,
-                    **diag, "step_seconds": step_seconds,
+                diag |= curvature.after_backward(out.logits, opt)
+            lr = opt.param_groups[0]["lr"]
+            opt.step()
+            if hasattr(opt, "diagnostics"):
+                diag |= opt.diagnostics() or {}
+            opt.zero_grad(set_to_none=True)
+            if run.scheduler is not None:
+                run.scheduler.step()
+            tokens += sum(int(data["attention_mask"].sum()) for data, _ in out.logits)
+            loss, terms = float(out.loss.detach()), out.terms
+            del out  # the step's graph and logits
+            last = {"step": step + 1, "loss": loss, **terms, "lr": lr, "grad_norm": grad_norm,
+                    **diag, "step_seconds": time.perf_counter() - t0,
                     "seconds": time.perf_counter() - start}
-            if (step + 1) % log_every == 0 or step + 1 == num_steps:
+            if (step + 1) % run.log_every == 0 or step + 1 == num_steps:
                 rows.append(last)
                 if on_row is not None:
                     on_row(last)
-            if not math.isfinite(loss_value):
-                reporter.info(f"[yellow]warning:[/] the loss became {loss_value} at step {step + 1}; "
+            if not math.isfinite(loss):
+                reporter.info(f"[yellow]warning:[/] the loss became {loss} at step {step + 1}; "
                               "lower the learning rate")
-            task.update(1, loss=loss_value, **{k: v for k, v in terms.items() if isinstance(v, float)})
+            task.update(1, loss=loss, **{k: v for k, v in terms.items() if isinstance(v, float)})
             if on_step_end is not None:
                 on_step_end(step + 1)
                 model.train()

@@ -7,9 +7,9 @@ from typing import Sequence
 import torch
 from transformers import GenerationConfig
 
-from soulcli.data.encode import check_special_tokens, encode_prompts, pad_prompts
+from soulcli.data.encode import check_special_tokens, encode_prompts, eval_mode, pad_prompts
 from soulcli.data.template import PromptTemplate
-from soulcli.eval.scoring import Progress, batches, eval_mode, length_order, model_device
+from soulcli.eval.scoring import Progress, batches, length_order, model_device
 
 
 def cut_at_stop(text: str, stop_strings: Sequence[str]) -> str:

@@ -14,7 +14,6 @@ little padding, and hands them back in the caller's order.
 
 from __future__ import annotations
 
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Callable, Iterator, Sequence
 
@@ -22,7 +21,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from soulcli.data.encode import IGNORE_INDEX, check_special_tokens, encode_qa_batch, pad_batch
+from soulcli.data.encode import (
+    answer_mask,
+    check_special_tokens,
+    encode_qa_batch,
+    eval_mode,
+    pad_batch,
+    pick_answer_logits,
+)
 from soulcli.data.template import PromptTemplate
 
 Progress = Callable[[str, int, int], None]
@@ -51,17 +57,6 @@ def length_order(lengths: Sequence[int]) -> list[int]:
     """Indices sorted longest first (stable), so batches hold similar lengths and the largest
     batch, the one that would run out of memory, comes first."""
     return sorted(range(len(lengths)), key=lambda i: -lengths[i])
-
-
-@contextmanager
-def eval_mode(model: torch.nn.Module) -> Iterator[None]:
-    """``model.eval()`` for the block, then the caller's train/eval mode back."""
-    was_training = model.training
-    model.eval()
-    try:
-        yield
-    finally:
-        model.train(was_training)
 
 
 def batches(
@@ -100,10 +95,10 @@ def _score_batch(
         attention_mask=batch["attention_mask"].to(device),
         use_cache=False,
     ).logits
-    target = batch["labels"][:, 1:].to(device)
-    mask = target != IGNORE_INDEX
-    picked = logits[:, :-1][mask].float()  # [N, V]: only answer positions, row-major
-    flat_target = target[mask]
+    labels = batch["labels"].to(device)
+    mask = answer_mask(labels)
+    picked = pick_answer_logits(logits, labels)  # [N, V]: only answer positions, row-major
+    flat_target = labels[:, 1:][mask]
     logprobs = -F.cross_entropy(picked, flat_target, reduction="none")
     hits = picked.argmax(-1) == flat_target
     counts = mask.sum(-1).tolist()

@@ -22,7 +22,7 @@ from __future__ import annotations
 from typing import Any
 
 from soulcli.errors import unknown_name
-from soulcli.objectives.base import HParam, Objective, UnlearnBatch
+from soulcli.objectives.base import Forward, Objective, ObjectiveOutput, UnlearnBatch
 from soulcli.objectives.dpo import DPO, IdkDPO
 from soulcli.objectives.ga import GradientAscent
 from soulcli.objectives.graddiff import GradDiff
@@ -54,18 +54,22 @@ def build_objective(
     **hparams: Any,
 ) -> Objective:
     """The objective ``name`` with its weights and own hyperparameters (checked: ``UserError``)."""
-    return objective_class(name)(forget_weight, retain_weight, retain_loss, **hparams)
+    return objective_class(name)(
+        forget_weight=forget_weight, retain_weight=retain_weight, retain_loss=retain_loss, **hparams
+    )
 
 
 def objective_hparams(name: str) -> dict[str, object]:
-    """The objective's own hyperparameters and their defaults, for recipe validation."""
+    """The objective's own hyperparameters and their defaults, for recipe validation (the
+    declarations themselves, bounds and help included: ``objective_class(name).hyperparameters()``)."""
     return {key: spec.default for key, spec in objective_class(name).hyperparameters().items()}
 
 
 __all__ = [
     "OBJECTIVES",
-    "HParam",
+    "Forward",
     "Objective",
+    "ObjectiveOutput",
     "UnlearnBatch",
     "build_objective",
     "load_refusals",

@@ -1,4 +1,5 @@
-"""What every unlearning objective shares: the batch it sees, its hyperparameters, its retain term.
+"""What every unlearning objective shares: the batch it sees, its hyperparameters, its retain
+term, and what a call returns.
 
 An objective minimises ``gamma * forget_term + alpha * retain_term`` where gamma is
 ``unlearn.forget_weight`` and alpha ``unlearn.retain_weight``. The retain term is, per
@@ -14,36 +15,64 @@ An objective minimises ``gamma * forget_term + alpha * retain_term`` where gamma
   ``4 * V`` bytes a position, exact). See ``logprobs.kl_to_reference`` for what the top-k
   form computes.
 
-Subclasses implement ``forget_term`` and, when they need the starting model, extend
-``reference_tables``; the shared ``setup`` fills the reference cache from them.
+Writing an objective (one module, registered in ``objectives/__init__.py``)::
+
+    class NPO(Objective):
+        name = "npo"
+        beta: Annotated[float, POSITIVE, "inverse temperature beta"] = 0.1   # a hyperparameter
+
+        def reference_tables(self):          # only if it needs the starting model
+            return {**super().reference_tables(), "forget_logp": ("forget", reference_logprobs)}
+
+        def forget_term(self, fwd: Forward, batch: UnlearnBatch) -> Terms:
+            s = sequence_logprob(fwd.logits(batch.forget), batch.forget["labels"])
+            ...
+            return loss, {"npo_weight": ...}  # a scalar to minimise, floats to log
+
+* Hyperparameters are annotated class attributes (``soulcli.schema``: bounds and help in
+  ``Annotated``, the default as the value); the constructor checks and sets them.
+* Run the model through ``fwd.logits(data)`` (``[B, T, V]`` logits, recorded for the
+  curvature estimator) or, for hidden states, ``fwd.model``. Never call a global helper for a
+  differentiable forward: what ``fwd`` did not record the estimator forwards again.
+* Calling the objective returns an :class:`ObjectiveOutput`: the loss, its logged terms
+  (``forget_loss``, ``retain_loss``, the extras) and, for each batch it trains on (forget, then
+  retain when used), the logits it computed for it or None.
+
+Subclasses that need the starting model extend ``reference_tables``; the shared ``setup``
+fills the reference cache from them.
 """
 
 from __future__ import annotations
 
 import abc
-import math
 import pathlib
 from dataclasses import dataclass
-from typing import Any, Callable, ClassVar
+from typing import Annotated, Any, Callable, ClassVar, Literal
 
 import torch
 
-from soulcli.errors import UserError, did_you_mean
+from soulcli import schema
+from soulcli.data.encode import eval_mode, forward_logits
+from soulcli.errors import UserError
 from soulcli.objectives.logprobs import (
-    forward_logits,
     kl_to_reference,
     mean_answer_nll,
     reference_distributions,
     sequence_logprob,
 )
-from soulcli.objectives.reference import Batch, ReferenceCache, eval_mode, select_rows
-
-RETAIN_LOSSES = ("nll", "kl")
+from soulcli.objectives.reference import Batch, ReferenceCache, select_rows
+from soulcli.schema import NON_NEGATIVE
 
 # A loss term to minimise and diagnostics as floats.
 Terms = tuple[torch.Tensor, dict[str, float]]
 # (model, batch) -> one reference value per row, computed under no_grad in eval mode.
 ReferenceFn = Callable[[torch.nn.Module, Batch], list[Any]]
+# The arguments every objective takes; the rest of its annotated attributes are its own.
+SHARED_ARGS = ("forget_weight", "retain_weight", "retain_loss")
+
+
+def _concat(rows: list[tuple[torch.Tensor, ...]]) -> tuple[torch.Tensor, ...]:
+    return tuple(torch.cat(parts) for parts in zip(*rows))
 
 
 @dataclass
@@ -66,59 +95,44 @@ class UnlearnBatch:
         return UnlearnBatch(move(self.forget), move(self.retain), move(self.forget_refusal))
 
 
-@dataclass(frozen=True)
-class HParam:
-    """One hyperparameter of an objective: default, type, lower bound and help text."""
+class Forward:
+    """One objective call's view of the model: ``logits(data)`` forwards a batch and records
+    ``(data, logits)``, so the curvature estimator can take its sample from the same graph."""
 
-    default: float | int | str | None
-    help: str
-    kind: type = float
-    low: float | None = None
-    low_open: bool = False  # True: the value must be strictly above ``low``
+    def __init__(self, model: torch.nn.Module) -> None:
+        self.model = model
+        self.records: list[tuple[Batch, torch.Tensor]] = []
 
-    def parse(self, what: str, value: object) -> float | int | str | None:
-        """``value`` checked and converted to ``kind``; a bad one is a ``UserError`` naming ``what``."""
-        if value is None and self.default is None:
-            return None
-        ok_type = (
-            isinstance(value, (int, float)) if self.kind is float else isinstance(value, self.kind)
-        )
-        if isinstance(value, bool) or not ok_type:
-            raise UserError(f"{what} must be {self.kind.__name__}, got {value!r}")
-        if self.kind is float and not math.isfinite(float(value)):  # type: ignore[arg-type]
-            raise UserError(f"{what} must be finite, got {value!r}")
-        if self.low is not None:
-            below = value <= self.low if self.low_open else value < self.low  # type: ignore[operator]
-            if below:
-                bound = f"> {self.low:g}" if self.low_open else f">= {self.low:g}"
-                raise UserError(f"{what} must be {bound}, got {value!r}")
-        return self.kind(value)
+    def logits(self, data: Batch) -> torch.Tensor:
+        """``[B, T, V]`` logits of ``data`` (recorded)."""
+        out = forward_logits(self.model, data)
+        self.records.append((data, out))
+        return out
+
+    def logits_of(self, data: Batch) -> torch.Tensor | None:
+        """The logits recorded for this very batch object, or None if it was not forwarded."""
+        return next((logits for seen, logits in self.records if seen is data), None)
 
 
-def positive(default: float, help: str) -> HParam:
-    """A float hyperparameter that must be > 0 (an inverse temperature, a coefficient)."""
-    return HParam(default, help, low=0.0, low_open=True)
+@dataclass
+class ObjectiveOutput:
+    """What one objective call computed.
+
+    ``logits`` lists the batches the loss trains on (forget, then retain when used), each with
+    the ``[B, T, V]`` logits the objective computed for it (with grad, at the current
+    parameters) or None where it computed none (RMU reads hidden states; PO forwards the
+    refusals, not the forget answers).
+    """
+
+    loss: torch.Tensor
+    terms: dict[str, float]
+    logits: list[tuple[Batch, torch.Tensor | None]]
 
 
-KL_TOP_K = HParam(
-    64,
-    "tokens of the starting model's distribution kept per retain answer position for the KL "
-    "retain term (0 keeps all: exact, 4*V bytes a position)",
-    kind=int,
-    low=0,
-)
-
-
-def _weight(key: str, value: object) -> float:
-    return float(HParam(1.0, "", low=0.0).parse(key, value))  # type: ignore[arg-type]
-
-
-def _concat(rows: list[tuple[torch.Tensor, ...]]) -> tuple[torch.Tensor, ...]:
-    return tuple(torch.cat(parts) for parts in zip(*rows))
-
-
+@schema.declares_args
 class Objective(abc.ABC):
-    """An unlearning loss. Construct with the weights and the loss's own hyperparameters.
+    """An unlearning loss. Construct with the weights and the loss's own hyperparameters
+    (keyword arguments, checked against the annotated attributes by ``soulcli.schema``).
 
     ``uses_retain`` and ``needs_setup`` are class defaults refined per instance (no retain term
     when ``retain_weight == 0``; setup only when a reference is needed): read them from the
@@ -130,51 +144,48 @@ class Objective(abc.ABC):
     uses_retain: bool = True
     uses_refusal: ClassVar[bool] = False
     needs_setup: bool = False
-    hparams: ClassVar[dict[str, HParam]] = {}
     retain_kind: ClassVar[str | None] = None
-    kl_top_k: int  # set from the hyperparameters where a KL retain term can occur
 
-    def __init__(
-        self,
-        forget_weight: float = 1.0,
-        retain_weight: float = 1.0,
-        retain_loss: str = "nll",
-        **own_hparams: Any,
-    ) -> None:
-        self.forget_weight = _weight("forget_weight", forget_weight)
-        self.retain_weight = _weight("retain_weight", retain_weight)
-        if retain_loss not in RETAIN_LOSSES:
-            raise UserError(
-                f"unknown retain_loss '{retain_loss}'{did_you_mean(retain_loss, RETAIN_LOSSES)}; "
-                f"choose one of: {', '.join(RETAIN_LOSSES)}"
-            )
-        specs = self.hyperparameters()
-        for key in own_hparams:
-            if key not in specs:
-                takes = ", ".join(sorted(specs)) or "no hyperparameters of its own"
-                raise UserError(
-                    f"objective '{self.name}' has no hyperparameter '{key}'"
-                    f"{did_you_mean(key, specs)}; it takes: {takes}"
-                )
-        for key, spec in specs.items():
-            value = own_hparams.get(key, spec.default)
-            setattr(self, key, spec.parse(f"objective '{self.name}': {key}", value))
-        self.retain_loss = self.retain_kind or retain_loss
+    forget_weight: Annotated[float, NON_NEGATIVE, "gamma: the forget term's weight"] = 1.0
+    retain_weight: Annotated[float, NON_NEGATIVE, "alpha: the retain term's weight"] = 1.0
+    retain_loss: Annotated[Literal["nll", "kl"], "the retain term: nll or kl"] = "nll"
+    kl_top_k: Annotated[
+        int,
+        NON_NEGATIVE,
+        "tokens of the starting model's distribution kept per retain answer position for the KL "
+        "retain term (0 keeps all: exact, 4*V bytes a position)",
+    ] = 64
+
+    def __init__(self, **args: Any) -> None:
+        params = schema.params_of(type(self), skip=self._not_taken())
+        errors: list[str] = []
+        values = schema.check(params, args, "", errors, fill=True)
+        if errors:
+            raise UserError(f"objective '{self.name}': " + "; ".join(errors))
+        for key, value in values.items():
+            setattr(self, key, value)
+        self.retain_loss = self.retain_kind or self.retain_loss
         self.uses_retain = type(self).uses_retain and self.retain_weight > 0
         self.cache = ReferenceCache(self.cache_meta())
         self.reference_computed = 0  # items whose reference values the last setup() computed
         self.needs_setup = bool(self.reference_tables())
 
     @classmethod
-    def hyperparameters(cls) -> dict[str, HParam]:
-        """The objective's own hyperparameters, with ``kl_top_k`` where a KL retain term can occur."""
+    def _not_taken(cls) -> tuple[str, ...]:
+        """``kl_top_k`` where no KL retain term can occur."""
         has_kl = cls.uses_retain and cls.retain_kind in (None, "kl")
-        return {**cls.hparams, **({"kl_top_k": KL_TOP_K} if has_kl else {})}
+        return () if has_kl else ("kl_top_k",)
+
+    @classmethod
+    def hyperparameters(cls) -> dict[str, schema.Param]:
+        """The objective's own hyperparameters (the shared weights and retain loss excluded),
+        with ``kl_top_k`` where a KL retain term can occur."""
+        return schema.params_of(cls, skip=SHARED_ARGS + cls._not_taken())
 
     # -- what subclasses provide ---------------------------------------------------------------
 
     @abc.abstractmethod
-    def forget_term(self, model: torch.nn.Module, batch: UnlearnBatch) -> Terms:
+    def forget_term(self, fwd: Forward, batch: UnlearnBatch) -> Terms:
         """The forget term (a scalar to minimise) and extra diagnostics as floats."""
 
     def reference_tables(self) -> dict[str, tuple[str, ReferenceFn]]:
@@ -188,12 +199,12 @@ class Objective(abc.ABC):
         return {
             "objective": self.name,
             "retain_loss": self.retain_loss,
-            "kl_top_k": getattr(self, "kl_top_k", None),
+            "kl_top_k": self.kl_top_k if "kl_top_k" in self.hyperparameters() else None,
         }
 
-    def retain_term(self, model: torch.nn.Module, data: Batch) -> torch.Tensor:
+    def retain_term(self, fwd: Forward, data: Batch) -> torch.Tensor:
         """NLL or KL-to-start on the retain batch (see the module docstring)."""
-        logits = forward_logits(model, data)
+        logits = fwd.logits(data)
         if self.retain_loss == "kl":
             reference = _concat(self.cache.rows("retain_kl", data))
             return kl_to_reference(logits, data["labels"], reference).mean()
@@ -241,20 +252,24 @@ class Objective(abc.ABC):
         self.cache = cache
         self.reference_computed = computed
 
-    def __call__(self, model: torch.nn.Module, batch: UnlearnBatch) -> Terms:
-        """The loss to minimise and its terms: ``forget_loss``, ``retain_loss`` (when used), extras."""
+    def __call__(self, model: torch.nn.Module, batch: UnlearnBatch) -> ObjectiveOutput:
+        """The loss to minimise, its terms (``forget_loss``, ``retain_loss`` when used, extras)
+        and the logits computed for the batches it trains on."""
         if self.uses_refusal and batch.forget_refusal is None:
             raise ValueError(f"objective '{self.name}' needs batch.forget_refusal")
-        forget, extras = self.forget_term(model, batch)
+        fwd = Forward(model)
+        forget, extras = self.forget_term(fwd, batch)
         total = self.forget_weight * forget
         logs = {"forget_loss": float(forget.detach()), **extras}
+        trained = [batch.forget]
         if self.uses_retain:
             if batch.retain is None:
                 raise ValueError(f"objective '{self.name}' needs batch.retain (retain_weight > 0)")
-            retain = self.retain_term(model, batch.retain)
+            retain = self.retain_term(fwd, batch.retain)
             total = total + self.retain_weight * retain
             logs["retain_loss"] = float(retain.detach())
-        return total, logs
+            trained.append(batch.retain)
+        return ObjectiveOutput(total, logs, [(data, fwd.logits_of(data)) for data in trained])
 
     def _retain_distributions(self, model: torch.nn.Module, data: Batch) -> list[Any]:
         logits = forward_logits(model, data)
@@ -265,9 +280,9 @@ class Objective(abc.ABC):
         return torch.stack(self.cache.rows(table, data)).to(device)
 
 
-def forget_nll(model: torch.nn.Module, data: Batch) -> torch.Tensor:
-    """Mean answer-token cross-entropy of a batch under ``model``."""
-    return mean_answer_nll(forward_logits(model, data), data["labels"])
+def forget_nll(fwd: Forward, data: Batch) -> torch.Tensor:
+    """Mean answer-token cross-entropy of a batch."""
+    return mean_answer_nll(fwd.logits(data), data["labels"])
 
 
 def reference_logprobs(model: torch.nn.Module, data: Batch) -> list[torch.Tensor]:

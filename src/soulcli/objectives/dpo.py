@@ -2,18 +2,14 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import torch
 import torch.nn.functional as F
 
-from soulcli.objectives.base import (
-    Objective,
-    ReferenceFn,
-    Terms,
-    UnlearnBatch,
-    positive,
-    reference_logprobs,
-)
-from soulcli.objectives.logprobs import forward_logits, sequence_logprob
+from soulcli.objectives.base import Forward, Objective, ReferenceFn, Terms, UnlearnBatch, reference_logprobs
+from soulcli.objectives.logprobs import sequence_logprob
+from soulcli.schema import POSITIVE
 
 
 class DPO(Objective):
@@ -30,8 +26,7 @@ class DPO(Objective):
     name = "dpo"
     uses_refusal = True
     needs_setup = True
-    hparams = {"beta": positive(0.1, "inverse temperature beta (0.1 as in the paper)")}
-    beta: float
+    beta: Annotated[float, POSITIVE, "inverse temperature beta (0.1 as in the paper)"] = 0.1
 
     def reference_tables(self) -> dict[str, tuple[str, ReferenceFn]]:
         return {
@@ -40,13 +35,13 @@ class DPO(Objective):
             "refusal_logp": ("forget_refusal", reference_logprobs),
         }
 
-    def forget_term(self, model: torch.nn.Module, batch: UnlearnBatch) -> Terms:
+    def forget_term(self, fwd: Forward, batch: UnlearnBatch) -> Terms:
         chosen, rejected = batch.forget_refusal, batch.forget
         assert chosen is not None
         if not torch.equal(chosen["index"], rejected["index"]):
             raise ValueError("batch.forget_refusal must hold the forget items in the same order")
-        s_w = sequence_logprob(forward_logits(model, chosen), chosen["labels"])
-        s_l = sequence_logprob(forward_logits(model, rejected), rejected["labels"])
+        s_w = sequence_logprob(fwd.logits(chosen), chosen["labels"])
+        s_l = sequence_logprob(fwd.logits(rejected), rejected["labels"])
         margin = self.beta * (
             (s_w - self._reference_rows("refusal_logp", chosen, s_w.device))
             - (s_l - self._reference_rows("forget_logp", rejected, s_l.device))

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import torch
-
-from soulcli.objectives.base import Objective, Terms, UnlearnBatch, forget_nll
+from soulcli.objectives.base import Forward, Objective, Terms, UnlearnBatch, forget_nll
 
 
 class GradientAscent(Objective):
@@ -21,5 +19,5 @@ class GradientAscent(Objective):
     name = "ga"
     uses_retain = False
 
-    def forget_term(self, model: torch.nn.Module, batch: UnlearnBatch) -> Terms:
-        return -forget_nll(model, batch.forget), {}
+    def forget_term(self, fwd: Forward, batch: UnlearnBatch) -> Terms:
+        return -forget_nll(fwd, batch.forget), {}

@@ -2,72 +2,15 @@
 
 Batches follow ``soulcli.data.encode``: unshifted labels, ``-100`` outside answers, so the logits
 at position ``t`` score the label at ``t + 1``. "Answer positions" below are the positions whose
-logits predict an answer token (the last prompt token through the token before the final EOS).
+logits predict an answer token (the last prompt token through the token before the final EOS),
+``soulcli.data.encode.answer_mask``.
 """
 
 from __future__ import annotations
 
-import contextlib
-from typing import Iterator
-
 import torch
-import torch.nn.functional as F
 
-from soulcli.data.encode import IGNORE_INDEX
-
-Batch = dict[str, torch.Tensor]
-
-
-# active taps: lists that every differentiable forward_logits call appends (data, logits) to
-_TAPS: list[list[tuple[Batch, torch.Tensor]]] = []
-
-
-@contextlib.contextmanager
-def tap_logits() -> Iterator[list[tuple[Batch, torch.Tensor]]]:
-    """Record ``(data, logits)`` of every forward_logits call made with grad enabled.
-
-    The engine uses it to take the Gauss-Newton-Bartlett sample from the logits the objective
-    already computed at the same parameters, instead of a second forward pass.
-    """
-    record: list[tuple[Batch, torch.Tensor]] = []
-    _TAPS.append(record)
-    try:
-        yield record
-    finally:
-        _TAPS.remove(record)
-
-
-def forward_logits(model: torch.nn.Module, data: Batch) -> torch.Tensor:
-    """``[B, T, V]`` logits of a batch (only ``input_ids`` and ``attention_mask`` go to the model)."""
-    logits = model(input_ids=data["input_ids"], attention_mask=data["attention_mask"]).logits
-    if _TAPS and torch.is_grad_enabled():
-        for record in _TAPS:
-            record.append((data, logits))
-    return logits
-
-
-def answer_positions(labels: torch.Tensor) -> torch.Tensor:
-    """``[B, T]`` bool: positions whose logits predict an answer token (the last column is False)."""
-    pos = torch.zeros_like(labels, dtype=torch.bool)
-    pos[:, :-1] = labels[:, 1:] != IGNORE_INDEX
-    return pos
-
-
-def answer_logprobs(
-    logits: torch.Tensor, labels: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Log-probability of each answer label ``[B, T-1]`` (0 off answers) and the answer mask.
-
-    ``F.cross_entropy(reduction="none")`` in fp32 avoids keeping a separate log-softmax tensor.
-    """
-    target = labels[:, 1:]
-    nll = F.cross_entropy(
-        logits[:, :-1].flatten(0, 1).float(),
-        target.flatten(),
-        ignore_index=IGNORE_INDEX,
-        reduction="none",
-    )
-    return -nll.view_as(target), target != IGNORE_INDEX
+from soulcli.data.encode import answer_logprobs, answer_mask, pick_answer_logits
 
 
 def sequence_logprob(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -77,7 +20,7 @@ def sequence_logprob(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor
 
 def answer_lengths(labels: torch.Tensor) -> torch.Tensor:
     """Number of answer tokens (EOS included) of each sequence, ``[B]``, at least 1."""
-    return (labels[:, 1:] != IGNORE_INDEX).sum(-1).clamp_min(1)
+    return answer_mask(labels).sum(-1).clamp_min(1)
 
 
 def mean_answer_nll(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -96,9 +39,8 @@ def reference_distributions(
     outside the top k; ``kl_to_reference`` then computes the KL between the two distributions
     coarsened to k + 1 outcomes (the top-k tokens and "any other token").
     """
-    pos = answer_positions(labels)
-    lp = torch.log_softmax(logits[pos].float(), dim=-1)
-    counts = pos.sum(-1).tolist()
+    lp = torch.log_softmax(pick_answer_logits(logits, labels), dim=-1)
+    counts = answer_mask(labels).sum(-1).tolist()
     if top_k == 0 or top_k >= lp.shape[-1]:
         return [(part,) for part in lp.cpu().split(counts)]
     vals, ids = lp.topk(top_k, dim=-1)
@@ -121,7 +63,7 @@ def kl_to_reference(
     full KL (data-processing inequality), zero when the model equals the reference, and equal to
     the full KL when the reference puts all its mass on its top k tokens.
     """
-    x = logits[answer_positions(labels)].float()
+    x = pick_answer_logits(logits, labels)
     lse = x.logsumexp(-1, keepdim=True)
     ref_lp = reference[0].to(x.device)
     if ref_lp.shape[0] != x.shape[0]:

@@ -2,20 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 import torch
 import torch.nn.functional as F
 
-from soulcli.objectives.base import (
-    Objective,
-    ReferenceFn,
-    Terms,
-    UnlearnBatch,
-    positive,
-    reference_logprobs,
-)
-from soulcli.objectives.logprobs import forward_logits, sequence_logprob
+from soulcli.objectives.base import Forward, Objective, ReferenceFn, Terms, UnlearnBatch, reference_logprobs
+from soulcli.objectives.logprobs import sequence_logprob
+from soulcli.schema import POSITIVE
 
 
 class NPO(Objective):
@@ -38,15 +32,14 @@ class NPO(Objective):
 
     name = "npo"
     needs_setup = True
-    hparams = {"beta": positive(0.1, "inverse temperature beta (the paper's default 0.1)")}
-    beta: float
+    beta: Annotated[float, POSITIVE, "inverse temperature beta (the paper's default 0.1)"] = 0.1
 
     def reference_tables(self) -> dict[str, tuple[str, ReferenceFn]]:
         return {**super().reference_tables(), "forget_logp": ("forget", reference_logprobs)}
 
-    def forget_term(self, model: torch.nn.Module, batch: UnlearnBatch) -> Terms:
+    def forget_term(self, fwd: Forward, batch: UnlearnBatch) -> Terms:
         data = batch.forget
-        s = sequence_logprob(forward_logits(model, data), data["labels"])
+        s = sequence_logprob(fwd.logits(data), data["labels"])
         log_ratio = s - self._reference_rows("forget_logp", data, s.device)
         loss = -(2.0 / self.beta) * F.logsigmoid(-self.beta * log_ratio).mean()
         weight = 2.0 * torch.sigmoid(self.beta * log_ratio.detach())

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import torch
-
-from soulcli.objectives.base import Objective, Terms, UnlearnBatch, forget_nll
+from soulcli.objectives.base import Forward, Objective, Terms, UnlearnBatch, forget_nll
 
 
 class RefusalPO(Objective):
@@ -22,6 +20,6 @@ class RefusalPO(Objective):
     name = "po"
     uses_refusal = True
 
-    def forget_term(self, model: torch.nn.Module, batch: UnlearnBatch) -> Terms:
+    def forget_term(self, fwd: Forward, batch: UnlearnBatch) -> Terms:
         assert batch.forget_refusal is not None
-        return forget_nll(model, batch.forget_refusal), {}
+        return forget_nll(fwd, batch.forget_refusal), {}

@@ -14,8 +14,7 @@ import os
 import pathlib
 import pickle
 import zlib
-from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 
@@ -34,18 +33,6 @@ def select_rows(data: Batch, rows: list[int]) -> Batch:
     """The sub-batch made of ``rows``."""
     sel = torch.tensor(rows, dtype=torch.long, device=data["input_ids"].device)
     return {key: value.index_select(0, sel.to(value.device)) for key, value in data.items()}
-
-
-@contextmanager
-def eval_mode(model: torch.nn.Module) -> Iterator[None]:
-    """Evaluation mode (no dropout) inside the block; every module's own flag restored after."""
-    flags = [(module, module.training) for module in model.modules()]
-    model.eval()
-    try:
-        yield
-    finally:
-        for module, flag in flags:
-            module.training = flag
 
 
 class ReferenceCache:

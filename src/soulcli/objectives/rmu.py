@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 import torch
 from torch import nn
 
 from soulcli.errors import UserError
-from soulcli.objectives.base import HParam, Objective, ReferenceFn, Terms, UnlearnBatch, positive
-from soulcli.objectives.logprobs import answer_positions
+from soulcli.data.encode import answer_mask
+from soulcli.objectives.base import Forward, Objective, ReferenceFn, Terms, UnlearnBatch
 from soulcli.objectives.reference import Batch
+from soulcli.schema import NON_NEGATIVE, POSITIVE
 
 
 def decoder_layers(model: nn.Module) -> nn.ModuleList:
@@ -49,6 +50,12 @@ def layer_output(model: nn.Module, layer: nn.Module, data: Batch) -> torch.Tenso
     return seen[0]  # the first call: activation checkpointing may run the layer again in backward
 
 
+def answer_positions(labels: torch.Tensor) -> torch.Tensor:
+    """``[B, T]`` bool: :func:`~soulcli.data.encode.answer_mask` widened to every position of the
+    hidden states (the last position predicts nothing)."""
+    return torch.nn.functional.pad(answer_mask(labels), (0, 1), value=False)
+
+
 def _sequence_mean(sq_err: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
     """Mean over sequences of each sequence's mean over its positions ``pos`` (``[B, T]`` both)."""
     return ((sq_err * pos).sum(-1) / pos.sum(-1).clamp_min(1)).mean()
@@ -81,16 +88,11 @@ class RMU(Objective):
 
     name = "rmu"
     retain_kind = "activations"
-    hparams = {
-        "layer": HParam(
-            None, "decoder layer whose output is steered (default: n_layers // 2)", kind=int, low=0
-        ),
-        "steering_coeff": positive(6.5, "c: the norm of the target activation c*u"),
-        "seed": HParam(0, "seed of the random direction u", kind=int),
-    }
-    layer: int | None
-    steering_coeff: float
-    seed: int
+    layer: Annotated[
+        int | None, NON_NEGATIVE, "decoder layer whose output is steered (default: n_layers // 2)"
+    ] = None
+    steering_coeff: Annotated[float, POSITIVE, "c: the norm of the target activation c*u"] = 6.5
+    seed: Annotated[int, "seed of the random direction u"] = 0
 
     def reference_tables(self) -> dict[str, tuple[str, ReferenceFn]]:
         return {"retain_act": ("retain", self._reference_activations)} if self.uses_retain else {}
@@ -113,16 +115,16 @@ class RMU(Objective):
         u = torch.rand(hidden, generator=torch.Generator().manual_seed(self.seed))
         return u / u.norm()
 
-    def forget_term(self, model: nn.Module, batch: UnlearnBatch) -> Terms:
+    def forget_term(self, fwd: Forward, batch: UnlearnBatch) -> Terms:
         data = batch.forget
-        h = layer_output(model, self.target_layer(model), data).float()
+        h = layer_output(fwd.model, self.target_layer(fwd.model), data).float()
         target = self.steering_coeff * self.direction(h.shape[-1]).to(h.device)
         pos = answer_positions(data["labels"])
         loss = _sequence_mean((h - target).pow(2).mean(-1), pos)
         return loss, {"forget_act_norm": float(h.detach()[pos].norm(dim=-1).mean())}
 
-    def retain_term(self, model: nn.Module, data: Batch) -> torch.Tensor:
-        h = layer_output(model, self.target_layer(model), data).float()
+    def retain_term(self, fwd: Forward, data: Batch) -> torch.Tensor:
+        h = layer_output(fwd.model, self.target_layer(fwd.model), data).float()
         pos = answer_positions(data["labels"])
         reference = torch.cat(self.cache.rows("retain_act", data)).to(h.device, torch.float32)
         target = torch.zeros_like(h)

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-import torch
+from typing import Annotated
+
 import torch.nn.functional as F
 
-from soulcli.objectives.base import HParam, Objective, Terms, UnlearnBatch, positive
-from soulcli.objectives.logprobs import answer_lengths, forward_logits, sequence_logprob
+from soulcli.objectives.base import Forward, Objective, Terms, UnlearnBatch
+from soulcli.objectives.logprobs import answer_lengths, sequence_logprob
+from soulcli.schema import POSITIVE
 
 
 class SimNPO(Objective):
@@ -22,16 +24,12 @@ class SimNPO(Objective):
     """
 
     name = "simnpo"
-    hparams = {
-        "beta": positive(2.5, "inverse temperature beta (2.5 as in the paper's TOFU runs)"),
-        "delta": HParam(0.0, "reward margin delta on the mean answer log-likelihood"),
-    }
-    beta: float
-    delta: float
+    beta: Annotated[float, POSITIVE, "inverse temperature beta (2.5 as in the paper's TOFU runs)"] = 2.5
+    delta: Annotated[float, "reward margin delta on the mean answer log-likelihood"] = 0.0
 
-    def forget_term(self, model: torch.nn.Module, batch: UnlearnBatch) -> Terms:
+    def forget_term(self, fwd: Forward, batch: UnlearnBatch) -> Terms:
         data = batch.forget
-        mean_logp = sequence_logprob(forward_logits(model, data), data["labels"]) / answer_lengths(
+        mean_logp = sequence_logprob(fwd.logits(data), data["labels"]) / answer_lengths(
             data["labels"]
         )
         loss = -(2.0 / self.beta) * F.logsigmoid(-self.beta * (mean_logp - self.delta)).mean()

@@ -1,19 +1,25 @@
 """Diagonal curvature estimators, separate from the optimizers that consume them.
 
-The engine runs one per step (``before_backward`` / ``after_backward``, see each class) and
-the estimator hands its sample to ``opt.update_hessian``. All three leave ``p.grad`` as they
-found it (they differentiate with ``torch.autograd.grad``), so the objective's backward that
-follows is unaffected.
+The training step calls them explicitly through :class:`CurvatureEstimator`: ``estimate``
+after the loss's forward and before its backward, every ``hessian_interval`` steps, and
+``after_backward`` after clipping, every step. Both get the step's ``parts``: the batches
+the loss trains on, each with the logits the loss computed for it (or None). The estimator
+hands its sample to ``opt.update_hessian``. All three leave ``p.grad`` as they found it
+(they differentiate with ``torch.autograd.grad``), so the objective's backward that follows
+is unaffected.
 
 * ``gnb`` - Gauss-Newton-Bartlett (Liu et al. 2024, Sophia, Algorithm 2): labels sampled from
   the model's own softmax on the answer positions, ``g_hat`` = gradient of their mean
   cross-entropy over those ``bs`` tokens; ``bs * g_hat**2`` is unbiased for the diagonal of
   the Fisher (= Gauss-Newton matrix for softmax cross-entropy) of the mean loss, because the
-  score has zero mean under the model's own labels so cross-token terms vanish.
+  score has zero mean under the model's own labels so cross-token terms vanish. The sample
+  is taken from the logits the loss already computed (keeping their graph for the loss's
+  own backward), so it costs one extra backward; a part without logits is forwarded here.
 * ``hutchinson`` - ``u * (H u)`` with ``u`` Rademacher (Hutchinson 1990; Sophia Algorithm 1;
   AdaHessian): unbiased for diag(H) of the mean answer-token loss with the true labels,
   whose variance at entry i is ``sum_{j != i} H_ij**2``. ``H u`` is a double backward through
-  ``autograd.grad(create_graph=True)`` whose graph is dropped before returning.
+  ``autograd.grad(create_graph=True)`` on its own forward of the parts (concatenated), whose
+  graph is dropped before returning.
 * ``empirical_fisher`` - the squared gradient of the *true* objective, every step: what SOUL's
   released code (Jia et al. 2024) feeds its Sophia, from the gradient already in ``p.grad``,
   at no extra cost. It is not the Fisher: with true labels ``bs * g**2`` contains the squared
@@ -28,36 +34,39 @@ be driven on non-language problems (tests drive them on a quadratic and on Rosen
 from __future__ import annotations
 
 import inspect
-from typing import Any, Callable
+from typing import Any, Callable, Protocol, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from soulcli.data.encode import IGNORE_INDEX
+from soulcli.data.encode import IGNORE_INDEX, answer_mask, forward_logits, pick_answer_logits
 from soulcli.errors import UserError, did_you_mean, unknown_name
 from soulcli.optim.base import param_list
 
 Batch = dict[str, Tensor]
-SampledLoss = Callable[[torch.nn.Module, Batch, torch.Generator], tuple[Tensor, int]]
+# A batch the loss trains on and the logits the loss computed for it (None: not computed).
+Part = tuple[Batch, Tensor | None]
+SampledLoss = Callable[[torch.nn.Module, Sequence[Part], torch.Generator], tuple[Tensor, int]]
 TrueLoss = Callable[[torch.nn.Module, Batch], Tensor]
 
 
-def answer_mask(labels: Tensor) -> Tensor:
-    """Positions of ``logits[:, :-1]`` that predict an answer token (``labels[:, 1:] != -100``)."""
-    return labels[:, 1:] != IGNORE_INDEX
+class CurvatureEstimator(Protocol):
+    """What the training step calls (see the module docstring); both return diagnostics."""
 
+    def estimate(self, model: torch.nn.Module, parts: Sequence[Part], opt: Any) -> dict[str, float]:
+        """Before the loss's backward, on a curvature step: fold a sample taken at the current
+        parameters into ``opt`` (``opt.update_hessian``)."""
+        ...
 
-def pick_answer_logits(logits: Tensor, labels: Tensor) -> Tensor:
-    """The answer positions of ``[B, T, V]`` logits, ``[n_tokens, V]``, in fp32 (fp64 stays)."""
-    picked = logits[:, :-1][answer_mask(labels)]
-    return picked.to(torch.promote_types(picked.dtype, torch.float32))
+    def after_backward(self, parts: Sequence[Part], opt: Any) -> dict[str, float]:
+        """After the loss's backward and clipping, every step: fold what ``p.grad`` gives."""
+        ...
 
 
 def answer_logits(model: torch.nn.Module, batch: Batch) -> Tensor:
     """Logits of the answer positions, ``[n_tokens, vocab]``, in fp32 (fp64 stays fp64)."""
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-    return pick_answer_logits(logits, batch["labels"])
+    return pick_answer_logits(forward_logits(model, batch), batch["labels"])
 
 
 def sample_categorical(logits: Tensor, generator: torch.Generator) -> Tensor:
@@ -81,11 +90,17 @@ def sampled_cross_entropy(logits: Tensor, generator: torch.Generator) -> Tensor:
     return F.cross_entropy(logits, sample_categorical(logits, generator))
 
 
-def lm_sampled_loss(model: torch.nn.Module, batch: Batch,
+def lm_sampled_loss(model: torch.nn.Module, parts: Sequence[Part],
                     generator: torch.Generator) -> tuple[Tensor, int]:
-    """Mean cross-entropy of the answer positions against labels drawn from the model."""
-    logits = answer_logits(model, batch)
-    return sampled_cross_entropy(logits, generator), logits.shape[0]
+    """Mean cross-entropy of the parts' answer positions (row-major, part after part) against
+    labels drawn from the model, and their count; logits a part carries are reused, the
+    others come from a forward here."""
+    pieces = [answer_logits(model, data) if logits is None
+              else pick_answer_logits(logits, data["labels"]) for data, logits in parts]
+    logits = torch.cat(pieces)
+    if logits.shape[0] == 0:  # no answer token to sample: no curvature information
+        return logits.sum(), 0
+    return sampled_cross_entropy(logits, generator), int(logits.shape[0])
 
 
 def lm_true_loss(model: torch.nn.Module, batch: Batch) -> Tensor:
@@ -96,6 +111,15 @@ def lm_true_loss(model: torch.nn.Module, batch: Batch) -> Tensor:
 
 def answer_tokens(batch: Batch) -> int:
     return int(answer_mask(batch["labels"]).sum())
+
+
+def concat_batches(batches: Sequence[Batch]) -> Batch:
+    """Right-padded batches stacked into one. The padding ids (0) are never seen by a real
+    position: right padding, causal attention and ``attention_mask = 0`` keep them out."""
+    width = max(b["input_ids"].shape[1] for b in batches)
+    fill = {"input_ids": 0, "attention_mask": 0, "labels": IGNORE_INDEX}
+    return {key: torch.cat([F.pad(b[key], (0, width - b[key].shape[1]), value=value)
+                            for b in batches]) for key, value in fill.items()}
 
 
 def trainable(params: list[Tensor]) -> list[Tensor]:
@@ -156,12 +180,12 @@ class RandomEstimator:
         for key, value in state["generators"].items():
             self.generator(torch.device(key)).set_state(value)
 
-    def after_backward(self, step: int, opt: Any, interval: int) -> dict[str, float]:
+    def after_backward(self, parts: Sequence[Part], opt: Any) -> dict[str, float]:
         return {}
 
 
 class GaussNewtonBartlett(RandomEstimator):
-    """GNB every ``interval`` steps on the step's batch; ``bs`` = its answer-token count."""
+    """GNB on the step's parts; ``bs`` = their answer-token count."""
 
     kind = "gnb"
 
@@ -169,71 +193,38 @@ class GaussNewtonBartlett(RandomEstimator):
         super().__init__(seed)
         self.sampled_loss = sampled_loss or lm_sampled_loss
 
+    def sample_parts(self, model: torch.nn.Module, parts: Sequence[Part],
+                     params: list[Tensor]) -> tuple[list[Tensor | None], int]:
+        """One draw: the sampled-label gradient aligned with ``params`` and its token count.
+
+        Where the parts carry logits their graph is kept (``retain_graph``) for the loss's own
+        backward.
+        """
+        device = next(iter(trainable(params) or params)).device
+        loss, count = self.sampled_loss(model, parts, self.generator(device))
+        if count == 0:
+            return [None] * len(params), 0
+        live = trainable(params)
+        shared = any(logits is not None for _, logits in parts)
+        grads = torch.autograd.grad(loss, live, allow_unused=True, retain_graph=shared)
+        return align(params, {id(p): g for p, g in zip(live, grads) if g is not None}), int(count)
+
     def sample(self, model: torch.nn.Module, batch: Batch,
                params: list[Tensor]) -> tuple[list[Tensor | None], int]:
-        """One draw: the sampled-label gradient aligned with ``params`` and its token count."""
-        device = next(iter(trainable(params) or params)).device
-        loss, count = self.sampled_loss(model, batch, self.generator(device))
-        return _sampled_gradient(loss, int(count), params, retain_graph=False)
+        """:meth:`sample_parts` on one batch, forwarded here."""
+        return self.sample_parts(model, [(batch, None)], params)
 
-    def before_backward(self, step: int, model: torch.nn.Module, batch: Batch, opt: Any,
-                        interval: int) -> dict[str, float]:
-        if step % interval:
-            return {}
-        grads, count = self.sample(model, batch, param_list(opt))
-        return self._apply(opt, grads, count)
-
-    @staticmethod
-    def _apply(opt: Any, grads: list[Tensor | None], count: int) -> dict[str, float]:
+    def estimate(self, model: torch.nn.Module, parts: Sequence[Part], opt: Any) -> dict[str, float]:
+        grads, count = self.sample_parts(model, parts, param_list(opt))
         if count == 0:
             return {}
         opt.update_hessian(bs=count, grads=grads)
         return {"curvature_tokens": float(count)}
 
-    @property
-    def shares_forward(self) -> bool:
-        """Whether the engine may hand over the objective's logits (language-model loss only)."""
-        return self.sampled_loss is lm_sampled_loss
-
-    def sample_shared(self, model: torch.nn.Module, parts: list[tuple[Batch, Tensor | None]],
-                      params: list[Tensor]) -> tuple[list[Tensor | None], int]:
-        """The same draw as :meth:`sample` on the concatenation of the parts' batches, reusing
-        logits already computed (with grad, at the current parameters) where a part has them.
-
-        The objective's forward graph is kept (``retain_graph``) for its own backward, so a
-        curvature step costs one extra backward instead of a forward and a backward.
-        """
-        pieces = [answer_logits(model, data) if logits is None
-                  else pick_answer_logits(logits, data["labels"]) for data, logits in parts]
-        logits = torch.cat(pieces) if pieces else torch.empty(0)
-        count = int(logits.shape[0])
-        if count == 0:
-            return [None] * len(params), 0
-        loss = sampled_cross_entropy(logits, self.generator(logits.device))
-        return _sampled_gradient(loss, count, params, retain_graph=True)
-
-    def after_forward(self, step: int, model: torch.nn.Module,
-                      parts: list[tuple[Batch, Tensor | None]], opt: Any,
-                      interval: int) -> dict[str, float]:
-        """:meth:`before_backward`, fed the objective's logits (see :meth:`sample_shared`)."""
-        if step % interval:
-            return {}
-        grads, count = self.sample_shared(model, parts, param_list(opt))
-        return self._apply(opt, grads, count)
-
-
-def _sampled_gradient(loss: Tensor, count: int, params: list[Tensor],
-                      retain_graph: bool) -> tuple[list[Tensor | None], int]:
-    """The gradient of a sampled-label loss aligned with ``params``, and its token count."""
-    if count == 0:  # no answer token to sample: no curvature information
-        return [None] * len(params), 0
-    live = trainable(params)
-    grads = torch.autograd.grad(loss, live, allow_unused=True, retain_graph=retain_graph)
-    return align(params, {id(p): g for p, g in zip(live, grads) if g is not None}), count
-
 
 class Hutchinson(RandomEstimator):
-    """Hutchinson every ``interval`` steps, averaging ``n_samples`` Rademacher probes."""
+    """Hutchinson on the step's parts (one forward of their concatenation), averaging
+    ``n_samples`` Rademacher probes."""
 
     kind = "hutchinson"
 
@@ -254,10 +245,8 @@ class Hutchinson(RandomEstimator):
         del grads, loss  # drop the double-backward graph now
         return align(params, {id(p): d for p, d in zip(live, diag)})
 
-    def before_backward(self, step: int, model: torch.nn.Module, batch: Batch, opt: Any,
-                        interval: int) -> dict[str, float]:
-        if step % interval:
-            return {}
+    def estimate(self, model: torch.nn.Module, parts: Sequence[Part], opt: Any) -> dict[str, float]:
+        batch = parts[0][0] if len(parts) == 1 else concat_batches([data for data, _ in parts])
         opt.update_hessian(diagonal=self.sample(model, batch, param_list(opt)))
         return {}
 
@@ -265,7 +254,7 @@ class Hutchinson(RandomEstimator):
 class EmpiricalFisher:
     """Squared true-objective gradients from ``p.grad``, every step (SOUL's released scheme).
 
-    ``bs`` defaults to the step batch's answer-token count; give a number to fix it.
+    ``bs`` defaults to the parts' answer-token count; give a number to fix it.
     """
 
     kind = "empirical_fisher"
@@ -274,16 +263,13 @@ class EmpiricalFisher:
         if bs is not None and int(bs) < 1:
             raise UserError(f"empirical_fisher: bs must be >= 1, got {bs}")
         self.bs = bs
-        self._tokens = 1
 
-    def before_backward(self, step: int, model: torch.nn.Module, batch: Batch, opt: Any,
-                        interval: int) -> dict[str, float]:
-        if "labels" in batch:
-            self._tokens = max(1, answer_tokens(batch))
+    def estimate(self, model: torch.nn.Module, parts: Sequence[Part], opt: Any) -> dict[str, float]:
         return {}
 
-    def after_backward(self, step: int, opt: Any, interval: int) -> dict[str, float]:
-        opt.update_hessian(bs=int(self.bs or self._tokens))
+    def after_backward(self, parts: Sequence[Part], opt: Any) -> dict[str, float]:
+        tokens = sum(answer_tokens(data) for data, _ in parts if "labels" in data)
+        opt.update_hessian(bs=int(self.bs or max(1, tokens)))
         return {}
 
     def state_dict(self) -> dict[str, Any]:
@@ -298,7 +284,7 @@ CURVATURE_ESTIMATORS: dict[str, type] = {
 }
 
 
-def build_curvature(kind: str, **kw: Any) -> Any:
+def build_curvature(kind: str, **kw: Any) -> CurvatureEstimator:
     """An estimator by name; unknown names or options raise :class:`UserError`."""
     if kind not in CURVATURE_ESTIMATORS:
         raise unknown_name("curvature estimator", kind, CURVATURE_ESTIMATORS)

@@ -104,7 +104,7 @@ def run_cell(recipe: Recipe, cell: Cell, data_dir: Path, target_dir: Path, refer
     from soulcli.eval import evaluate_model
     from soulcli.models.loading import apply_adapter, load_model
     from soulcli.workflows.evaluate import eval_config
-    from soulcli.workflows.unlearn import unlearn_model
+    from soulcli.workflows.unlearn import PreparedRun, unlearn_model
 
     r = cell_recipe(recipe, cell)
     common.setup_runtime(r)
@@ -124,7 +124,7 @@ def run_cell(recipe: Recipe, cell: Cell, data_dir: Path, target_dir: Path, refer
             evaluate(step)
 
     with PeakMemory(device) as mem:
-        record = unlearn_model(r, model, tokenizer, data_dir, reporter, device, cell.seed,
+        record = unlearn_model(PreparedRun(r, model, tokenizer, data_dir, target_dir, device), reporter,
                                on_step_end=on_step_end if cell.optimizer != "influence" else None)
     total["steps"] = record["steps"]
     if not evaluations or evaluations[-1]["step"] != record["steps"]:

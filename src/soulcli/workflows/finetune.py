@@ -14,11 +14,12 @@ from typing import Sequence
 import torch
 
 from soulcli.data.encode import encode_qa_batch, pad_batch
-from soulcli.engine.loop import LoopResult, make_scheduler, train_loop
+from soulcli.engine.loop import LoopResult, Training, make_scheduler, train
 from soulcli.engine.progress import Reporter
 from soulcli.data.io import atomic_dir
 from soulcli.engine.rundir import versions, write_json
 from soulcli.engine.sampling import epoch_batches
+from soulcli.objectives import ObjectiveOutput
 from soulcli.recipe import Recipe, dump_recipe
 from soulcli.workflows import common
 
@@ -45,14 +46,17 @@ def train_lm(model, tokenizer, rows: Sequence[dict], recipe: Recipe, reporter: R
     reporter.info(f"{description}: {len(enc)} items, {n_tok} answer tokens per epoch, "
                   f"{ft.epochs} epochs = {len(plan)} steps of {ft.batch_size}")
 
-    def compute_loss(step: int):
-        batch = {k: v.to(device) for k, v in pad_batch([enc[i] for i in plan[step]],
-                                                        tokenizer.pad_token_id).items()}
-        out = model(**batch)
-        return out.loss, {}, int(batch["attention_mask"].sum())
+    batches = ({k: v.to(device) for k, v in pad_batch([enc[i] for i in idx], tokenizer.pad_token_id).items()}
+               for idx in plan)
+    training = Training(model, opt, forward=nll_forward, scheduler=sched, max_grad_norm=ft.max_grad_norm,
+                        log_every=10)
+    return train(training, batches, len(plan), reporter, description)
 
-    return train_loop(model, opt, len(plan), compute_loss, reporter=reporter, description=description,
-                      scheduler=sched, max_grad_norm=ft.max_grad_norm, log_every=10)
+
+def nll_forward(model, batch: dict[str, torch.Tensor]) -> ObjectiveOutput:
+    """The language-model loss (mean answer-token NLL, Hugging Face's own) as a step's forward."""
+    out = model(**batch)
+    return ObjectiveOutput(out.loss, {}, [(batch, out.logits)])
 
 
 def _base_model(recipe: Recipe, data_dir: Path, reporter: Reporter, device: torch.device):
