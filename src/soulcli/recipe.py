@@ -174,22 +174,8 @@ def _check_values(recipe: Recipe, errors: list[str]) -> None:
     if recipe.model.hidden_size % recipe.model.num_heads:
         errors.append("model.hidden_size: must be a multiple of model.num_heads")
 
-    from soulcli.objectives import OBJECTIVES, objective_hparams
+    from soulcli.objectives import OBJECTIVES
     from soulcli.optim import CURVATURE_ESTIMATORS, OPTIMIZERS
-
-    def check_args(kind: str, path: str, name: str, args: Mapping[str, Any], known: Mapping[str, Any]) -> None:
-        for key, value in args.items():
-            if key not in known:
-                errors.append(
-                    f"{path}.{key}: not a parameter of {kind} '{name}'{did_you_mean(key, known)}"
-                    f" (it takes: {', '.join(sorted(known)) or 'none'})"
-                )
-                continue
-            default = known[key]
-            if isinstance(default, bool) != isinstance(value, bool) or (
-                isinstance(default, (int, float)) and not isinstance(value, (int, float))
-            ):
-                errors.append(f"{path}.{key}: expected a value like {default!r}, got {value!r}")
 
     opt = recipe.optimizer
     if opt.name not in OPTIMIZERS:
@@ -217,8 +203,8 @@ def _check_values(recipe: Recipe, errors: list[str]) -> None:
             f"{did_you_mean(obj.objective, OBJECTIVES)}; choose one of: {', '.join(sorted(OBJECTIVES))}"
         )
     else:
-        check_args("objective", "unlearn.objective_args", obj.objective, obj.objective_args,
-                   objective_hparams(obj.objective))
+        schema.check(OBJECTIVES[obj.objective].hyperparameters(), obj.objective_args,
+                     "unlearn.objective_args", errors, owner=f"objective '{obj.objective}'")
     for i, name in enumerate(recipe.compare.optimizers):
         if name not in OPTIMIZERS:
             errors.append(f"compare.optimizers[{i}]: unknown optimizer '{name}'{did_you_mean(name, OPTIMIZERS)}")
