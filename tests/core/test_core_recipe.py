@@ -79,20 +79,18 @@ def test_unknown_names_and_args_checked_against_registries():
 
 def test_optimizer_args_typed_including_optional_ones():
     """Hyperparameters defaulting to None are checked against their annotation."""
-    ok = build_recipe({"optimizer": {"name": "adamw", "args": {"fused": True}}})
-    assert ok.optimizer.args == {"fused": True}
     ok = build_recipe({"optimizer": {"name": "sophiag", "args": {"diagnostics_every": 5}}})
     assert ok.optimizer.args == {"diagnostics_every": 5}
+    ok = build_recipe({"optimizer": {"name": "sophiag", "args": {"diagnostics_every": None}}})
+    assert ok.optimizer.args == {"diagnostics_every": None}
     with pytest.raises(RecipeError) as err:
         build_recipe({"optimizer": {"name": "sophiag", "args": {"rho": "big", "diagnostics_every": 1.5}}})
     assert sorted(err.value.problems) == [
-        "optimizer.args.diagnostics_every: optimizer 'sophiag': diagnostics_every must be a whole "
-        "number, got 1.5",
-        "optimizer.args.rho: optimizer 'sophiag': rho must be a number, got 'big'"]
+        "optimizer.args.diagnostics_every: expected an integer or null, got 1.5",
+        "optimizer.args.rho: expected a number, got 'big'"]
     with pytest.raises(RecipeError) as err:
-        build_recipe({"optimizer": {"name": "adamw", "args": {"fused": 3}}})
-    assert err.value.problems == ["optimizer.args.fused: optimizer 'adamw': fused must be true or "
-                                  "false, got 3"]
+        build_recipe({"optimizer": {"name": "sgd", "args": {"nesterov": 3}}})
+    assert err.value.problems == ["optimizer.args.nesterov: expected true or false, got 3"]
 
 
 def test_sophiag_with_hutchinson_rejected_up_front():
