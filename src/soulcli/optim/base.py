@@ -301,7 +301,9 @@ def decay_groups(model: nn.Module, *, decay_all: bool = False) -> list[dict[str,
     not depend on knowing every norm class: a parameter gets no decay when it has fewer than 2
     dimensions (every bias and norm weight; nanoGPT's later ``p.dim() < 2`` rule), or belongs
     to an ``nn.Embedding`` / ``nn.EmbeddingBag`` or a torch normalisation module. A tied
-    parameter is exempt if any module holding it is. The second group sets
+    parameter is exempt if any module holding it is. (The SOUL authors' code is built on HF
+    ``Trainer``, whose default grouping, ``get_decay_parameter_names``, exempts biases and
+    LayerNorm weights but decays embeddings.) The second group sets
     ``weight_decay=0.0``; the first inherits the optimizer's ``weight_decay``, so
     ``build_optimizer(name, decay_groups(model), lr, weight_decay)`` is the whole call.
     ``decay_all=True`` gives one group that decays every trainable parameter. Empty groups
