@@ -1,7 +1,8 @@
 """Optimizer step cost on the parameter shapes of a ~4M-parameter Llama.
 
 Times ``optimizer.step()`` alone (gradients are preset, no forward/backward) for torch's AdamW
-(fused, foreach, per-tensor loop) and for soulcli's optimizers with the hyperparameters the
+(fused, foreach, per-tensor loop) and for soulcli's optimizers (plain per-parameter rules; SophiaG
+and SophiaH through their one-pass CPU kernel) with the hyperparameters the
 engine uses by default (``diagnostics_every=20``: win rate and update norm are computed on one
 step in twenty, so each figure is a mean over blocks of twenty consecutive steps). SophiaG is also
 timed with diagnostics off and on every step, and the authors' per-tensor loop is timed for
@@ -151,7 +152,7 @@ def main() -> None:
         "state_bytes": {"torch_adamw_fused": adamw_state, "sophiag": sophia_state,
                         "ratio_sophiag_to_adamw": round(sophia_state / adamw_state, 6)},
         "acceptance": {"sophiag_over_fastest_adamw": round(ms["sophiag"] / base, 3),
-                       "limit": 1.5},
+                       "limit": 1.0},
     }
     OUT.parent.mkdir(parents=True, exist_ok=True)
     OUT.write_text(json.dumps(report, indent=2) + "\n")

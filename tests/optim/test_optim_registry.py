@@ -7,6 +7,7 @@ import torch
 
 from soulcli.errors import UserError
 from soulcli.optim import OPTIMIZERS, build_optimizer, optimizer_hparams
+from soulcli.optim.registry import check_hparam
 
 
 def params():
@@ -22,25 +23,40 @@ def test_unknown_name_lists_the_registered_ones():
 
 
 def test_unknown_hyperparameter_names_the_key_and_the_nearest():
-    with pytest.raises(UserError, match="unknown hyperparameter 'roh' for optimizer 'sophiag' "
-                                        r"\(did you mean 'rho'\?\); valid: .*bias_correction"):
+    with pytest.raises(UserError, match=r"optimizer 'sophiag': roh: unknown key of this optimizer "
+                                        r"\(did you mean 'rho'\?\) \(valid: .*bias_correction"):
         build_optimizer("sophiag", params(), lr=1e-3, roh=0.1)
 
 
 @pytest.mark.parametrize("key, value, kind", [("rho", "big", "a number"),
                                               ("betas", [0.9], "a list of 2 numbers"),
                                               ("bias_correction", 1, "true or false"),
-                                              ("bs", 2.5, "a whole number")])
+                                              ("bs", 2.5, "an integer"),
+                                              ("diagnostics_every", 1.5, "an integer or null")])
 def test_wrong_types_name_the_key(key, value, kind):
-    with pytest.raises(UserError, match=f"optimizer 'sophiag': {key} must be {kind}"):
+    with pytest.raises(UserError, match=f"optimizer 'sophiag': {key}: expected {kind}, got"):
         build_optimizer("sophiag", params(), lr=1e-3, **{key: value})
 
 
-def test_bad_values_are_user_errors():
-    with pytest.raises(UserError, match="rho must be > 0"):
-        build_optimizer("sophiag", params(), lr=1e-3, rho=0.0)
-    with pytest.raises(UserError, match=r"betas must be 2 numbers in \[0, 1\)"):
-        build_optimizer("lion", params(), lr=1e-3, betas=[0.9, 1.0])
+def test_bad_values_are_user_errors_listed_together():
+    with pytest.raises(UserError, match=r"optimizer 'sophiag': rho: must be > 0, got 0.0; "
+                                        r"betas\[1\]: must be >= 0 and < 1, got 1.0"):
+        build_optimizer("sophiag", params(), lr=1e-3, rho=0.0, betas=[0.9, 1.0])
+    with pytest.raises(UserError, match="lr: must be >= 0, got -1"):
+        build_optimizer("lion", params(), lr=-1)
+    with pytest.raises(UserError, match="adjust_lr_fn: 'x' is not one of"):
+        build_optimizer("muon", params(), lr=1e-3, adjust_lr_fn="x")
+
+
+def test_yaml_forms_are_converted():
+    opt = build_optimizer("sophiag", params(), lr="1e-3", betas=[0.9, 0.8])
+    assert opt.param_groups[0]["lr"] == 1e-3 and opt.param_groups[0]["betas"] == (0.9, 0.8)
+
+
+def test_check_hparam_says_why_or_none():
+    assert check_hparam("sophiag", "rho", "big") == "expected a number, got 'big'"
+    assert check_hparam("sophiag", "diagnostics_every", None) is None
+    assert check_hparam("adahessian", "hessian_power", 1.5) == "must be > 0 and <= 1, got 1.5"
 
 
 @pytest.mark.parametrize("name", sorted(OPTIMIZERS))

@@ -49,7 +49,7 @@ def test_clip_rule_on_a_hand_computed_case():
     p, opt = hand_case(weight_decay=0.0)
     torch.testing.assert_close(p.detach(), torch.tensor([0.975, 1.1, 0.9, 1.0]))
     torch.testing.assert_close(opt.hessian(p), torch.tensor([2.0, 2.0, 0.0, 0.5]))
-    torch.testing.assert_close(opt.exp_avg(p), torch.tensor([0.5, -3.0, 1.5, 0.0]))
+    torch.testing.assert_close(opt.state[p]["exp_avg"], torch.tensor([0.5, -3.0, 1.5, 0.0]))
     diag = opt.diagnostics()
     # coordinates 0 and 3 are inside the clip, 1 and 2 are clipped
     assert diag["win_rate"] == 0.5
@@ -155,8 +155,8 @@ class Reference:
 
 def test_matches_the_reference_used_the_authors_way(monkeypatch):
     torch.manual_seed(1)
-    # small chunks: the 1000-element parameter is cut in pieces, the small ones share a chunk
-    monkeypatch.setattr("soulcli.optim.base.CPU_CHUNK_NUMEL", 100)
+    # small kernel blocks: the 1000-element parameter is cut in pieces across threads
+    monkeypatch.setattr("soulcli.optim.cpu_kernels.BLOCK", 100)
     shapes = [(7, 5), (1000,), (3,), (4, 6)]
     params = [torch.nn.Parameter(torch.randn(s)) for s in shapes]
     ref = Reference([p.detach() for p in params], lr=0.01, betas=(0.965, 0.99), rho=0.5, wd=0.1)
@@ -179,7 +179,7 @@ def test_matches_the_reference_used_the_authors_way(monkeypatch):
         opt.zero_grad(set_to_none=True)
     for p, rp, rm, rh in zip(params, ref.p, ref.m, ref.h):
         torch.testing.assert_close(p.detach(), rp, rtol=1e-5, atol=1e-6)
-        torch.testing.assert_close(opt.exp_avg(p), rm, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(opt.state[p]["exp_avg"], rm, rtol=1e-5, atol=1e-6)
         torch.testing.assert_close(opt.hessian(p), rh, rtol=1e-6, atol=1e-12)
 
 
@@ -225,7 +225,7 @@ def test_long_runs_skipped_parameters_and_no_momentum_match_the_reference():
                     Reference.step_one(ref, rp, rm, rh, g, 3)
         for p, rp, rm in zip(params, ref.p, ref.m):
             torch.testing.assert_close(p.detach(), rp, rtol=1e-5, atol=1e-6)
-            torch.testing.assert_close(opt.exp_avg(p), rm, rtol=1e-4, atol=1e-6)
+            torch.testing.assert_close(opt.state[p]["exp_avg"], rm, rtol=1e-4, atol=1e-6)
 
 
 def test_state_is_two_fp32_buffers_per_parameter():
@@ -279,7 +279,7 @@ def test_kernel_and_torch_paths_agree_with_diagnostics_every_step(monkeypatch):
                 p.grad = torch.randn_like(p)
             opt.step()
             diags.append(opt.diagnostics())
-        runs[path] = (params, [opt.exp_avg(p) for p in params], diags)
+        runs[path] = (params, [opt.state[p]["exp_avg"] for p in params], diags)
     for a, b in zip(runs["1"][0] + runs["1"][1], runs["0"][0] + runs["0"][1]):
         torch.testing.assert_close(a.detach(), b.detach(), rtol=1e-5, atol=1e-6)
     for da, db in zip(runs["1"][2], runs["0"][2]):
@@ -291,13 +291,37 @@ def test_kernel_and_torch_paths_agree_with_diagnostics_every_step(monkeypatch):
 def test_kernel_path_applies_only_to_fp32_contiguous_cpu_tensors(monkeypatch):
     from soulcli.optim import cpu_kernels
 
+    def with_grad(p, g):
+        p.grad = g
+        return p
+
     monkeypatch.setenv("SOUL_CPU_KERNELS", "1")
-    p32, g32 = torch.zeros(4, 3), torch.zeros(4, 3)
-    assert cpu_kernels.applicable([p32], [g32]) == (cpu_kernels.numba is not None)
-    assert not cpu_kernels.applicable([p32.bfloat16()], [g32])
-    assert not cpu_kernels.applicable([torch.zeros(3, 4).T], [g32])
+    p32 = with_grad(torch.zeros(4, 3), torch.zeros(4, 3))
+    assert cpu_kernels.applicable([p32]) == (cpu_kernels.numba is not None)
+    bf16 = torch.zeros(2, dtype=torch.bfloat16)
+    assert not cpu_kernels.applicable([p32, with_grad(bf16, torch.zeros_like(bf16))])
+    assert not cpu_kernels.applicable([with_grad(torch.zeros(3, 4).T, torch.zeros(4, 3))])
+    assert not cpu_kernels.applicable([with_grad(torch.zeros(4, 3), torch.zeros(3, 4).T)])
     monkeypatch.setenv("SOUL_CPU_KERNELS", "0")
-    assert not cpu_kernels.applicable([p32], [g32])
+    assert not cpu_kernels.applicable([p32])
+
+
+def test_parameters_without_gradients_may_be_bf16_or_strided(step_path):
+    """Only the parameters with gradients decide the path (the kernel once viewed them all and
+    crashed on a bf16 or non-contiguous parameter that had no gradient)."""
+    p = torch.nn.Parameter(torch.ones(4))
+    idle_bf16 = torch.nn.Parameter(torch.ones(3, dtype=torch.bfloat16))
+    idle_strided = torch.nn.Parameter(torch.ones(3, 2).T)
+    opt = SophiaG([p, idle_bf16, idle_strided], lr=0.1, betas=(0.0, 0.5), rho=1.0, bs=1,
+                  weight_decay=0.0, diagnostics_every=1)
+    p.grad = torch.tensor([2.0, 2.0, 0.0, 1.0])
+    opt.update_hessian()  # h = 0.5 g^2 = (2, 2, 0, 0.5)
+    p.grad = torch.tensor([1.0, -6.0, 3.0, 0.0])
+    opt.step()  # m = g: |m| / h = (0.5, 3, inf, 0) -> (0.5, 1, 1, 0)
+    torch.testing.assert_close(p.detach(), torch.tensor([0.95, 1.1, 0.9, 1.0]))
+    assert torch.equal(idle_bf16.detach(), torch.ones(3, dtype=torch.bfloat16))
+    assert torch.equal(idle_strided.detach(), torch.ones(2, 3))
+    assert opt.diagnostics()["win_rate"] == 0.5
 
 
 def test_automatic_diagnostics_cadence(step_path):

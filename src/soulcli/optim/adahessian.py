@@ -3,7 +3,8 @@ Order Optimizer for Machine Learning", AAAI 2021, eqs. 9-11 and Algorithm 1):
 
     D     = block_mean(|u * (H u)|)                      Hutchinson diagonal, u Rademacher
     m <- b1 * m + (1 - b1) * g;    v <- b2 * v + (1 - b2) * D**2     (v: every k steps)
-    p <- p * (1 - lr * wd) - lr * (m / (1 - b1**t)) / ((v / (1 - b2**n))**(k_h / 2) + eps)
+    d  = (m / (1 - b1**t)) / ((v / (1 - b2**n))**(k_h / 2) + eps)
+    p <- p * (1 - lr * wd) - lr * d                        (shared: soulcli.optim.base)
 
 with ``t`` the step count, ``n`` the number of curvature updates so far and ``k_h`` the
 Hessian power (1: the paper's default). Block averaging (the paper's "spatial averaging")
@@ -16,7 +17,7 @@ instead (GNB, empirical Fisher), it takes ``D = bs * g**2`` as the diagonal esti
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Sequence
+from typing import Annotated, Any, Iterable
 
 import torch
 from torch import Tensor
@@ -24,13 +25,14 @@ from torch import Tensor
 from soulcli.errors import UserError
 from soulcli.optim.base import (
     DIAGNOSTICS_EVERY,
-    Bank,
-    Chunk,
+    Betas,
+    DiagnosticsEvery,
+    Eps,
+    LearningRate,
     SecondOrderOptimizer,
-    check_betas,
-    check_nonnegative,
-    check_positive,
+    WeightDecay,
 )
+from soulcli.schema import AT_LEAST_ONE, Range
 
 
 def block_average(d: Tensor, block_size: int) -> Tensor:
@@ -56,54 +58,35 @@ class AdaHessian(SecondOrderOptimizer):
     curvature_state = "exp_hessian_diag_sq"
     default_curvature = "hutchinson"
 
-    def __init__(self, params: Iterable[Any], lr: float = 0.15,
-                 betas: Sequence[float] = (0.9, 0.999), weight_decay: float = 0.0, *,
-                 eps: float = 1e-4, hessian_power: float = 1.0, block_size: int = 1,
-                 diagnostics_every: int = DIAGNOSTICS_EVERY) -> None:
-        check_positive("AdaHessian", eps=eps, block_size=block_size)
-        check_nonnegative("AdaHessian", lr=lr, weight_decay=weight_decay)
-        if not 0.0 < hessian_power <= 1.0:
-            raise UserError(f"AdaHessian: hessian_power must be in (0, 1], got {hessian_power}")
-        defaults = dict(lr=lr, betas=check_betas("AdaHessian", betas), weight_decay=weight_decay,
-                        eps=eps, hessian_power=float(hessian_power), block_size=int(block_size),
-                        bs=1)
-        super().__init__(params, defaults, diagnostics_every)
+    def __init__(self, params: Iterable[Any], lr: LearningRate = 0.15,
+                 betas: Betas = (0.9, 0.999), weight_decay: WeightDecay = 0.0, *,
+                 eps: Eps = 1e-4,
+                 hessian_power: Annotated[float, Range(gt=0, le=1), "k_h"] = 1.0,
+                 block_size: Annotated[int, AT_LEAST_ONE, "spatial averaging"] = 1,
+                 diagnostics_every: DiagnosticsEvery = DIAGNOSTICS_EVERY) -> None:
+        super().__init__(params, dict(lr=lr, betas=tuple(betas), weight_decay=weight_decay,
+                                      eps=eps, hessian_power=hessian_power,
+                                      block_size=block_size, bs=1), diagnostics_every)
 
-    def _absorb(self, group: dict, bank: Bank, present: list[int], estimates: list[Tensor],
-                squared: bool) -> None:
-        beta2 = group["betas"][1]
+    def absorb(self, estimate: Tensor, state: dict[str, Tensor], group: dict,
+               squared: bool) -> None:
         if squared:
-            estimates = [e * e * group["bs"] for e in estimates]
-        d = [block_average(e, group["block_size"]) for e in estimates]
-        views = self._ema_views(bank, present, "exp_hessian_diag_sq", beta2)
-        torch._foreach_addcmul_(views, d, d, value=1 - beta2)
+            estimate = estimate * estimate * group["bs"]
+        d = block_average(estimate, group["block_size"])
+        beta2 = group["betas"][1]
+        state["exp_hessian_diag_sq"].mul_(beta2).addcmul_(d, d, value=1 - beta2)
 
-    def _curvature_sq(self, bank: Bank) -> Tensor:
+    def curvature_sq(self, state: dict[str, Tensor]) -> Tensor:
         # hessian_norm = |sqrt(v)|: the state is an EMA of squared curvature
-        return bank.buffers["exp_hessian_diag_sq"].sum()
+        return state["exp_hessian_diag_sq"].sum()
 
-    def _step_bank(self, group: dict, bank: Bank, chunks: list[Chunk],
-                   grads: list[Tensor | None], sums: dict[str, list[Tensor]] | None) -> None:
+    def update(self, g: Tensor, state: dict[str, Tensor], group: dict) -> Tensor:
         if group["hessian_step"] == 0:
             raise UserError("adahessian stepped before any curvature update: run its curvature "
                             "estimator (update_hessian) before the first step")
         beta1, beta2 = group["betas"]
-        lr, wd, power = group["lr"], group["weight_decay"], group["hessian_power"]
-        bc1 = 1 - beta1 ** group["step"]
-        bc2 = 1 - beta2 ** group["hessian_step"]
-        self._ema_grads(bank, grads, "exp_avg", beta1)
-        for chunk in chunks:
-            denom = chunk.scratch
-            torch.mul(chunk.flat["exp_hessian_diag_sq"], 1 / bc2, out=denom)
-            if power == 1.0:
-                denom.sqrt_()
-            else:
-                denom.pow_(power / 2)
-            denom.add_(group["eps"])
-            if wd:
-                torch._foreach_mul_(chunk.params, 1 - lr * wd)
-            torch._foreach_addcdiv_(chunk.params, chunk.segs["exp_avg"], chunk.scratch_segs,
-                                    value=-lr / bc1)
-            if sums is not None:
-                update = torch.div(chunk.flat["exp_avg"], denom)
-                sums.setdefault("update_sq", []).append(torch.dot(update, update) * (lr / bc1) ** 2)
+        m = state["exp_avg"].lerp_(g, 1 - beta1)
+        denom = state["exp_hessian_diag_sq"] / (1 - beta2 ** group["hessian_step"])
+        denom = denom.sqrt_() if group["hessian_power"] == 1.0 else denom.pow_(
+            group["hessian_power"] / 2)
+        return (m / (1 - beta1 ** group["step"])).div_(denom.add_(group["eps"]))

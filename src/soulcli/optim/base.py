@@ -1,43 +1,54 @@
-"""Flat fp32 optimizer state and the chunked step shared by every soulcli optimizer.
+"""The shared optimizer: a per-parameter update rule, then decoupled weight decay and the lr step.
 
-Why: on CPU a step is bound by passes over memory and by per-op dispatch, not by arithmetic.
-Sophia written tensor by tensor (the authors' loop) is 4-10x slower than torch's fused AdamW.
-Here each optimizer keeps its state for a (param group, device) in one fp32 buffer per state
-name, and ``self.state[p][name]`` is a view into it, so torch's ``state_dict`` machinery still
-sees per-parameter tensors. A step walks the parameters in *chunks* of at most
-``chunk_numel`` elements (1 MiB of fp32 on CPU, where two chunks stay in L2): the ops of a
-chunk run back to back on cache-resident slices, whole-chunk ops (clamp, sign) run once on a
-contiguous slice of the flat buffers into a chunk-sized scratch buffer, and foreach ops cover
-the chunk's pieces of the (unflattened) parameters and gradients.
+Each soulcli optimizer is one :class:`RuleOptimizer` subclass that writes only its *rule*,
+``update(g, state, group) -> direction``: plain elementwise tensor maths on one parameter's
+fp32 gradient and fp32 state. The base composes the rest as optax composes ``adamw``
+(``optax/_src/alias.py``: ``chain(scale_by_adam, add_decayed_weights, scale_by_learning_rate)``)::
 
-Conventions every subclass follows:
+    d = update(g, state, group)                  the rule (scale_by_<rule>)
+    p <- p * (1 - lr * wd) - lr * d              add_decayed_weights + scale_by_learning_rate
 
-* State is fp32 whatever the parameter dtype; low-precision gradients are upcast per step and
-  updates are added to the parameter in its own dtype.
+so decoupled weight decay (Loshchilov & Hutter, ICLR 2019) and the step are written once; a
+group with ``weight_decay=0`` (see :func:`decay_groups`) skips the decay.
+
+Conventions:
+
+* State is fp32 whatever the parameter dtype; low-precision gradients are upcast, and a bf16
+  parameter is updated in fp32 and rounded once.
 * Only elementwise maths on the local tensors, so gradients that DDP already averaged and FSDP
   shards (DTensor locals) work unchanged.
-* Parameters whose ``.grad`` is None are skipped: not updated, no weight decay.
-* ``diagnostics()`` returns (and clears) the figures computed since the last call; they are
-  computed inside ``step`` every ``diagnostics_every`` steps (0: never; None: every step where
-  they come free, as in Sophia's one-pass CPU kernel, else every DIAGNOSTICS_EVERY steps), from
-  the step's own scratch chunks, so the other steps pay nothing.
+* Parameters whose ``.grad`` is None are skipped: not updated, no weight decay, state untouched.
+* ``diagnostics()`` returns (and clears) the figures computed since the last call:
+  ``update_norm`` (``lr * |d|``, the step without weight decay) every ``diagnostics_every``
+  steps (0: never; None: every step where they come free, as in Sophia's one-pass CPU kernel,
+  else every :data:`DIAGNOSTICS_EVERY` steps).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Any, ClassVar, Iterable, Iterator, Sequence
+from typing import Annotated, Any, ClassVar, Iterable, Sequence
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from soulcli.errors import UserError
+from soulcli.schema import FRACTION, NON_NEGATIVE, POSITIVE
 
-CPU_CHUNK_NUMEL = 1 << 18
-ACCELERATOR_CHUNK_NUMEL = 1 << 24
 # win rate / update norm on one step in twenty: the counting passes cost about half a step
 DIAGNOSTICS_EVERY = 20
+
+# the annotations every constructor shares (bounds checked by soulcli.schema)
+LearningRate = Annotated[float, NON_NEGATIVE, "learning rate"]
+WeightDecay = Annotated[float, NON_NEGATIVE, "decoupled weight decay (p <- p * (1 - lr * wd))"]
+Beta = Annotated[float, FRACTION, "EMA coefficient"]
+Betas = tuple[Beta, Beta]
+Momentum = Annotated[float, FRACTION, "momentum coefficient"]
+Eps = Annotated[float, POSITIVE, "added to the denominator"]
+DiagnosticsEvery = Annotated[int, NON_NEGATIVE, "steps between diagnostics (0: never)"] | None
+
+NORM_MODULES = (nn.LayerNorm, nn.GroupNorm, nn.RMSNorm, nn.modules.batchnorm._NormBase)
+EMBEDDING_MODULES = (nn.Embedding, nn.EmbeddingBag)
 
 
 def local_tensor(t: Tensor) -> Tensor:
@@ -46,155 +57,36 @@ def local_tensor(t: Tensor) -> Tensor:
     return to_local() if callable(to_local) else t
 
 
-def fused_supported(device: torch.device) -> bool:
-    """Whether torch has fused optimizer kernels for this device."""
-    return device.type in ("cpu", "cuda")
+def local_grad(p: Tensor) -> Tensor:
+    """``p``'s local gradient in fp32 (``p.grad`` must be set)."""
+    g = local_tensor(p.grad)  # type: ignore[arg-type]
+    if g.layout != torch.strided:
+        raise UserError("soulcli optimizers do not support sparse gradients; "
+                        "build the embedding with sparse=False")
+    return g if g.dtype == torch.float32 else g.float()
 
 
-def check_positive(owner: str, **values: float) -> None:
-    for key, value in values.items():
-        if not value > 0:
-            raise UserError(f"{owner}: {key} must be > 0, got {value}")
+def zeros_state(p: Tensor, names: Iterable[str]) -> dict[str, Tensor]:
+    """fp32 zeros shaped like ``p``, one per state name."""
+    return {name: torch.zeros_like(p, dtype=torch.float32) for name in names}
 
 
-def check_nonnegative(owner: str, **values: float) -> None:
-    for key, value in values.items():
-        if not value >= 0:
-            raise UserError(f"{owner}: {key} must be >= 0, got {value}")
+def apply_update(p: Tensor, direction: Tensor, lr: float, weight_decay: float) -> None:
+    """``p <- p * (1 - lr * wd) - lr * direction``, in fp32, rounded once for a bf16 ``p``."""
+    work = p if p.dtype == torch.float32 else p.float()
+    if weight_decay:
+        work.mul_(1 - lr * weight_decay)
+    work.add_(direction, alpha=-lr)
+    if work is not p:
+        p.copy_(work)
 
 
-def check_betas(owner: str, betas: Sequence[float], count: int = 2) -> tuple[float, ...]:
-    betas = tuple(float(b) for b in betas)
-    if len(betas) != count or not all(0.0 <= b < 1.0 for b in betas):
-        raise UserError(f"{owner}: betas must be {count} numbers in [0, 1), got {list(betas)}")
-    return betas
+class RuleOptimizer(torch.optim.Optimizer):
+    """Base class: the per-parameter loop, fp32 state, weight decay, the lr step, diagnostics.
 
-
-@dataclass(frozen=True)
-class Segment:
-    """Parameter ``index`` of a bank, whole (``part`` None) or the flat elements ``part``."""
-
-    index: int
-    part: slice | None
-
-
-class Chunk:
-    """A run of segments that is contiguous in the bank's flat buffers.
-
-    ``params``, ``segs[name]`` and ``scratch_segs`` are the segments' pieces of the parameters,
-    of each state buffer and of the scratch buffer (shaped like the parameter when whole, flat
-    when a piece); ``flat[name]`` and ``scratch`` are the whole run, flat.
-    """
-
-    __slots__ = ("segments", "params", "flat", "segs", "scratch", "scratch_segs")
-
-    def __init__(self, bank: "Bank", segments: list[Segment]) -> None:
-        self.segments = [(s.index, s.part) for s in segments]
-        spans = [bank.span(s) for s in segments]
-        lo, hi = spans[0][0], spans[-1][1]
-        self.params = [bank.piece(bank.local_params, s) for s in segments]
-        self.flat = {name: buf[lo:hi] for name, buf in bank.buffers.items()}
-        self.segs = {name: [bank.piece(bank.views[name], s) for s in segments]
-                     for name in bank.buffers}
-        self.scratch = bank.scratch[: hi - lo]
-        self.scratch_segs = [self.scratch[a - lo:b - lo] if s.part else
-                             self.scratch[a - lo:b - lo].view(bank.shapes[s.index])
-                             for s, (a, b) in zip(segments, spans)]
-
-    def grads(self, grads: Sequence[Tensor | None]) -> list[Tensor]:
-        return [grads[i] if part is None else grads[i].reshape(-1)[part]  # type: ignore[union-attr]
-                for i, part in self.segments]
-
-
-class Bank:
-    """fp32 flat state buffers for the parameters of one (group, device, role)."""
-
-    def __init__(self, params: list[Tensor], names: Sequence[str], states: list[dict],
-                 chunk_numel: int, fill: dict[str, float] | None = None, role: str = "") -> None:
-        self.params = params
-        self.role = role
-        self.local_params = [local_tensor(p) for p in params]
-        self.distributed = any(t is not p for t, p in zip(self.local_params, params))
-        self.shapes = [t.shape for t in self.local_params]
-        self.numels = [t.numel() for t in self.local_params]
-        # a contiguous parameter larger than a chunk is cut into flat pieces
-        self.contiguous = [t.is_contiguous() for t in self.local_params]
-        device = self.local_params[0].device
-        self.all_fp32 = all(t.dtype == torch.float32 for t in self.local_params)
-        # torch's fused SGD kernel can apply decay and update in one pass on these
-        self.fusable = hasattr(torch, "_fused_sgd_") and fused_supported(device) and self.all_fp32
-        self.offsets = [0]
-        for n in self.numels:
-            self.offsets.append(self.offsets[-1] + n)
-        total = self.offsets[-1]
-        self.buffers: dict[str, Tensor] = {}
-        self.views: dict[str, list[Tensor]] = {}
-        for name in names:
-            buf = torch.full((total,), (fill or {}).get(name, 0.0), dtype=torch.float32,
-                             device=device)
-            views = [buf[self.offsets[i]:self.offsets[i + 1]].view(self.shapes[i])
-                     for i in range(len(params))]
-            for view, state in zip(views, states):
-                old = state.get(name)
-                if isinstance(old, Tensor):
-                    view.copy_(local_tensor(old).reshape(view.shape))
-                state[name] = view
-            self.buffers[name] = buf
-            self.views[name] = views
-        self.chunk_numel = chunk_numel
-        self.scratch = torch.empty(min(total, chunk_numel) if total else 0,
-                                   dtype=torch.float32, device=device)
-        self._plan_key: tuple[int, ...] | None = None
-        self._plan: list[Chunk] = []
-
-    def span(self, s: Segment) -> tuple[int, int]:
-        """The segment's range in the flat buffers."""
-        base = self.offsets[s.index]
-        if s.part is None:
-            return base, self.offsets[s.index + 1]
-        return base + s.part.start, base + s.part.stop
-
-    def piece(self, tensors: Sequence[Tensor], s: Segment) -> Tensor:
-        t = tensors[s.index]
-        return t if s.part is None else t.view(-1)[s.part]
-
-    def plan(self, present: tuple[int, ...]) -> list[Chunk]:
-        """Chunks covering the present parameters, cached for the common all-present case."""
-        if present != self._plan_key:
-            self._plan, self._plan_key = self._build_plan(present), present
-        return self._plan
-
-    def _build_plan(self, present: tuple[int, ...]) -> list[Chunk]:
-        limit = self.chunk_numel
-        pieces: list[Segment] = []
-        for i in present:
-            n = self.numels[i]
-            if not self.contiguous[i] or n <= limit:
-                pieces.append(Segment(i, None))
-                continue
-            step = math.ceil(n / math.ceil(n / limit))
-            pieces.extend(Segment(i, slice(a, min(n, a + step))) for a in range(0, n, step))
-        chunks: list[Chunk] = []
-        run: list[Segment] = []
-        for seg in pieces:
-            if run:
-                lo, end = self.span(run[0])[0], self.span(run[-1])[1]
-                start, stop = self.span(seg)
-                if start != end or stop - lo > limit:
-                    chunks.append(Chunk(self, run))
-                    run = []
-            run.append(seg)
-        if run:
-            chunks.append(Chunk(self, run))
-        return chunks
-
-
-class FlatStateOptimizer(torch.optim.Optimizer):
-    """Base class: lazily built flat fp32 state banks, chunked stepping, fp32 state_dict round trip.
-
-    Subclasses set ``state_names`` (or override ``_state_names`` for per-role layouts) and
-    implement ``_step_bank``. ``default_curvature`` names the curvature estimator the engine runs
-    for this optimizer (None for first-order methods).
+    A subclass names its fp32 state tensors in ``state_names`` (zeros at first; override
+    :meth:`init_state` for others) and implements :meth:`update`. ``default_curvature`` names
+    the curvature estimator the engine runs for it (None for first-order methods).
     """
 
     state_names: ClassVar[tuple[str, ...]] = ()
@@ -202,120 +94,76 @@ class FlatStateOptimizer(torch.optim.Optimizer):
 
     def __init__(self, params: Iterable[Any], defaults: dict[str, Any],
                  diagnostics_every: int | None = DIAGNOSTICS_EVERY) -> None:
-        if diagnostics_every is not None and (
-                isinstance(diagnostics_every, bool) or not isinstance(diagnostics_every, int)
-                or diagnostics_every < 0):
-            raise UserError(f"{type(self).__name__}: diagnostics_every must be a whole number "
-                            f">= 0 (or null for automatic), got {diagnostics_every!r}")
-        defaults = dict(defaults, step=0)
-        super().__init__(params, defaults)
-        # None: every step where diagnostics come free (see _free_diagnostics), else every
-        # DIAGNOSTICS_EVERY steps
+        super().__init__(params, dict(defaults, step=0))
         self.diagnostics_every = diagnostics_every
-        self._banks: dict[int, list[Bank]] = {}
-        self._members: dict[int, set[int]] = {}
         self._pending: dict[str, float] = {}
         self._steps_done = 0
 
-    # -- banks -------------------------------------------------------------------------
-    def _role(self, p: Tensor) -> str:
-        return ""
+    # -- what a subclass writes -------------------------------------------------------------
+    def init_state(self, p: Tensor, group: dict) -> dict[str, Tensor]:
+        """The fresh fp32 state of (local) parameter ``p``."""
+        return zeros_state(p, self.state_names)
 
-    def _state_names(self, role: str) -> tuple[str, ...]:
-        return self.state_names
+    def update(self, g: Tensor, state: dict[str, Tensor], group: dict) -> Tensor:
+        """The direction ``d`` of the step ``p <- p - lr * d`` (``g`` and ``state`` fp32; the
+        group holds the hyperparameters and ``step``, the step count starting at 1)."""
+        raise NotImplementedError
 
-    def _state_fill(self, group: dict, role: str) -> dict[str, float]:
-        """Initial value of each state buffer (zeros unless a subclass says otherwise)."""
-        return {}
+    # -- the shared step ---------------------------------------------------------------------
+    def state_of(self, p: Tensor, group: dict) -> dict[str, Any]:
+        """``self.state[p]``, initialised on first use."""
+        state = self.state[p]
+        if not state:
+            state.update(self.init_state(local_tensor(p), group))
+        return state
 
-    def _chunk_numel(self, device: torch.device) -> int:
-        return CPU_CHUNK_NUMEL if device.type == "cpu" else ACCELERATOR_CHUNK_NUMEL
-
-    def _group_banks(self, index: int) -> list[Bank]:
-        banks = self._banks.get(index)
-        group = self.param_groups[index]
-        if banks is not None:
-            members = self._members[index]
-            if all(p.grad is None or id(p) in members for p in group["params"]):
-                return banks
-        # (re)build: every parameter that can receive a gradient, existing state adopted
-        keyed: dict[tuple[torch.device, str], list[Tensor]] = {}
-        for p in group["params"]:
-            if p.requires_grad or p.grad is not None:
-                keyed.setdefault((local_tensor(p).device, self._role(p)), []).append(p)
-        banks = []
-        for (device, role), params in keyed.items():
-            states = [self.state[p] for p in params]
-            banks.append(Bank(params, self._state_names(role), states,
-                              self._chunk_numel(device), self._state_fill(group, role), role))
-        self._banks[index] = banks
-        self._members[index] = {id(p) for b in banks for p in b.params}
-        return banks
-
-    def _with_grads(self, index: int) -> Iterator[tuple[Bank, list[Chunk], list[Tensor | None]]]:
-        """Each bank of group ``index`` that has gradients: its chunk plan and fp32 gradients."""
-        for bank in self._group_banks(index):
-            grads = bank_grads(bank)
-            present = tuple(i for i, g in enumerate(grads) if g is not None)
-            if present:
-                yield bank, bank.plan(present), grads
-
-    def _ema_grads(self, bank: Bank, grads: list[Tensor | None], name: str, beta: float) -> None:
-        """``state[name] <- beta * state[name] + (1 - beta) * g`` for the present parameters,
-        one foreach call over whole tensors (a two-input in-place op gains nothing from chunks)."""
-        present = [i for i, g in enumerate(grads) if g is not None]
-        views = bank.views[name]
-        torch._foreach_lerp_([views[i] for i in present], [grads[i] for i in present], 1 - beta)
-
-    def _diagnostics_due(self) -> bool:
-        every = self.diagnostics_every
-        if every is None:
-            if self._free_diagnostics():
-                return True
-            every = DIAGNOSTICS_EVERY
-        return every > 0 and self._steps_done % every == 0
-
-    def _free_diagnostics(self) -> bool:
-        """Whether this step computes its diagnostics at no extra cost (a one-pass kernel)."""
-        return False
-
-    # -- the public surface ---------------------------------------------------------------
     @torch.no_grad()
     def step(self, closure: Any = None) -> Any:  # type: ignore[override]
         loss = None
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        diag = self._diagnostics_due()
-        sums: dict[str, list[Tensor]] = {}
-        for index, group in enumerate(self.param_groups):
+        sums: dict[str, list[Tensor | float]] | None = {} if self._diagnostics_due() else None
+        for group in self.param_groups:
             group["step"] += 1
-            self._prepare_group(index, group)
-            self._prepare_step(index, group)
-            for bank, chunks, grads in self._with_grads(index):
-                self._step_bank(group, bank, chunks, grads, sums if diag else None)
-        if diag:
-            self._pending.update(self._finish_diagnostics(sums))
+            self.step_group(group, sums)
+        if sums is not None:
+            self._pending.update(self.finish_diagnostics(sums))
         self._steps_done += 1
         return loss
 
-    def _prepare_group(self, index: int, group: dict) -> None:
-        """Hook run once per group before its banks are stepped or fed curvature."""
+    def step_group(self, group: dict, sums: dict[str, list[Tensor | float]] | None) -> None:
+        """Step the parameters of ``group`` that have gradients, adding diagnostic sums."""
+        lr, wd = group["lr"], group["weight_decay"]
+        for p in group["params"]:
+            if p.grad is None:
+                continue
+            direction = self.update(local_grad(p), self.state_of(p, group), group)
+            apply_update(local_tensor(p), direction, lr, wd)
+            if sums is not None:
+                self.measure(direction, lr, sums)
 
-    def _prepare_step(self, index: int, group: dict) -> None:
-        """Hook run once per group before its banks are stepped."""
+    def measure(self, direction: Tensor, lr: float, sums: dict[str, list[Tensor | float]]) -> None:
+        """Add one parameter's share of the diagnostics to ``sums``."""
+        sums.setdefault("update_sq", []).append(direction.square().sum() * lr**2)
 
-    def _step_bank(self, group: dict, bank: Bank, chunks: list[Chunk],
-                   grads: list[Tensor | None], sums: dict[str, list[Tensor]] | None) -> None:
-        raise NotImplementedError
+    def finish_diagnostics(self, sums: dict[str, list[Tensor | float]]) -> dict[str, float]:
+        """Turn the per-parameter sums into figures."""
+        return {"update_norm": math.sqrt(total(sums["update_sq"]))} if sums else {}
 
-    def _finish_diagnostics(self, sums: dict[str, list[Tensor]]) -> dict[str, float]:
-        """Turn the per-chunk partial sums into figures; by default the update norm."""
-        out: dict[str, float] = {}
-        if "update_sq" in sums:
-            out["update_norm"] = math.sqrt(total(sums["update_sq"]))
-        return out
+    def _diagnostics_due(self) -> bool:
+        every = self.diagnostics_every
+        if every is None:
+            if self.free_diagnostics():
+                return True
+            every = DIAGNOSTICS_EVERY
+        return every > 0 and self._steps_done % every == 0
 
+    def free_diagnostics(self) -> bool:
+        """Whether this step computes its diagnostics at no extra cost (a one-pass kernel)."""
+        return False
+
+    # -- the public surface ------------------------------------------------------------------
     def diagnostics(self) -> dict[str, float]:
         """Figures computed since the last call (empty when none were due)."""
         out, self._pending = self._pending, {}
@@ -326,21 +174,97 @@ class FlatStateOptimizer(torch.optim.Optimizer):
         return state_bytes(self)
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        # torch casts floating state to the parameter dtype; keep our fp32 values instead
+        # torch casts floating state to the parameter dtype; keep the saved fp32 values instead
         saved = state_dict["state"]
-        order = [p for g in self.param_groups for p in g["params"]]
         saved_ids = [i for g in state_dict["param_groups"] for i in g["params"]]
         super().load_state_dict(state_dict)
-        for key, p in zip(saved_ids, order):
+        for key, p in zip(saved_ids, param_list(self)):
             for name, value in saved.get(key, {}).items():
-                if isinstance(value, Tensor) and value.is_floating_point() and name != "step":
+                if isinstance(value, Tensor) and value.is_floating_point():
                     self.state[p][name] = value.to(device=local_tensor(p).device,
                                                    dtype=torch.float32)
-        self._banks, self._members = {}, {}
+
+
+class SecondOrderOptimizer(RuleOptimizer):
+    """A rule optimizer fed by a curvature estimator through :meth:`update_hessian`.
+
+    Two input forms, matching the estimators in :mod:`soulcli.optim.curvature`:
+
+    * squared gradients (Gauss-Newton-Bartlett, empirical Fisher): ``update_hessian(bs)`` reads
+      ``p.grad`` exactly like the Sophia authors' code, or ``update_hessian(bs, grads=[...])``
+      takes gradients aligned with :func:`param_list` (None entries are skipped);
+    * a diagonal estimate (Hutchinson ``u * (H u)``): ``update_hessian(diagonal=[...])``.
+
+    ``bs`` is the number of predicted tokens the curvature batch had; it is recorded in every
+    param group and used by later steps (``step(bs=...)`` overrides and records it too). A
+    subclass implements :meth:`absorb`; ``curvature_state`` names the state ``hessian_norm``
+    is the norm of.
+    """
+
+    curvature_state: ClassVar[str] = "hessian"
+
+    def __init__(self, params: Iterable[Any], defaults: dict[str, Any],
+                 diagnostics_every: int | None = DIAGNOSTICS_EVERY) -> None:
+        super().__init__(params, dict(defaults, hessian_step=0), diagnostics_every)
+
+    def absorb(self, estimate: Tensor, state: dict[str, Tensor], group: dict,
+               squared: bool) -> None:
+        """Fold one parameter's fp32 curvature sample (a gradient to square, or a diagonal)
+        into its state."""
+        raise NotImplementedError
+
+    def curvature_sq(self, state: dict[str, Tensor]) -> Tensor:
+        """One parameter's share of ``hessian_norm ** 2``."""
+        return state[self.curvature_state].square().sum()
+
+    @torch.no_grad()
+    def step(self, closure: Any = None, bs: int | None = None) -> Any:  # type: ignore[override]
+        if bs is not None:
+            self._record_bs(bs)
+        return super().step(closure)
+
+    def _record_bs(self, bs: int) -> None:
+        if not bs > 0:
+            raise ValueError(f"bs must be a positive token count, got {bs}")
+        for group in self.param_groups:
+            group["bs"] = int(bs)
+
+    @torch.no_grad()
+    def update_hessian(self, bs: int | None = None, *, grads: Sequence[Tensor | None] | None = None,
+                       diagonal: Sequence[Tensor | None] | None = None) -> None:
+        """Fold one curvature sample into the curvature state (see the class docstring)."""
+        if grads is not None and diagonal is not None:
+            raise ValueError("pass either grads= or diagonal=, not both")
+        squared = diagonal is None
+        supplied = grads if squared else diagonal
+        params = param_list(self)
+        if supplied is None:
+            source = {id(p): p.grad for p in params if p.grad is not None}
+        else:
+            if len(supplied) != len(params):
+                raise ValueError(f"expected {len(params)} curvature tensors (one per parameter "
+                                 f"in param_groups order), got {len(supplied)}")
+            source = {id(p): t for p, t in zip(params, supplied) if t is not None}
+        if bs is None and not squared:
+            bs = 1
+        if bs is not None:
+            self._record_bs(bs)
+        norms: list[Tensor] = []
+        for group in self.param_groups:
+            group["hessian_step"] += 1
+            for p in group["params"]:
+                if id(p) in source:
+                    local = local_tensor(p)
+                    estimate = local_tensor(source[id(p)]).to(torch.float32).reshape(local.shape)
+                    self.absorb(estimate, self.state_of(p, group), group, squared)
+                if self.state[p]:
+                    norms.append(self.curvature_sq(self.state[p]))
+        if norms:
+            self._pending["hessian_norm"] = math.sqrt(float(torch.stack(norms).sum()))
 
 
 def total(values: Sequence[Tensor | float]) -> float:
-    """The sum of per-chunk partial sums: tensors (one device sync) and/or plain floats."""
+    """The sum of per-parameter partial sums: tensors (one sync per device) and plain floats."""
     by_device: dict[torch.device, list[Tensor]] = {}
     rest = 0.0
     for v in values:
@@ -349,41 +273,6 @@ def total(values: Sequence[Tensor | float]) -> float:
         else:
             rest += float(v)
     return rest + sum(float(torch.stack(ts).sum()) for ts in by_device.values())
-
-
-def decay_and_add(bank: Bank, params: list[Tensor], deltas: list[Tensor], alpha: float,
-                  lr_wd: float) -> None:
-    """``p <- p * (1 - lr_wd) + alpha * delta``: decoupled weight decay and the update.
-
-    With decay, torch's fused SGD kernel does both in one pass (``p - lr * (d + wd * p)`` with
-    ``lr = -alpha`` and ``wd = lr_wd / lr`` is the same step); otherwise two foreach passes.
-    """
-    if not lr_wd:
-        torch._foreach_add_(params, deltas, alpha=alpha)
-    elif bank.fusable and alpha < 0:
-        torch._fused_sgd_(params, deltas, [], weight_decay=lr_wd / -alpha, momentum=0.0,
-                          lr=-alpha, dampening=0.0, nesterov=False, maximize=False,
-                          is_first_step=False)
-    else:
-        torch._foreach_mul_(params, 1 - lr_wd)
-        torch._foreach_add_(params, deltas, alpha=alpha)
-
-
-def bank_grads(bank: Bank) -> list[Tensor | None]:
-    """fp32 local gradients of a bank's parameters (None where a parameter has none)."""
-    out: list[Tensor | None] = []
-    for p in bank.params:
-        g = p.grad
-        if g is None:
-            out.append(None)
-            continue
-        if bank.distributed:
-            g = local_tensor(g)
-        if g.layout != torch.strided:
-            raise UserError("soulcli optimizers do not support sparse gradients; "
-                            "build the embedding with sparse=False")
-        out.append(g if g.dtype == torch.float32 else g.float())
-    return out
 
 
 def state_bytes(optimizer: torch.optim.Optimizer) -> int:
@@ -402,131 +291,29 @@ def param_list(optimizer: torch.optim.Optimizer) -> list[Tensor]:
     return [p for g in optimizer.param_groups for p in g["params"]]
 
 
-class SecondOrderOptimizer(FlatStateOptimizer):
-    """A flat-state optimizer fed by a curvature estimator through ``update_hessian``.
+def decay_groups(model: nn.Module, *, decay_all: bool = False) -> list[dict[str, Any]]:
+    """Param groups for ``model``'s trainable parameters: weight decay on matrices, not on
+    biases, norm weights or embeddings.
 
-    Two input forms, matching the estimators in :mod:`soulcli.optim.curvature`:
-
-    * squared gradients (Gauss-Newton-Bartlett, empirical Fisher): ``update_hessian(bs)`` reads
-      ``p.grad`` exactly like the Sophia authors' code, or ``update_hessian(bs, grads=[...])``
-      takes gradients aligned with :func:`param_list` (None entries are skipped);
-    * a diagonal estimate (Hutchinson ``u * (H u)``): ``update_hessian(diagonal=[...])``.
-
-    ``bs`` is the number of predicted tokens the curvature batch had; it is recorded in every
-    param group and used by later steps (``step(bs=...)`` overrides and records it too).
+    The rule is the one the Sophia authors' nanoGPT fork applies (``configure_optimizers`` in
+    ``Liuhong99/Sophia/model.py``: biases, LayerNorm and Embedding weights get no decay, and
+    the ``lm_head`` tied to the token embedding follows the embedding), extended so that it does
+    not depend on knowing every norm class: a parameter gets no decay when it has fewer than 2
+    dimensions (every bias and norm weight; nanoGPT's later ``p.dim() < 2`` rule), or belongs
+    to an ``nn.Embedding`` / ``nn.EmbeddingBag`` or a torch normalisation module. A tied
+    parameter is exempt if any module holding it is. (The SOUL authors' code is built on HF
+    ``Trainer``, whose default grouping, ``get_decay_parameter_names``, exempts biases and
+    LayerNorm weights but decays embeddings.) The second group sets
+    ``weight_decay=0.0``; the first inherits the optimizer's ``weight_decay``, so
+    ``build_optimizer(name, decay_groups(model), lr, weight_decay)`` is the whole call.
+    ``decay_all=True`` gives one group that decays every trainable parameter. Empty groups
+    are left out.
     """
-
-    curvature_state: ClassVar[str] = "hessian"
-
-    def __init__(self, params: Iterable[Any], defaults: dict[str, Any],
-                 diagnostics_every: int = DIAGNOSTICS_EVERY) -> None:
-        super().__init__(params, dict(defaults, hessian_step=0), diagnostics_every)
-
-    @torch.no_grad()
-    def step(self, closure: Any = None, bs: int | None = None) -> Any:  # type: ignore[override]
-        if bs is not None:
-            self._record_bs(bs)
-        return super().step(closure)
-
-    def _record_bs(self, bs: int) -> None:
-        if not bs > 0:
-            raise ValueError(f"bs must be a positive token count, got {bs}")
-        for group in self.param_groups:
-            group["bs"] = int(bs)
-
-    @torch.no_grad()
-    def update_hessian(self, bs: int | None = None, *, grads: Sequence[Tensor | None] | None = None,
-                       diagonal: Sequence[Tensor | None] | None = None) -> None:
-        """Fold one curvature sample into the Hessian EMA (see the class docstring)."""
-        if grads is not None and diagonal is not None:
-            raise ValueError("pass either grads= or diagonal=, not both")
-        squared = diagonal is None
-        supplied = grads if diagonal is None else diagonal
-        if supplied is None:
-            source = {id(p): p.grad for p in param_list(self) if p.grad is not None}
-        else:
-            params = param_list(self)
-            if len(supplied) != len(params):
-                raise ValueError(f"expected {len(params)} curvature tensors (one per parameter "
-                                 f"in param_groups order), got {len(supplied)}")
-            source = {id(p): t for p, t in zip(params, supplied) if t is not None}
-        if bs is None and not squared:
-            bs = 1
-        if bs is not None:
-            self._record_bs(bs)
-        norms: list[Tensor] = []
-        for index, group in enumerate(self.param_groups):
-            group["hessian_step"] += 1
-            self._prepare_group(index, group)
-            for bank in self._group_banks(index):
-                present = [i for i, p in enumerate(bank.params) if id(p) in source]
-                if not present:
-                    continue
-                estimates = [local_tensor(source[id(bank.params[i])]).to(torch.float32)
-                             .reshape(bank.shapes[i]) for i in present]
-                self._absorb(group, bank, present, estimates, squared)
-            norms.extend(self._curvature_sq(b) for b in self._banks.get(index, []))
-        if norms:
-            self._pending["hessian_norm"] = math.sqrt(float(torch.stack(norms).sum()))
-
-    def _absorb(self, group: dict, bank: Bank, present: list[int], estimates: list[Tensor],
-                squared: bool) -> None:
-        raise NotImplementedError
-
-    def _curvature_sq(self, bank: Bank) -> Tensor:
-        """The bank's share of ``hessian_norm ** 2``."""
-        return torch.linalg.vector_norm(bank.buffers[self.curvature_state]).square()
-
-    def _ema_views(self, bank: Bank, present: list[int], name: str, beta: float) -> list[Tensor]:
-        """The present parameters' views of state ``name``, already multiplied by ``beta``."""
-        views = [self.state[bank.params[i]][name] for i in present]
-        if len(present) == len(bank.params):
-            bank.buffers[name].mul_(beta)
-        else:
-            torch._foreach_mul_(views, beta)
-        return views
-
-
-def on_fp32(params: list[Tensor], fn: Any) -> None:
-    """Run ``fn(params)``, through fp32 copies written back afterwards for low-precision ones.
-
-    torch's fused kernels want one dtype for parameters and state; the state is fp32, so a
-    bf16 parameter is updated as an fp32 copy and rounded back once.
-    """
-    work = [p if p.dtype == torch.float32 else p.float() for p in params]
-    fn(work)
-    for p, w in zip(params, work):
-        if w is not p:
-            p.copy_(w)
-
-
-class TorchKernelOptimizer(FlatStateOptimizer):
-    """A flat-state optimizer whose arithmetic is one of torch's functional kernels.
-
-    Subclasses implement ``_kernel(group, bank, present, params, grads)`` on whole tensors. An
-    all-fp32 bank is stepped in one kernel call; otherwise (and on diagnostic steps, to measure
-    the update by difference) one tensor at a time, so temporaries stay one tensor large.
-    """
-
-    def _step_bank(self, group: dict, bank: Bank, chunks: list[Chunk],
-                   grads: list[Tensor | None], sums: dict[str, list[Tensor]] | None) -> None:
-        present = [i for i, g in enumerate(grads) if g is not None]
-        if sums is None and bank.all_fp32:
-            self._kernel(group, bank, present, [bank.local_params[i] for i in present],
-                         [grads[i] for i in present])  # type: ignore[misc]
-            return
-        for i in present:
-            p = bank.local_params[i]
-            before = p.detach().float() if sums is not None else None
-            if before is not None and before is p:
-                before = before.clone()
-            on_fp32([p], lambda work: self._kernel(group, bank, [i], work, [grads[i]]))
-            if before is not None:
-                sums.setdefault("update_sq", []).append((p.float() - before).square().sum())
-
-    def _kernel(self, group: dict, bank: Bank, present: list[int], params: list[Tensor],
-                grads: list[Tensor]) -> None:
-        raise NotImplementedError
-
-    def _views(self, bank: Bank, present: list[int], name: str) -> list[Tensor]:
-        return [self.state[bank.params[i]][name] for i in present]
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    if decay_all:
+        return [{"params": trainable}]
+    exempt = {id(p) for m in model.modules() for p in m.parameters(recurse=False)
+              if p.ndim < 2 or isinstance(m, NORM_MODULES + EMBEDDING_MODULES)}
+    groups = [{"params": [p for p in trainable if id(p) not in exempt]},
+              {"params": [p for p in trainable if id(p) in exempt], "weight_decay": 0.0}]
+    return [g for g in groups if g["params"]]

@@ -1,22 +1,27 @@
-"""The optimizer registry: recipes choose an optimizer by name and set its hyperparameters."""
+"""The optimizer registry: recipes choose an optimizer by name and set its hyperparameters.
+
+Adding an optimizer is one module (its rule and constructor, see :mod:`soulcli.optim.base`)
+plus its line here; the shared test suite picks it up from :data:`OPTIMIZERS`.
+"""
 
 from __future__ import annotations
 
-import inspect
 from typing import Any, Iterable
 
 import torch
 
-from soulcli.errors import UserError, did_you_mean, unknown_name
+from soulcli import schema
+from soulcli.errors import UserError, unknown_name
 from soulcli.optim.adahessian import AdaHessian
 from soulcli.optim.adamw import AdamW
+from soulcli.optim.base import RuleOptimizer
 from soulcli.optim.lion import Lion
 from soulcli.optim.muon import Muon
 from soulcli.optim.sgd import SGD
 from soulcli.optim.signum import Signum
 from soulcli.optim.sophia import SophiaG, SophiaH
 
-OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
+OPTIMIZERS: dict[str, type[RuleOptimizer]] = {
     "adamw": AdamW,
     "sgd": SGD,
     "signum": Signum,
@@ -29,10 +34,10 @@ if hasattr(torch.optim, "Muon"):
     OPTIMIZERS["muon"] = Muon
 
 # set by build_optimizer's own arguments, not through **hparams
-_COMMON = ("self", "params", "lr", "weight_decay")
+_COMMON = ("params", "lr", "weight_decay")
 
 
-def _lookup(name: str) -> type[torch.optim.Optimizer]:
+def _lookup(name: str) -> type[RuleOptimizer]:
     if name not in OPTIMIZERS:
         raise unknown_name("optimizer", name, OPTIMIZERS)
     return OPTIMIZERS[name]
@@ -40,77 +45,25 @@ def _lookup(name: str) -> type[torch.optim.Optimizer]:
 
 def optimizer_hparams(name: str) -> dict[str, Any]:
     """The hyperparameters ``name`` accepts besides lr and weight_decay, with their defaults."""
-    signature = inspect.signature(_lookup(name).__init__)
-    return {k: p.default for k, p in signature.parameters.items() if k not in _COMMON}
-
-
-def _optional_kind(name: str, key: str) -> Any:
-    """For a hyperparameter whose default is None: an example value of the type its annotation
-    names besides None (``bool | None`` -> False), or None when it names none we check."""
-    annotation = inspect.signature(_lookup(name).__init__).parameters[key].annotation
-    text = annotation if isinstance(annotation, str) else getattr(annotation, "__name__", "")
-    for kind, example in (("bool", False), ("int", 0), ("float", 0.0)):
-        if kind in str(text).replace("|", " ").split():
-            return example
-    return None
-
-
-def checked_hparam(name: str, key: str, value: Any, default: Any) -> Any:
-    """``value`` for hyperparameter ``key`` (default ``default``) of optimizer ``name``, typed
-    like the default or, for a None default, like its annotation; a bad one raises UserError."""
-    if default is None:
-        if value is None:
-            return None
-        default = _optional_kind(name, key)
-    return _check_type(name, key, value, default)
+    return {k: p.default for k, p in schema.params_of(_lookup(name), skip=_COMMON).items()}
 
 
 def check_hparam(name: str, key: str, value: Any) -> str | None:
     """Why ``value`` is not valid for hyperparameter ``key`` of optimizer ``name`` (None: it is)."""
-    try:
-        checked_hparam(name, key, value, optimizer_hparams(name)[key])
-    except UserError as err:
-        return str(err)
-    return None
-
-
-def _check_type(optimizer: str, key: str, value: Any, default: Any) -> Any:
-    """``value`` checked against the kind of ``default`` (tuples become tuples)."""
-    def bad(kind: str) -> UserError:
-        return UserError(f"optimizer '{optimizer}': {key} must be {kind}, got {value!r}")
-
-    if default is None or isinstance(default, str) and isinstance(value, str):
-        return value
-    if isinstance(default, bool):
-        if not isinstance(value, bool):
-            raise bad("true or false")
-    elif isinstance(default, int):
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise bad("a whole number")
-    elif isinstance(default, float):
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise bad("a number")
-    elif isinstance(default, tuple):
-        if (not isinstance(value, (list, tuple)) or len(value) != len(default)
-                or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)):
-            raise bad(f"a list of {len(default)} numbers")
-        return tuple(value)
-    elif isinstance(default, str):
-        raise bad("a string")
-    return value
+    errors: list[str] = []
+    params = schema.params_of(_lookup(name), skip=_COMMON)
+    schema.check({key: params[key]}, {key: value}, "", errors, f"optimizer '{name}'")
+    return errors[0].removeprefix(f"{key}: ") if errors else None
 
 
 def build_optimizer(name: str, params: Iterable[Any], lr: float, weight_decay: float = 0.0,
-                    **hparams: Any) -> torch.optim.Optimizer:
-    """Construct the registered optimizer ``name``; unknown names or keys raise UserError."""
+                    **hparams: Any) -> RuleOptimizer:
+    """Construct the registered optimizer ``name`` on a parameter list or param groups (e.g.
+    :func:`soulcli.optim.base.decay_groups`); every bad name, key or value raises one UserError."""
     cls = _lookup(name)
-    accepted = optimizer_hparams(name)
-    checked = {}
-    for key, value in hparams.items():
-        if key not in accepted:
-            raise UserError(f"unknown hyperparameter '{key}' for optimizer '{name}'"
-                            f"{did_you_mean(key, accepted)}; valid: {', '.join(sorted(accepted))}")
-        checked[key] = checked_hparam(name, key, value, accepted[key])
-    for key, value in (("lr", lr), ("weight_decay", weight_decay)):
-        _check_type(name, key, value, 0.0)
-    return cls(params, lr=lr, weight_decay=weight_decay, **checked)
+    try:
+        checked = schema.validate(cls, dict(hparams, lr=lr, weight_decay=weight_decay),
+                                  "this optimizer", skip=("params",))
+    except UserError as err:
+        raise UserError(f"optimizer '{name}': {err}") from None
+    return cls(params, **checked)

@@ -1,9 +1,9 @@
 """SGD with heavy-ball momentum (Polyak 1964; the form of Sutskever et al. 2013 that torch
-uses), run by torch's fused kernel on an fp32 momentum buffer.
+uses) and decoupled weight decay (SGDW, Loshchilov & Hutter, ICLR 2019, Algorithm 1):
 
-    g <- g + wd * p                 (L2 weight decay, coupled, as torch.optim.SGD)
     b <- mu * b + g
-    p <- p - lr * (g + mu * b if nesterov else b)
+    d  = g + mu * b if nesterov else b
+    p <- p * (1 - lr * wd) - lr * d                        (shared: soulcli.optim.base)
 """
 
 from __future__ import annotations
@@ -11,37 +11,31 @@ from __future__ import annotations
 from typing import Any, Iterable
 
 from torch import Tensor
-from torch.optim.sgd import sgd as torch_sgd
 
-from soulcli.errors import UserError
 from soulcli.optim.base import (
     DIAGNOSTICS_EVERY,
-    Bank,
-    TorchKernelOptimizer,
-    check_nonnegative,
-    fused_supported,
+    DiagnosticsEvery,
+    LearningRate,
+    Momentum,
+    RuleOptimizer,
+    WeightDecay,
 )
 
 
-class SGD(TorchKernelOptimizer):
+class SGD(RuleOptimizer):
     """SGD with momentum; defaults ``lr=1e-2, momentum=0.9, nesterov=False, weight_decay=0``."""
 
     state_names = ("momentum_buffer",)
 
-    def __init__(self, params: Iterable[Any], lr: float = 1e-2, weight_decay: float = 0.0, *,
-                 momentum: float = 0.9, nesterov: bool = False,
-                 diagnostics_every: int = DIAGNOSTICS_EVERY) -> None:
-        check_nonnegative("SGD", lr=lr, weight_decay=weight_decay, momentum=momentum)
-        if nesterov and momentum <= 0:
-            raise UserError("SGD: nesterov needs momentum > 0")
-        defaults = dict(lr=lr, weight_decay=weight_decay, momentum=momentum,
-                        nesterov=bool(nesterov))
-        super().__init__(params, defaults, diagnostics_every)
+    def __init__(self, params: Iterable[Any], lr: LearningRate = 1e-2,
+                 weight_decay: WeightDecay = 0.0, *,
+                 momentum: Momentum = 0.9,
+                 nesterov: bool = False,
+                 diagnostics_every: DiagnosticsEvery = DIAGNOSTICS_EVERY) -> None:
+        super().__init__(params, dict(lr=lr, weight_decay=weight_decay, momentum=momentum,
+                                      nesterov=nesterov), diagnostics_every)
 
-    def _kernel(self, group: dict, bank: Bank, present: list[int], params: list[Tensor],
-                grads: list[Tensor]) -> None:
-        fused = fused_supported(params[0].device)
-        torch_sgd(params, grads, self._views(bank, present, "momentum_buffer"),
-                  foreach=not fused, fused=fused, weight_decay=group["weight_decay"],
-                  momentum=group["momentum"], lr=group["lr"], dampening=0.0,
-                  nesterov=group["nesterov"], maximize=False)
+    def update(self, g: Tensor, state: dict[str, Tensor], group: dict) -> Tensor:
+        mu, buf = group["momentum"], state["momentum_buffer"]
+        buf.mul_(mu).add_(g)
+        return g.add(buf, alpha=mu) if group["nesterov"] else buf

@@ -3,10 +3,10 @@ Stochastic Second-order Optimizer for Language Model Pre-training", ICLR 2024, a
 
 Algorithm 3 of the paper, as the authors' released ``SophiaG`` class runs it, per coordinate:
 
-    p <- p * (1 - lr * wd)                                   decoupled weight decay
     m <- b1 * m + (1 - b1) * g                               momentum (no bias correction)
     h <- b2 * h + (1 - b2) * g_hat * g_hat                   every k steps, ``update_hessian()``
-    p <- p - lr * sign(m) * min(|m| / (rho * bs * h + eps), 1)
+    d  = sign(m) * min(|m| / (rho * bs * h + eps), 1)        the clipped Newton step
+    p <- p * (1 - lr * wd) - lr * d                          (shared: soulcli.optim.base)
 
 ``g_hat`` is the gradient of the *mean* cross-entropy against labels sampled from the model's
 own logits, over a batch of ``bs`` predicted tokens; ``bs * g_hat**2`` is then the
@@ -39,27 +39,17 @@ samples (GNB, empirical Fisher), whose EMA is never negative.
 
 Implementation notes
 --------------------
-State is two fp32 buffers per parameter, like AdamW, arranged so that a step is three
-elementwise passes (on CPU, separate passes, not arithmetic, are what a step costs):
-
-* ``hessian`` holds ``h + eps / (rho * bs)`` (the group's ``hessian_floor``, ~1e-16 at the
-  defaults): the reference's ``eps`` folded in, so ``rho * bs * stored == rho * bs * h + eps``;
-* ``scaled_exp_avg`` holds ``q = m / (s * d)`` with ``d`` the stored Hessian (``max(h, 0)``
-  plus the floor for SophiaH) and ``s = b1**k`` a per-group scalar (``momentum_scale``).
-  Between curvature updates ``d`` is fixed, so ``m <- b1 m + (1 - b1) g`` becomes
-  ``q <- q + (1 - b1) / s * g / d`` (one ``addcdiv``), and the clipped ratio is
-  ``clamp(q, -rho*bs/s, rho*bs/s)`` scaled by ``s / (rho * bs)``.
-
-So a step is ``addcdiv`` (momentum and preconditioning), ``clamp`` into a cache-sized scratch
-chunk, and the parameter update. ``update_hessian`` (every k steps) and any change of rho or
-bs convert ``q`` back to ``m`` and forward again (a few passes), and ``s`` is folded back into
-``q`` before it falls below 1e-6. :meth:`SophiaG.exp_avg` and :meth:`SophiaG.hessian` return
-``m`` and ``h`` themselves. Results match the reference to float rounding.
+State is two fp32 tensors per parameter, ``exp_avg`` (m) and ``hessian`` (h), as in the
+authors' class. On CPU, a group whose parameters with gradients are all fp32 and contiguous
+is stepped by one parallel numba pass (:mod:`soulcli.optim.cpu_kernels`): the same arithmetic
+on the same state, reading p, g, m, h once instead of once per torch op, with the win rate and
+update norm counted in the same pass. Everything else (CUDA, bf16, strided parameters,
+``SOUL_CPU_KERNELS=0``) runs the plain rule below; the two agree to fp32 rounding.
 """
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Sequence
+from typing import Annotated, Any, Iterable, Sequence
 
 import torch
 from torch import Tensor
@@ -67,15 +57,16 @@ from torch import Tensor
 from soulcli.errors import UserError
 from soulcli.optim import cpu_kernels
 from soulcli.optim.base import (
-    Bank,
-    Chunk,
+    Betas,
+    DiagnosticsEvery,
+    Eps,
+    LearningRate,
     SecondOrderOptimizer,
-    check_betas,
-    check_nonnegative,
-    check_positive,
-    decay_and_add,
+    WeightDecay,
+    local_tensor,
     total,
 )
+from soulcli.schema import AT_LEAST_ONE, POSITIVE
 
 WIN_RATE_TARGET = (0.1, 0.5)
 
@@ -89,9 +80,9 @@ class SophiaG(SecondOrderOptimizer):
     ``bias_correction=True`` divides m by ``1 - b1**t`` (the reference does not).
     Diagnostics: ``win_rate`` (fraction of coordinates not clipped) and ``update_norm`` (norm
     of the clipped step, without weight decay) every step where the one-pass CPU kernel runs
-    (:mod:`soulcli.optim.cpu_kernels`, where they cost nothing), else every
-    ``DIAGNOSTICS_EVERY`` (20) steps; ``diagnostics_every=k`` fixes the cadence (0: never).
-    ``hessian_norm`` after every ``update_hessian``.
+    (where they cost nothing), else every ``DIAGNOSTICS_EVERY`` (20) steps;
+    ``diagnostics_every=k`` fixes the cadence (0: never). ``hessian_norm`` after every
+    ``update_hessian``.
 
     Usage, as in the authors' training loop::
 
@@ -100,64 +91,21 @@ class SophiaG(SecondOrderOptimizer):
         loss.backward(); opt.step(bs=tokens); opt.zero_grad(set_to_none=True)
     """
 
-    state_names = ("scaled_exp_avg", "hessian")
+    state_names = ("exp_avg", "hessian")
     default_curvature = "gnb"
     relu_hessian = False
-    RESCALE_BELOW = 1e-6
 
-    def __init__(self, params: Iterable[Any], lr: float = 1e-4,
-                 betas: Sequence[float] = (0.965, 0.99), rho: float = 0.04,
-                 weight_decay: float = 1e-1, *, bs: int = 5120, eps: float = 1e-15,
-                 bias_correction: bool = False,
-                 diagnostics_every: int | None = None) -> None:
-        name = type(self).__name__
-        check_positive(name, rho=rho, bs=bs, eps=eps)
-        check_nonnegative(name, lr=lr, weight_decay=weight_decay)
-        defaults = dict(lr=lr, betas=check_betas(name, betas), rho=rho,
-                        weight_decay=weight_decay, bs=int(bs), eps=eps,
-                        bias_correction=bool(bias_correction),
-                        hessian_floor=eps / (rho * int(bs)), momentum_scale=1.0)
-        self._as_momentum: set[int] = set()
-        super().__init__(params, defaults, diagnostics_every)
-
-    # -- the stored denominator and the momentum's two forms --------------------------------
-    def _state_fill(self, group: dict, role: str) -> dict[str, float]:
-        return {"hessian": group["hessian_floor"]}
-
-    def _denominator(self, group: dict, stored: Tensor) -> Tensor:
-        """``d``: the stored Hessian, or for SophiaH its positive part (plus the floor)."""
-        return stored.clamp(min=group["hessian_floor"]) if self.relu_hessian else stored
-
-    def _to_momentum(self, index: int, group: dict) -> None:
-        """``scaled_exp_avg`` <- m (before the denominator changes)."""
-        if index in self._as_momentum:
-            return
-        for bank in self._group_banks(index):
-            q = bank.buffers["scaled_exp_avg"]
-            q.mul_(self._denominator(group, bank.buffers["hessian"])).mul_(group["momentum_scale"])
-        group["momentum_scale"] = 1.0
-        self._as_momentum.add(index)
-
-    def _from_momentum(self, index: int, group: dict) -> None:
-        """``scaled_exp_avg`` <- m / d (after the denominator changed)."""
-        for bank in self._group_banks(index):
-            bank.buffers["scaled_exp_avg"].div_(self._denominator(group, bank.buffers["hessian"]))
-        self._as_momentum.discard(index)
-
-    def _prepare_group(self, index: int, group: dict) -> None:
-        # the folded eps must stay eps / (rho * bs) when either changes
-        want = group["eps"] / (group["rho"] * group["bs"])
-        have = group["hessian_floor"]
-        if want == have:
-            return
-        converting = index not in self._as_momentum
-        if converting:
-            self._to_momentum(index, group)
-        for bank in self._group_banks(index):
-            bank.buffers["hessian"].add_(want - have)
-        group["hessian_floor"] = want
-        if converting:
-            self._from_momentum(index, group)
+    def __init__(self, params: Iterable[Any], lr: LearningRate = 1e-4,
+                 betas: Betas = (0.965, 0.99),
+                 rho: Annotated[float, POSITIVE, "clip threshold of the Newton step"] = 0.04,
+                 weight_decay: WeightDecay = 1e-1, *,
+                 bs: Annotated[int, AT_LEAST_ONE, "tokens per curvature batch"] = 5120,
+                 eps: Eps = 1e-15, bias_correction: bool = False,
+                 diagnostics_every: DiagnosticsEvery = None) -> None:
+        super().__init__(params, dict(lr=lr, betas=tuple(betas), rho=rho,
+                                      weight_decay=weight_decay, bs=int(bs), eps=eps,
+                                      bias_correction=bias_correction), diagnostics_every)
+        self._kernel_views: dict[int, tuple[tuple[int, ...], tuple]] = {}
 
     @torch.no_grad()
     def update_hessian(self, bs: int | None = None, *, grads: Sequence[Tensor | None] | None = None,
@@ -165,149 +113,84 @@ class SophiaG(SecondOrderOptimizer):
         if diagonal is not None and not self.relu_hessian:
             raise UserError("sophiag takes squared-gradient curvature (gnb or empirical_fisher); "
                             "for hutchinson samples, which can be negative, use sophiah")
-        for index, group in enumerate(self.param_groups):
-            self._to_momentum(index, group)
-        try:
-            super().update_hessian(bs, grads=grads, diagonal=diagonal)
-        finally:
-            for index, group in enumerate(self.param_groups):
-                self._from_momentum(index, group)
+        super().update_hessian(bs, grads=grads, diagonal=diagonal)
 
-    def _absorb(self, group: dict, bank: Bank, present: list[int], estimates: list[Tensor],
-                squared: bool) -> None:
+    def absorb(self, estimate: Tensor, state: dict[str, Tensor], group: dict,
+               squared: bool) -> None:
         beta2 = group["betas"][1]
-        views = self._ema_views(bank, present, "hessian", beta2)
+        h = state["hessian"].mul_(beta2)
         if squared:
-            torch._foreach_addcmul_(views, estimates, estimates, value=1 - beta2)
+            h.addcmul_(estimate, estimate, value=1 - beta2)
         else:
-            torch._foreach_add_(views, estimates, alpha=1 - beta2)
-        # b2 * (h + f) + (1 - b2) * x + (1 - b2) * f == (new h) + f: the floor stays folded in
-        torch._foreach_add_(views, (1 - beta2) * group["hessian_floor"])
-
-    def _group_of(self, p: Tensor) -> tuple[int, dict]:
-        return next((i, g) for i, g in enumerate(self.param_groups)
-                    if any(q is p for q in g["params"]))
+            h.add_(estimate, alpha=1 - beta2)
 
     def hessian(self, p: Tensor) -> Tensor:
-        """The Hessian EMA ``h`` of parameter ``p`` (a copy, without the folded eps)."""
-        _, group = self._group_of(p)
+        """The Hessian EMA ``h`` of parameter ``p`` (a copy; zeros before any sample)."""
         stored = self.state[p].get("hessian")
-        if stored is None:
-            return torch.zeros_like(p, dtype=torch.float32)
-        return stored - group["hessian_floor"]
+        return torch.zeros_like(p, dtype=torch.float32) if stored is None else stored.clone()
 
-    def exp_avg(self, p: Tensor) -> Tensor:
-        """The momentum ``m`` of parameter ``p`` (a copy)."""
-        index, group = self._group_of(p)
-        state = self.state[p]
-        if "scaled_exp_avg" not in state:
-            return torch.zeros_like(p, dtype=torch.float32)
-        if index in self._as_momentum:
-            return state["scaled_exp_avg"].clone()
-        scale = group["momentum_scale"]
-        return state["scaled_exp_avg"] * self._denominator(group, state["hessian"]) * scale
-
-    # -- the step -----------------------------------------------------------------------
-    def _prepare_step(self, index: int, group: dict) -> None:
+    # -- the rule ---------------------------------------------------------------------------
+    def update(self, g: Tensor, state: dict[str, Tensor], group: dict) -> Tensor:
         beta1 = group["betas"][0]
-        if beta1 == 0.0:
-            return  # m = g: the step overwrites q and the scale stays 1
-        if group["momentum_scale"] * beta1 < self.RESCALE_BELOW:
-            for bank in self._group_banks(index):
-                bank.buffers["scaled_exp_avg"].mul_(group["momentum_scale"])
-            group["momentum_scale"] = 1.0
-        group["momentum_scale"] *= beta1
-
-    def _step_bank(self, group: dict, bank: Bank, chunks: list[Chunk],
-                   grads: list[Tensor | None], sums: dict[str, list[Tensor]] | None) -> None:
-        beta1 = group["betas"][0]
-        lr, wd, scale = group["lr"], group["weight_decay"], group["momentum_scale"]
-        # |m| / (rho*bs*h + eps) < 1  <=>  |q| < rho * bs / s
-        bound = group["rho"] * group["bs"] / scale
+        m = state["exp_avg"].lerp_(g, 1 - beta1)
+        h = state["hessian"].clamp(min=0) if self.relu_hessian else state["hessian"]
+        ratio = m.abs().div_(group["rho"] * group["bs"] * h + group["eps"])
         if group["bias_correction"]:
-            bound *= 1 - beta1 ** group["step"]
-        weight = 1.0 if beta1 == 0.0 else (1 - beta1) / scale
-        absent = [i for i, g in enumerate(grads) if g is None]
-        if absent and beta1 > 0.0:
-            # their m must not change while s moves on by b1
-            torch._foreach_div_([bank.views["scaled_exp_avg"][i] for i in absent], beta1)
-        floor = group["hessian_floor"]
-        if cpu_kernels.applicable(bank.local_params, grads):
-            self._kernel_step(bank, grads, sums, keep=0.0 if beta1 == 0.0 else 1.0,
-                              weight=weight, bound=bound, lr=lr, wd=wd, floor=floor)
-            return
-        squares: list[Tensor] = []
-        clipped: list[Tensor] = []
-        for chunk in chunks:
-            q, scratch = chunk.segs["scaled_exp_avg"], chunk.scratch
-            if beta1 == 0.0:
-                torch._foreach_zero_(q)
-            if self.relu_hessian:
-                torch.clamp(chunk.flat["hessian"], min=floor, out=scratch)
-                denominators = chunk.scratch_segs
-            else:
-                denominators = chunk.segs["hessian"]
-            torch._foreach_addcdiv_(q, chunk.grads(grads), denominators, value=weight)
-            torch.clamp(chunk.flat["scaled_exp_avg"], -bound, bound, out=scratch)
-            decay_and_add(bank, chunk.params, chunk.scratch_segs, -lr / bound, lr * wd)
-            if sums is not None:
-                squares.append(torch.dot(scratch, scratch))
-                # q - clamp(q) is nonzero exactly on the clipped coordinates; counted as the
-                # squared norm of its sign (a dot product is the cheapest reduction on CPU)
-                torch.sub(chunk.flat["scaled_exp_avg"], scratch, out=scratch)
-                torch.sign(scratch, out=scratch)
-                clipped.append(torch.dot(scratch, scratch))
-        if sums is not None:
-            sums.setdefault("update_sq", []).append(torch.stack(squares).sum() * (lr / bound) ** 2)
-            sums.setdefault("clipped", []).append(torch.stack(clipped).sum())
-            sums.setdefault("coords", []).append(
-                torch.tensor(float(sum(c.scratch.numel() for c in chunks))))
+            ratio.div_(1 - beta1 ** group["step"])
+        return ratio.clamp_(max=1).mul_(m.sign())
 
-    def _kernel_step(self, bank: Bank, grads: list[Tensor | None],
-                     sums: dict[str, list[Tensor]] | None, *, keep: float, weight: float,
-                     bound: float, lr: float, wd: float, floor: float) -> None:
-        """The same step in one pass over the bank (:mod:`soulcli.optim.cpu_kernels`)."""
-        present = [i for i, g in enumerate(grads) if g is not None]
-        params, q, h, blocks = _kernel_views(bank, present)
-        flat_grads = tuple(params[i] if g is None else g.view(-1).numpy()
-                           for i, g in enumerate(grads))
-        sq, clipped = cpu_kernels.sophia_step(
-            params, flat_grads, q, h, blocks, keep=keep, weight=weight, bound=bound,
-            alpha=-lr / bound, decay=1.0 - lr * wd, floor=floor)
-        if sums is not None:  # plain floats: no tensor to build on this path
-            sums.setdefault("update_sq", []).append(sq * (lr / bound) ** 2)
-            sums.setdefault("clipped", []).append(float(clipped))
-            sums.setdefault("coords", []).append(float(sum(bank.numels[i] for i in present)))
+    def measure(self, direction: Tensor, lr: float, sums: dict[str, list[Tensor | float]]) -> None:
+        super().measure(direction, lr, sums)
+        sums.setdefault("clipped", []).append((direction.abs() == 1).sum())
+        sums.setdefault("coords", []).append(float(direction.numel()))
 
-    def _free_diagnostics(self) -> bool:
-        return cpu_kernels.enabled() and all(
-            p.device.type == "cpu" and p.dtype == torch.float32
-            for g in self.param_groups for p in g["params"][:1])
-
-    def _finish_diagnostics(self, sums: dict[str, list[Tensor]]) -> dict[str, float]:
-        out = super()._finish_diagnostics(sums)
+    def finish_diagnostics(self, sums: dict[str, list[Tensor | float]]) -> dict[str, float]:
+        out = super().finish_diagnostics(sums)
         if sums.get("coords"):
             out["win_rate"] = 1.0 - total(sums["clipped"]) / total(sums["coords"])
         return out
 
+    # -- the CPU accelerator ----------------------------------------------------------------
+    def step_group(self, group: dict, sums: dict[str, list[Tensor | float]] | None) -> None:
+        present = [p for p in group["params"] if p.grad is not None]
+        if not present or not cpu_kernels.applicable(present):
+            super().step_group(group, sums)
+            return
+        beta1, lr = group["betas"][0], group["lr"]
+        views = self._views(group, present)
+        grads = tuple(cpu_kernels.flat_numpy(local_tensor(p.grad)) for p in present)
+        scale = 1 / (1 - beta1 ** group["step"]) if group["bias_correction"] else 1.0
+        sq, clipped, coords = cpu_kernels.sophia_step(
+            *views, grads, beta1=beta1, m_scale=scale, rho_bs=group["rho"] * group["bs"],
+            eps=group["eps"], lr=lr, decay=1 - lr * group["weight_decay"])
+        if sums is not None:  # plain floats: no tensor to build on this path
+            sums.setdefault("update_sq", []).append(sq * lr**2)
+            sums.setdefault("clipped", []).append(float(clipped))
+            sums.setdefault("coords", []).append(float(coords))
+
+    def _views(self, group: dict, present: list[Tensor]) -> tuple:
+        """Numpy views (params, m, h) and the block table of the present parameters, cached
+        per group; rebuilt when the set of parameters with gradients or a storage changed."""
+        local = [local_tensor(p) for p in present]
+        states = [self.state_of(p, group) for p in present]
+        key = tuple(t.data_ptr() for t in local) + tuple(s["exp_avg"].data_ptr() for s in states)
+        cached = self._kernel_views.get(id(group))
+        if cached is None or cached[0] != key:
+            flat = cpu_kernels.flat_numpy
+            views = (tuple(flat(t) for t in local), tuple(flat(s["exp_avg"]) for s in states),
+                     tuple(flat(s["hessian"]) for s in states),
+                     cpu_kernels.block_table([t.numel() for t in local]))
+            cached = self._kernel_views[id(group)] = (key, views)
+        return cached[1]
+
+    def free_diagnostics(self) -> bool:
+        return cpu_kernels.enabled() and all(
+            p.device.type == "cpu" and p.dtype == torch.float32
+            for g in self.param_groups for p in g["params"][:1])
+
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         super().load_state_dict(state_dict)
-        self._as_momentum = set()
-
-
-def _kernel_views(bank: Bank, present: list[int]) -> tuple[tuple, Any, Any, Any]:
-    """Numpy views (params, q, h) and the block table of a bank, cached; rebuilt when a
-    parameter's storage moved or the set of parameters with gradients changed."""
-    key = ([p.data_ptr() for p in bank.local_params], present)
-    cached = getattr(bank, "_kernel_cache", None)
-    if cached is None or cached[0] != key:
-        views = (tuple(cpu_kernels.flat_numpy(p) for p in bank.local_params),
-                 cpu_kernels.flat_numpy(bank.buffers["scaled_exp_avg"]),
-                 cpu_kernels.flat_numpy(bank.buffers["hessian"]),
-                 cpu_kernels.block_table(bank.numels, bank.offsets, present))
-        cached = (key, views)
-        bank._kernel_cache = cached  # type: ignore[attr-defined]
-    return cached[1]
+        self._kernel_views = {}
 
 
 class SophiaH(SophiaG):
