@@ -100,6 +100,8 @@ class OptimizerConfig:
     name: str = "adamw"
     lr: Pos = 1e-4
     weight_decay: NonNeg = 0.0
+    # false: no decay on biases, norm weights and embeddings (the Sophia authors' rule)
+    decay_all: bool = False
     hessian_interval: PosInt = 10
     curvature: str | None = None  # gnb | hutchinson | empirical_fisher; None = the optimizer's default
     args: dict[str, Any] = field(default_factory=dict)

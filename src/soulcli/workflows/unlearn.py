@@ -92,11 +92,11 @@ def prepare_model(recipe: Recipe, reporter: Reporter, device,
 
 
 def build_optimizer_for(recipe: Recipe, model):
-    from soulcli.optim import build_curvature, build_optimizer
+    from soulcli.optim import build_curvature, build_optimizer, decay_groups
 
     o = recipe.optimizer
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = build_optimizer(o.name, params, lr=o.lr, weight_decay=o.weight_decay, **o.args)
+    groups = decay_groups(model, decay_all=o.decay_all)
+    opt = build_optimizer(o.name, groups, lr=o.lr, weight_decay=o.weight_decay, **o.args)
     kind = o.curvature or getattr(opt, "default_curvature", None)
     curvature = build_curvature(kind) if kind else None
     if kind == "hutchinson" and hasattr(model, "set_attn_implementation"):
