@@ -15,12 +15,12 @@ import torch
 from soulcli.data.encode import EncodedItem, encode_qa_batch, pad_batch
 from soulcli.engine.loop import make_scheduler, train_loop
 from soulcli.engine.progress import Reporter
-from soulcli.data.io import atomic_dir
-from soulcli.engine.rundir import JsonlWriter, versions, write_json
+from soulcli.data.io import atomic_dir, write_json
+from soulcli.engine.rundir import JsonlWriter, versions
 from soulcli.engine.sampling import plan_unlearning
 from soulcli.errors import UserError
 from soulcli.recipe import Recipe, dump_recipe
-from soulcli.workflows import common
+from soulcli.workflows import artifacts, common
 
 
 def _batch(items: list[EncodedItem], idx: list[int], pad_id: int, device) -> dict[str, torch.Tensor]:
@@ -77,7 +77,7 @@ def prepare_model(recipe: Recipe, reporter: Reporter, device):
     """(data dir, target dir, model with its adapter, tokenizer)."""
     from soulcli.models.loading import apply_adapter, load_model
 
-    data_dir, target_dir = common.target_model_path(recipe, reporter)
+    data_dir, target_dir = artifacts.target_model_path(recipe, reporter)
     model, tokenizer = load_model(str(target_dir), recipe.model.dtype, device)
     model = apply_adapter(model, recipe.model.adapter, recipe.model.lora)
     return data_dir, target_dir, model, tokenizer
@@ -215,7 +215,7 @@ def run_unlearn(recipe: Recipe, reporter: Reporter, output: Path | None = None) 
         dist_ctx.barrier()
         return None  # nothing to print: rank 0 reports
     data_dir, target_dir, model, tokenizer = prepare_model(recipe, reporter, device)
-    reference = common.reference_model_path(recipe, reporter, data_dir)
+    reference = artifacts.reference_model_path(recipe, reporter, data_dir)
     dist_ctx.barrier()
     with atomic_dir(out_dir, overwrite=True) as tmp:
         (tmp / "resolved_recipe.yaml").write_text(dump_recipe(recipe))
