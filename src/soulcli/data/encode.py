@@ -122,9 +122,3 @@ def token_logprobs(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Te
     logp = torch.log_softmax(logits, dim=-1)
     picked = logp.gather(-1, target.clamp_min(0).unsqueeze(-1)).squeeze(-1)
     return picked * mask, mask
-
-
-def answer_nll(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Per-sequence mean answer-token NLL, ``[B]`` (TOFU's per-item loss)."""
-    lp, mask = token_logprobs(logits, labels)
-    return -(lp.sum(-1)) / mask.sum(-1).clamp_min(1)

@@ -107,9 +107,7 @@ def load_split(data_dir: Path, name: str) -> list[dict]:
 
 def maybe_split(data_dir: Path, name: str) -> list[dict] | None:
     """A split if its file exists (``holdout`` is absent from real TOFU folders)."""
-    if not any((data_dir / f"{name}{ext}").is_file() for ext in (".json", ".jsonl")):
-        return None
-    return load_split(data_dir, name)
+    return load_split(data_dir, name) if name in tofu.available_splits(data_dir) else None
 
 
 def eval_splits(data_dir: Path, recipe: Recipe) -> dict[str, list[dict]]:
