@@ -128,7 +128,7 @@ def finetune(
 
       soul finetune --recipe recipes/tofu_sophia.yaml --set finetune.epochs=40
     """
-    from soulcli.workflows.finetune import run_finetune_command
+    from soulcli.workflows.evaluate import run_finetune_command
 
     models = tuple(w.strip() for w in which.split(",") if w.strip())
     bad = [w for w in models if w not in ("target", "retain")]

@@ -1,15 +1,21 @@
-"""File helpers for benchmark folders: atomic folder writes, JSON lines, content hashes."""
+"""File helpers: atomic folder and file writes, strict JSON and JSON lines, content hashes.
+
+Every file soulcli writes goes through :func:`atomic_dir` (a folder) or :func:`atomic_write`
+(one file), so an interrupted command never leaves a half-written result; every JSON file
+through :func:`to_json`, so NaN and infinities are written as ``null`` (strict JSON).
+"""
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import secrets
 import shutil
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterable, Iterator, Mapping
+from typing import Any, Iterable, Iterator, Mapping
 
 from soulcli.errors import UserError
 
@@ -74,24 +80,63 @@ def atomic_dir(path: str | os.PathLike, *, overwrite: bool = False) -> Iterator[
         raise
 
 
-def dumps_record(record: Mapping) -> str:
-    """One record as one JSON line (UTF-8 text kept as is, key order kept)."""
-    return json.dumps(record, ensure_ascii=False)
+def atomic_write(path: str | os.PathLike, data: str | bytes) -> Path:
+    """Write ``data`` (text as UTF-8) to a hidden sibling and rename it over ``path``.
+
+    Readers see the old file or the new one, never a part; a crash can leave only a hidden
+    ``.<name>.tmp-*`` sibling. The parent folder is created if missing.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f".{path.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(data.encode("utf-8") if isinstance(data, str) else data)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _finite(obj: Any) -> Any:
+    """``obj`` with every non-finite float (NaN, +-inf) replaced by None, containers walked."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, Mapping):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj
+
+
+def to_json(obj: Any, *, indent: int | None = None) -> str:
+    """Strict JSON text: NaN and infinities as ``null``, unknown objects (paths) as ``str``,
+    UTF-8 text kept as is, key order kept."""
+    return json.dumps(_finite(obj), ensure_ascii=False, indent=indent, default=str, allow_nan=False)
 
 
 def write_jsonl(path: str | os.PathLike, records: Iterable[Mapping]) -> None:
     """Write one JSON object per line, ``\\n`` line endings, UTF-8."""
     with open(path, "w", encoding="utf-8", newline="\n") as fh:
         for record in records:
-            fh.write(dumps_record(record))
+            fh.write(to_json(record))
             fh.write("\n")
 
 
-def write_json(path: str | os.PathLike, obj) -> None:
-    """Pretty-printed JSON with a trailing newline (for manifests)."""
-    with open(path, "w", encoding="utf-8", newline="\n") as fh:
-        fh.write(json.dumps(obj, ensure_ascii=False, indent=2))
-        fh.write("\n")
+def write_json(path: str | os.PathLike, obj: Any) -> Path:
+    """Pretty-printed strict JSON (see :func:`to_json`) with a trailing newline, atomically."""
+    return atomic_write(path, to_json(obj, indent=2) + "\n")
+
+
+def files_fingerprint(folder: str | os.PathLike, suffixes: Iterable[str]) -> str:
+    """:func:`content_hash` over the folder's files with these suffixes, its manifest excluded:
+    the key of a data folder's content wherever the folder lies."""
+    suffixes = tuple(suffixes)
+    folder = Path(folder)
+    names = [p.name for p in folder.iterdir()
+             if p.is_file() and p.suffix in suffixes and p.name != MANIFEST_NAME and not p.name.startswith(".")]
+    return content_hash(folder, names)
 
 
 def content_hash(folder: str | os.PathLike, names: Iterable[str]) -> str:

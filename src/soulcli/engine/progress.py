@@ -88,7 +88,3 @@ class Reporter:
                 yield task
             finally:
                 self.progress = None
-
-
-def silent() -> Reporter:
-    return Reporter(Console(quiet=True), quiet=True)

@@ -1,11 +1,13 @@
-"""Provenance files of a run folder (the folder itself is written with data.io.atomic_dir)."""
+"""Provenance files of a run folder (the folder itself is written with data.io.atomic_dir,
+its JSON with data.io.write_json)."""
 
 from __future__ import annotations
 
-import json
 import platform
 from pathlib import Path
 from typing import Any
+
+from soulcli.data.io import to_json
 
 
 def versions() -> dict[str, str]:
@@ -21,18 +23,14 @@ def versions() -> dict[str, str]:
     return out
 
 
-def write_json(path: Path, obj: Any) -> None:
-    path.write_text(json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
-
-
 class JsonlWriter:
     """Appends one JSON object per line, flushed each time (tail -f friendly)."""
 
     def __init__(self, path: Path):
-        self._f = open(path, "a", buffering=1)
+        self._f = open(path, "a", buffering=1, encoding="utf-8")
 
     def __call__(self, row: dict[str, Any]) -> None:
-        self._f.write(json.dumps(row) + "\n")
+        self._f.write(to_json(row) + "\n")
 
     def close(self) -> None:
         self._f.close()

@@ -15,6 +15,7 @@ import math
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from soulcli.data.io import write_json
 from soulcli.errors import UserError
 from soulcli.eval.registry import ATTACKS
 
@@ -92,11 +93,9 @@ def as_reference(obj: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def save_reference(path: str | Path, reference: Mapping[str, Any]) -> Path:
-    """Write a reference as JSON (to cache the retain model's values between evaluations)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(as_reference(reference), indent=2) + "\n", encoding="utf-8")
-    return path
+    """Write a reference as JSON, atomically (to cache the retain model's values between
+    evaluations)."""
+    return write_json(path, as_reference(reference))
 
 
 def load_reference(path: str | Path) -> dict[str, Any]:

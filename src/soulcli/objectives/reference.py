@@ -10,13 +10,15 @@ and a step that meets an item setup never saw fails loudly.
 
 from __future__ import annotations
 
-import os
+import io
 import pathlib
 import pickle
 import zlib
 from typing import Any
 
 import torch
+
+from soulcli.data.io import atomic_write
 
 Batch = dict[str, torch.Tensor]
 CACHE_FORMAT = 1
@@ -73,17 +75,16 @@ class ReferenceCache:
         return [values[i] for i in data["index"].tolist()]
 
     def save(self, path: pathlib.Path) -> None:
-        """Write atomically (a temporary file renamed over ``path``)."""
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
+        """Write atomically (see :func:`soulcli.data.io.atomic_write`)."""
         payload = {
             "format": CACHE_FORMAT,
             "meta": self.meta,
             "tables": self.tables,
             "prints": self.prints,
         }
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
+        buffer = io.BytesIO()
+        torch.save(payload, buffer)
+        atomic_write(path, buffer.getvalue())
 
     @classmethod
     def load(cls, path: pathlib.Path, meta: dict[str, Any]) -> "ReferenceCache":

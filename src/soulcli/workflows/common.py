@@ -1,16 +1,24 @@
-"""What every workflow needs: runtime set-up, the benchmark, the built-in models, splits."""
+"""What every workflow needs: runtime set-up, the benchmark, its splits, the cache keys.
+
+Caches are keyed by content, never by where a folder lies: the built-in benchmark by its
+generator's parameters, an imported TOFU folder by a fingerprint of its files, the built-in
+models by the benchmark's content plus the settings that shape them. A moved cache, benchmark
+or run folder is therefore reused, and changed data is rebuilt. Training a missing model is
+not done here but in :mod:`soulcli.workflows.artifacts`, above finetune.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
 import random
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 
+from soulcli.data import synthetic, tofu
+from soulcli.data.io import MANIFEST_NAME, files_fingerprint
 from soulcli.data.template import PromptTemplate
 from soulcli.engine.progress import Reporter
 from soulcli.errors import UserError
@@ -18,6 +26,7 @@ from soulcli.recipe import Recipe
 
 
 def short_hash(obj) -> str:
+    """A 10-hex-digit key of any JSON-able object (dict keys sorted)."""
     return hashlib.sha1(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:10]
 
 
@@ -50,50 +59,59 @@ def forget_pct(recipe: Recipe) -> int:
 # --------------------------------------------------------------------------- benchmark
 
 
-def benchmark_dir(recipe: Recipe, reporter: Reporter) -> Path:
-    """The benchmark folder the recipe names, built (built-in) or imported on first use."""
-    from soulcli.data import synthetic, tofu
+def data_fingerprint(folder: Path) -> str:
+    """The content key of a data folder (a benchmark, or TOFU files to import): a sha256 over
+    its split files, names included, whatever the folder is called or wherever it lies."""
+    return files_fingerprint(folder, tofu.SPLIT_SUFFIXES)
 
+
+def write_benchmark(recipe: Recipe, out: Path, reporter: Reporter, *, overwrite: bool = False) -> None:
+    """Build the built-in benchmark, or import the TOFU files ``data.source`` names, into ``out``."""
+    d = recipe.data
+    if d.source == "builtin":
+        reporter.info(f"Building the built-in benchmark ({d.num_authors} authors x "
+                      f"{d.questions_per_author} questions, seed {d.seed}) in {out}")
+        splits = synthetic.generate_benchmark(
+            num_authors=d.num_authors, questions_per_author=d.questions_per_author, seed=d.seed)
+        synthetic.write_benchmark(splits, out, overwrite=overwrite)
+    else:
+        reporter.info(f"Importing TOFU data from {d.source} into {out}")
+        tofu.import_tofu(d.source, out, overwrite=overwrite)
+
+
+def benchmark_dir(recipe: Recipe, reporter: Reporter) -> Path:
+    """The benchmark folder the recipe names, built (built-in) or imported on first use.
+
+    A soulcli benchmark folder is used where it is. TOFU files are imported into the cache
+    under a fingerprint of their content, so a moved copy is not imported again and edited
+    files are (a hub id, whose files are not at hand, keys by its name).
+    """
     cache = Path(recipe.cache_dir) / "benchmarks"
-    src = recipe.data.source
-    if src == "builtin":
-        d = recipe.data
-        out = cache / f"builtin-a{d.num_authors}-q{d.questions_per_author}-s{d.seed}"
-        if not (out / "benchmark.json").is_file():
-            reporter.info(f"Building the built-in benchmark ({d.num_authors} authors x "
-                          f"{d.questions_per_author} questions, seed {d.seed}) in {out}")
-            splits = synthetic.generate_benchmark(
-                num_authors=d.num_authors, questions_per_author=d.questions_per_author, seed=d.seed)
-            synthetic.write_benchmark(splits, out)
-        return out
-    path = Path(src).expanduser()
-    if path.is_dir() and (path / "benchmark.json").is_file():
-        return path  # already a soulcli benchmark folder
-    out = cache / f"imported-{short_hash(str(path.resolve()) if path.exists() else src)}"
-    if not (out / "benchmark.json").is_file():
-        reporter.info(f"Importing TOFU data from {src} into {out}")
-        tofu.import_tofu(src, out)
+    d = recipe.data
+    if d.source == "builtin":
+        out = cache / f"builtin-v{synthetic.GENERATOR_VERSION}-a{d.num_authors}-q{d.questions_per_author}-s{d.seed}"
+    else:
+        path = Path(d.source).expanduser()
+        if path.is_dir() and (path / MANIFEST_NAME).is_file():
+            return path  # already a soulcli benchmark folder
+        out = cache / f"imported-{short_hash(data_fingerprint(path) if path.is_dir() else d.source)}"
+    if not (out / MANIFEST_NAME).is_file():
+        write_benchmark(recipe, out, reporter, overwrite=True)
     return out
 
 
 def load_split(data_dir: Path, name: str) -> list[dict]:
-    from soulcli.data.tofu import load_split as _load
-
-    return _load(data_dir, name)
+    return tofu.load_split(data_dir, name)
 
 
 def maybe_split(data_dir: Path, name: str) -> list[dict] | None:
     """A split if its file exists (``holdout`` is absent from real TOFU folders)."""
-    if not any((data_dir / f"{name}{ext}").is_file() for ext in (".json", ".jsonl")):
-        return None
-    return load_split(data_dir, name)
+    return load_split(data_dir, name) if name in tofu.available_splits(data_dir) else None
 
 
 def eval_splits(data_dir: Path, recipe: Recipe) -> dict[str, list[dict]]:
     """The evaluation sets under the names the evaluation suite expects."""
-    from soulcli.data.tofu import forget_split_names
-
-    _, forget_perturbed, _ = forget_split_names(forget_pct(recipe))
+    _, forget_perturbed, _ = tofu.forget_split_names(forget_pct(recipe))
     named = {
         "forget": forget_perturbed,
         "retain": "retain_perturbed",
@@ -112,7 +130,7 @@ def eval_splits(data_dir: Path, recipe: Recipe) -> dict[str, list[dict]]:
     return out
 
 
-# --------------------------------------------------------------------------- built-in models
+# --------------------------------------------------------------------------- cache keys
 
 
 @dataclass(frozen=True)
@@ -122,54 +140,36 @@ class ModelPaths:
     retain: Path
 
 
-def builtin_model_paths(recipe: Recipe, data_dir: Path) -> ModelPaths:
-    """Cache folders of the built-in models, keyed by data, architecture and training."""
+def builtin_models_key(recipe: Recipe, data_dir: Path) -> str:
+    """The content key of the built-in models: the benchmark's content, the architecture, the
+    finetuning settings, the prompt template and the initialisation seed."""
     m = recipe.model
-    key = short_hash({
-        "data": str(data_dir.resolve()),
+    return short_hash({
+        "data": data_fingerprint(data_dir),
         "arch": [m.base, m.vocab_size, m.hidden_size, m.num_layers, m.num_heads, m.intermediate_size],
+        "dtype": m.dtype,
         "finetune": asdict(recipe.finetune),
         "max_length": recipe.data.max_length,
         "template": asdict(recipe.data.template),
         "seed": recipe.data.seed,
     })
-    root = Path(recipe.cache_dir) / "models" / f"{data_dir.name}-{key}"
+
+
+def builtin_model_paths(recipe: Recipe, data_dir: Path) -> ModelPaths:
+    """Cache folders of the built-in models, under :func:`builtin_models_key`."""
+    root = Path(recipe.cache_dir) / "models" / builtin_models_key(recipe, data_dir)
     return ModelPaths(root / "tokenizer", root / "target", root / f"retain-{recipe.data.forget_split}")
 
 
-def target_model_path(recipe: Recipe, reporter: Reporter) -> tuple[Path, Path]:
-    """(data dir, target model folder), building the built-in ones if missing."""
-    data_dir = benchmark_dir(recipe, reporter)
-    if recipe.model.source != "builtin":
-        from soulcli.models.loading import resolve_model_path
-
-        return data_dir, Path(resolve_model_path(recipe.model.source))
-    paths = builtin_model_paths(recipe, data_dir)
-    if not (paths.target / "config.json").is_file():
-        from soulcli.workflows.finetune import run_finetune
-
-        reporter.info("The built-in target model is not built yet: training it now (cached for later runs)")
-        run_finetune(recipe, reporter, which=("target",))
-    return data_dir, paths.target
+def reference_stats_key(recipe: Recipe, data_dir: Path) -> str:
+    """The content key of the retain model's cached reference values (stored beside it)."""
+    return short_hash([data_fingerprint(data_dir), recipe.data.forget_split, asdict(recipe.data.template),
+                       recipe.data.max_length, recipe.eval.max_new_tokens])
 
 
-def reference_model_path(recipe: Recipe, reporter: Reporter, data_dir: Path) -> Path | None:
-    """The retain reference model folder (built-in: trained on retainXX if missing)."""
-    ref = recipe.model.reference
-    if ref == "none":
-        return None
-    if ref == "builtin":
-        paths = builtin_model_paths(recipe, data_dir)
-        if not (paths.retain / "config.json").is_file():
-            from soulcli.workflows.finetune import run_finetune
-
-            reporter.info("The built-in retain reference model is not built yet: training it now (cached)")
-            run_finetune(recipe, reporter, which=("retain",))
-        return paths.retain
-    from soulcli.models.loading import resolve_model_path
-
-    return Path(resolve_model_path(ref))
-
-
-def env_flag(name: str) -> bool:
-    return os.environ.get(name, "") not in ("", "0", "false")
+def objective_cache_key(recipe: Recipe, data_dir: Path, seed: int) -> str:
+    """The content key of an objective's reference cache (the starting model's values per item):
+    the data, the starting model (the built-in one by its content key, others by name), the
+    unlearning settings and the seed."""
+    model = builtin_models_key(recipe, data_dir) if recipe.model.source == "builtin" else recipe.model.source
+    return short_hash([data_fingerprint(data_dir), model, repr(recipe.unlearn), seed])

@@ -27,9 +27,12 @@ import torch
 
 from soulcli.engine.memory import PeakMemory
 from soulcli.engine.progress import Reporter
-from soulcli.engine.rundir import versions, write_json
+from soulcli.data.io import atomic_write, write_json
+from soulcli.engine.rundir import versions
 from soulcli.recipe import Recipe, recipe_to_dict, replace
-from soulcli.workflows import common
+from soulcli.workflows import artifacts, common
+from soulcli.workflows.evaluate import eval_config, reference_stats
+from soulcli.workflows.unlearn import PreparedRun, unlearn_model
 
 TRACKED = ("forget_quality", "model_utility", "forget_rougeL_recall", "retain_rougeL_recall",
            "forget_truth_ratio")
@@ -72,12 +75,6 @@ def at_selected_lr(cells: list[dict], selected: list[dict]) -> list[dict]:
     return [c for c in cells if chosen.get((c["objective"], c["optimizer"]), object()) == c["lr"]]
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.partial")
-    tmp.write_text(text)
-    tmp.replace(path)
-
-
 def cell_recipe(recipe: Recipe, cell: Cell) -> Recipe:
     """The base recipe with the cell's optimizer, objective, learning rate and seed.
 
@@ -103,8 +100,6 @@ def run_cell(recipe: Recipe, cell: Cell, data_dir: Path, target_dir: Path, refer
     """Unlearn from the target model with the cell's settings, evaluating along the way."""
     from soulcli.eval import evaluate_model
     from soulcli.models.loading import apply_adapter, load_model
-    from soulcli.workflows.evaluate import eval_config
-    from soulcli.workflows.unlearn import PreparedRun, unlearn_model
 
     r = cell_recipe(recipe, cell)
     common.setup_runtime(r)
@@ -295,14 +290,13 @@ def render_table(selected: list[dict], target: dict, rule: str, console) -> None
 def run_compare(recipe: Recipe, reporter: Reporter, output: Path | None = None) -> dict[str, Any]:
     from soulcli.eval import evaluate_model
     from soulcli.models.loading import load_model
-    from soulcli.workflows.evaluate import eval_config, reference_stats
 
     device = common.setup_runtime(recipe)
     out_dir = Path(output or recipe.output_dir or Path("runs") / f"{recipe.name}_compare")
     cells_dir = out_dir / "cells"
     cells_dir.mkdir(parents=True, exist_ok=True)
-    data_dir, target_dir = common.target_model_path(recipe, reporter)
-    ref_dir = common.reference_model_path(recipe, reporter, data_dir)
+    data_dir, target_dir = artifacts.target_model_path(recipe, reporter)
+    ref_dir = artifacts.reference_model_path(recipe, reporter, data_dir)
     reference = reference_stats(recipe, ref_dir, data_dir, reporter, device) if ref_dir else None
 
     target_file = cells_dir / "target.json"
@@ -313,7 +307,7 @@ def run_compare(recipe: Recipe, reporter: Reporter, output: Path | None = None) 
         res = evaluate_model(model, tokenizer, common.template_of(recipe), common.eval_splits(data_dir, recipe),
                              eval_config(recipe, TRACKED), reference=reference)
         target = {k: res["metrics"][k].get("value") for k in TRACKED}
-        _write_atomic(target_file, json.dumps(target))
+        write_json(target_file, target)
 
     from soulcli.data.tofu import forget_split_names
 
@@ -338,7 +332,7 @@ def run_compare(recipe: Recipe, reporter: Reporter, output: Path | None = None) 
                     continue
                 reporter.info(f"cell {cell.id}")
                 res = run_cell(recipe, cell, data_dir, target_dir, reference, reporter, device, eval_every)
-                _write_atomic(path, json.dumps(res))
+                write_json(path, res)
                 results.append(res)
                 task.update(1, cell=cell.id)
 
@@ -356,9 +350,8 @@ def run_compare(recipe: Recipe, reporter: Reporter, output: Path | None = None) 
     selected = select(pool, target["model_utility"], c.utility_ratio)
     summary = {"rule": rule, "target": target, "target_model": str(target_dir), "data": str(data_dir),
                "selected": selected, "cells": results, "recipe": recipe_to_dict(recipe), "versions": versions()}
-    write_json(out_dir / ".results.json.partial", summary)
-    (out_dir / ".results.json.partial").replace(out_dir / "results.json")
-    _write_atomic(out_dir / "results.csv", results_csv(results))
+    write_json(out_dir / "results.json", summary)
+    atomic_write(out_dir / "results.csv", results_csv(results))
     plots = plot(results, selected, target, out_dir)
     if not reporter.quiet:
         render_table(selected, target, rule, reporter.console)

@@ -1,19 +1,24 @@
-"""evaluate: TOFU's metrics for a run folder or any model, against the retain reference."""
+"""evaluate: TOFU's metrics for a run folder or any model, against the retain reference.
+
+Also the closing step of `soul finetune` (:func:`run_finetune_command`): it needs both the
+training (finetune, through artifacts) and the evaluation, so it sits here, above both.
+"""
 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 
+from soulcli.data.io import write_json
 from soulcli.engine.progress import Reporter
-from soulcli.engine.rundir import versions, write_json
+from soulcli.engine.rundir import versions
 from soulcli.errors import UserError
-from soulcli.recipe import Recipe, load_recipe, recipe_to_dict
-from soulcli.workflows import common
+from soulcli.recipe import Recipe, load_recipe, recipe_to_dict, replace
+from soulcli.workflows import artifacts, common
+from soulcli.workflows.finetune import run_finetune
 
 
 def eval_config(recipe: Recipe, metrics: tuple[str, ...] | None = None):
@@ -38,15 +43,14 @@ def _progress(reporter: Reporter):
 
 def reference_stats(recipe: Recipe, reference_model: Path, data_dir: Path, reporter: Reporter,
                     device: torch.device) -> dict:
-    """The retain model's per-item values, computed once and cached beside that model."""
-    from soulcli.eval import evaluate_model, reference_from_result
+    """The retain model's per-item values, computed once and cached beside that model under a
+    content key (:func:`common.reference_stats_key`), so a moved cache keeps them."""
+    from soulcli.eval import evaluate_model, load_reference, reference_from_result, save_reference
     from soulcli.models.loading import load_model
 
-    key = common.short_hash([str(data_dir.resolve()), recipe.data.forget_split, asdict(recipe.data.template),
-                             recipe.data.max_length, recipe.eval.max_new_tokens])
-    cache = reference_model / f"reference-{key}.json"
+    cache = reference_model / f"reference-{common.reference_stats_key(recipe, data_dir)}.json"
     if cache.is_file():
-        return json.loads(cache.read_text())
+        return load_reference(cache)
     reporter.info(f"Evaluating the retain reference model {reference_model} (cached for later runs)")
     model, tokenizer = load_model(str(reference_model), recipe.model.dtype, device)
     model.eval()
@@ -56,9 +60,7 @@ def reference_stats(recipe: Recipe, reference_model: Path, data_dir: Path, repor
                                                  "mia_mink_auc", "mia_minkpp_auc")),
                             progress=_progress(reporter))
     ref = reference_from_result(result)
-    tmp = cache.with_suffix(".json.partial")
-    tmp.write_text(json.dumps(ref))
-    tmp.replace(cache)
+    save_reference(cache, ref)
     return ref
 
 
@@ -70,7 +72,7 @@ def evaluate_and_report(recipe: Recipe, model, tokenizer, data_dir: Path, report
                         out_path: Path | None, *, reference_model: Path | None = None,
                         reference: dict | None = None, model_label: str = "",
                         metrics: tuple[str, ...] | None = None, title: str = "evaluation") -> dict[str, Any]:
-    """Evaluate ``model``, write ``out_path`` (eval.json) and print the summary table."""
+    """Evaluate ``model``, write ``out_path`` (eval.json, atomically) and print the summary table."""
     from soulcli.eval import evaluate_model
     from soulcli.eval.report import render_summary
 
@@ -82,7 +84,7 @@ def evaluate_and_report(recipe: Recipe, model, tokenizer, data_dir: Path, report
     result = evaluate_model(model, tokenizer, common.template_of(recipe), splits,
                             eval_config(recipe, metrics), reference=reference, progress=_progress(reporter))
     result.update({
-        "model": model_label, "data": str(data_dir),
+        "model": model_label, "data": str(data_dir), "data_fingerprint": common.data_fingerprint(data_dir),
         "reference": str(reference_model) if reference_model else ("given" if reference else None),
         "recipe": recipe_to_dict(recipe), "versions": versions(),
     })
@@ -97,7 +99,7 @@ def evaluate_and_report(recipe: Recipe, model, tokenizer, data_dir: Path, report
 def _load_reference(arg: str | None, recipe: Recipe, reporter: Reporter, data_dir: Path,
                     device) -> tuple[Path | None, dict | None]:
     if arg is None:
-        return common.reference_model_path(recipe, reporter, data_dir), None
+        return artifacts.reference_model_path(recipe, reporter, data_dir), None
     path = Path(arg)
     if path.is_file() and path.suffix == ".json":
         from soulcli.eval import reference_from_result
@@ -132,19 +134,34 @@ def run_evaluate(recipe: Recipe | None, reporter: Reporter, run_dir: Path | None
     if recipe is None:
         recipe = load_recipe(None, overrides)
     if data is not None:
-        from soulcli.recipe import replace
-
         recipe = replace(recipe, data={"source": data})
     device = common.setup_runtime(recipe)
     data_dir = common.benchmark_dir(recipe, reporter)
     ref_model, ref_data = _load_reference(reference, recipe, reporter, data_dir, device)
     model, tokenizer = load_model(model_path, recipe.model.dtype, device)
     output = output or Path(model_path) / "eval.json"
-    output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = output.with_name(f".{output.name}.partial")
-    out = evaluate_and_report(recipe, model, tokenizer, data_dir, reporter, tmp,
+    out = evaluate_and_report(recipe, model, tokenizer, data_dir, reporter, output,
                               reference_model=ref_model, reference=ref_data, model_label=model_path,
                               metrics=metrics, title=f"evaluation of {model_path}")
-    tmp.replace(output)
     out["path"] = str(output)
     return out
+
+
+def run_finetune_command(recipe: Recipe, reporter: Reporter, which: Sequence[str],
+                         output: Path | None = None, force: bool = False) -> dict:
+    """`soul finetune`: train (or reuse), then evaluate the target against the retain model."""
+    from soulcli.models.loading import load_model
+
+    results = run_finetune(recipe, reporter, which, output, force=force or output is not None)
+    if "target" not in results:
+        return {"models": results}
+    device = common.setup_runtime(recipe)
+    target = Path(results["target"]["path"])
+    data_dir = common.benchmark_dir(recipe, reporter)
+    reference = Path(results["retain"]["path"]) if "retain" in results else (
+        artifacts.reference_model_path(recipe, reporter, data_dir) if output is None else None)
+    model, tokenizer = load_model(str(target), recipe.model.dtype, device)
+    evaluation = evaluate_and_report(recipe, model, tokenizer, data_dir, reporter, target / "eval.json",
+                                     reference_model=reference, model_label=str(target),
+                                     title="target model after finetuning")
+    return {"models": results, "target_metrics": evaluation["aggregates"]}

@@ -3,6 +3,11 @@
 Both start from the same base (the built-in random-init Llama, or any HF folder / hub id) and
 see the general-knowledge facts too, which stand in for what a pretrained model already knows
 (real authors, world facts). Only answer tokens are in the loss.
+
+This module trains; it imports no other workflow but :mod:`common`. Resolving a model (and
+training it here when it is missing) is :mod:`soulcli.workflows.artifacts`' job, and the
+`soul finetune` command, which ends by evaluating the target, is
+:func:`soulcli.workflows.evaluate.run_finetune_command`.
 """
 
 from __future__ import annotations
@@ -14,10 +19,11 @@ from typing import Sequence
 import torch
 
 from soulcli.data.encode import encode_qa_batch, pad_batch
+from soulcli.data.io import atomic_dir, write_json, write_jsonl
+from soulcli.data.tofu import forget_split_names
 from soulcli.engine.loop import LoopResult, Training, make_scheduler, train
 from soulcli.engine.progress import Reporter
-from soulcli.data.io import atomic_dir
-from soulcli.engine.rundir import versions, write_json
+from soulcli.engine.rundir import versions
 from soulcli.engine.sampling import epoch_batches
 from soulcli.objectives import ObjectiveOutput
 from soulcli.recipe import Recipe, dump_recipe
@@ -63,7 +69,7 @@ def _base_model(recipe: Recipe, data_dir: Path, reporter: Reporter, device: torc
     """The starting point: the built-in random-init Llama (tokenizer trained and cached
     on first use) or a pretrained HF model."""
     from soulcli.models import builtin
-    from soulcli.models.loading import load_model, load_tokenizer
+    from soulcli.models.loading import DTYPES, load_model, load_tokenizer
 
     m = recipe.model
     if m.base != "builtin":
@@ -87,13 +93,7 @@ def _base_model(recipe: Recipe, data_dir: Path, reporter: Reporter, device: torc
     model = builtin.build_model(tokenizer, m.hidden_size, m.num_layers, m.num_heads,
                                 m.intermediate_size, max_position_embeddings=max(256, recipe.data.max_length),
                                 seed=recipe.data.seed)
-    return model.to(device=device, dtype=common_dtype(m.dtype)), tokenizer
-
-
-def common_dtype(name: str) -> torch.dtype:
-    from soulcli.models.loading import DTYPES
-
-    return DTYPES[name]
+    return model.to(device=device, dtype=DTYPES[m.dtype]), tokenizer
 
 
 def run_finetune(recipe: Recipe, reporter: Reporter, which: Sequence[str] = ("target", "retain"),
@@ -102,7 +102,6 @@ def run_finetune(recipe: Recipe, reporter: Reporter, which: Sequence[str] = ("ta
 
     With ``force=False`` a model already in its folder is reused, not retrained.
     """
-    from soulcli.data.tofu import forget_split_names
     from soulcli.models.loading import export_model
 
     device = common.setup_runtime(recipe)
@@ -137,37 +136,15 @@ def run_finetune(recipe: Recipe, reporter: Reporter, which: Sequence[str] = ("ta
             "steps": result.steps, "seconds": round(result.seconds, 2),
             "tokens_per_second": round(result.tokens / max(result.seconds, 1e-9), 1),
             "final_loss": result.last.get("loss"), "data": str(data_dir),
+            "data_fingerprint": common.data_fingerprint(data_dir),
         }
         with atomic_dir(out_dir, overwrite=True) as tmp:
             export_model(model, tokenizer, tmp)
             (tmp / "resolved_recipe.yaml").write_text(dump_recipe(recipe))
             write_json(tmp / "training.json", {**record, "versions": versions()})
-            with open(tmp / "metrics.jsonl", "w") as f:
-                f.writelines(json.dumps(r) + "\n" for r in result.rows)
+            write_jsonl(tmp / "metrics.jsonl", result.rows)
         reporter.info(f"Saved the {name} model to {out_dir} ({result.seconds:.0f}s, "
                       f"{record['tokens_per_second']:.0f} tokens/s, final loss {record['final_loss']:.4f})")
         results[name] = {**record, "path": str(out_dir)}
     return results
 
-
-def run_finetune_command(recipe: Recipe, reporter: Reporter, which: Sequence[str],
-                         output: Path | None = None, force: bool = False) -> dict:
-    """`soul finetune`: train (or reuse), then evaluate the target against the retain model."""
-    from soulcli.models.loading import load_model
-    from soulcli.workflows.evaluate import evaluate_and_report
-
-    results = run_finetune(recipe, reporter, which, output, force=force or output is not None)
-    if "target" not in results:
-        return {"models": results}
-    device = common.setup_runtime(recipe)
-    target = Path(results["target"]["path"])
-    data_dir = common.benchmark_dir(recipe, reporter)
-    reference = Path(results["retain"]["path"]) if "retain" in results else (
-        common.reference_model_path(recipe, reporter, data_dir) if output is None else None)
-    model, tokenizer = load_model(str(target), recipe.model.dtype, device)
-    tmp = target / ".eval.json.partial"
-    evaluation = evaluate_and_report(recipe, model, tokenizer, data_dir, reporter, tmp,
-                                     reference_model=reference, model_label=str(target),
-                                     title="target model after finetuning")
-    tmp.replace(target / "eval.json")
-    return {"models": results, "target_metrics": evaluation["aggregates"]}

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
+from soulcli.data.io import read_manifest
 from soulcli.engine.progress import Reporter
 from soulcli.recipe import Recipe
 from soulcli.workflows import common
@@ -13,21 +13,12 @@ from soulcli.workflows import common
 
 def run_prepare(recipe: Recipe, reporter: Reporter, output: Path | None = None) -> dict[str, Any]:
     """Write the benchmark to ``output`` (or the recipe's cache) and describe it."""
-    from soulcli.data import synthetic, tofu
-
     if output is None:
         data_dir = common.benchmark_dir(recipe, reporter)
     else:
         data_dir = Path(output)
-        if recipe.data.source == "builtin":
-            d = recipe.data
-            reporter.info(f"Building the built-in benchmark ({d.num_authors} authors) in {data_dir}")
-            synthetic.write_benchmark(synthetic.generate_benchmark(
-                num_authors=d.num_authors, questions_per_author=d.questions_per_author, seed=d.seed), data_dir)
-        else:
-            reporter.info(f"Importing TOFU data from {recipe.data.source} into {data_dir}")
-            tofu.import_tofu(recipe.data.source, data_dir)
-    manifest = json.loads((data_dir / "benchmark.json").read_text())
+        common.write_benchmark(recipe, data_dir, reporter)
+    manifest = read_manifest(data_dir) or {}
     reporter.info(f"Benchmark ready in {data_dir}")
     counts = manifest.get("counts", {})
     for name in sorted(counts):

@@ -16,15 +16,15 @@ from typing import Any
 import torch
 
 from soulcli.data.encode import EncodedItem, encode_qa_batch, pad_batch
-from soulcli.data.io import atomic_dir
+from soulcli.data.io import atomic_dir, write_json
 from soulcli.engine.distributed import DistContext, DistributedCurvature, init_distributed, wrap_model
 from soulcli.engine.loop import Training, make_scheduler, train
 from soulcli.engine.progress import Reporter
-from soulcli.engine.rundir import JsonlWriter, versions, write_json
+from soulcli.engine.rundir import JsonlWriter, versions
 from soulcli.engine.sampling import plan_unlearning
 from soulcli.errors import UserError
 from soulcli.recipe import Recipe, dump_recipe
-from soulcli.workflows import common
+from soulcli.workflows import artifacts, common
 
 
 @dataclass
@@ -85,7 +85,7 @@ def prepare_model(recipe: Recipe, reporter: Reporter, device,
     adapter, ready for :func:`unlearn_model`."""
     from soulcli.models.loading import apply_adapter, load_model
 
-    data_dir, target_dir = common.target_model_path(recipe, reporter)
+    data_dir, target_dir = artifacts.target_model_path(recipe, reporter)
     model, tokenizer = load_model(str(target_dir), recipe.model.dtype, device)
     model = apply_adapter(model, recipe.model.adapter, recipe.model.lora)
     return PreparedRun(recipe, model, tokenizer, data_dir, target_dir, device, dist or DistContext())
@@ -133,8 +133,8 @@ def unlearn_model(run: PreparedRun, reporter: Reporter, on_row=None, on_step_end
         cache_dir.mkdir(parents=True, exist_ok=True)
         with torch.no_grad():
             run.model.eval()
-            objective.setup(run.model, batches, cache_dir, run.cache_key or common.short_hash(
-                [str(run.data_dir), recipe.unlearn.__repr__(), recipe.model.source, recipe.seed]))
+            objective.setup(run.model, batches, cache_dir, run.cache_key or
+                            common.objective_cache_key(recipe, run.data_dir, recipe.seed))
     opt, curvature = build_optimizer_for(recipe, run.model)
     if curvature is not None and run.dist.enabled:
         curvature = DistributedCurvature(curvature, run.dist)
@@ -202,7 +202,7 @@ def run_unlearn(recipe: Recipe, reporter: Reporter, output: Path | None = None) 
         return None  # nothing to print: rank 0 reports
     run = prepare_model(recipe, reporter, device, dist_ctx)
     model, tokenizer, data_dir = run.model, run.tokenizer, run.data_dir
-    reference = common.reference_model_path(recipe, reporter, data_dir)
+    reference = artifacts.reference_model_path(recipe, reporter, data_dir)
     dist_ctx.barrier()
     with atomic_dir(out_dir, overwrite=True) as tmp:
         (tmp / "resolved_recipe.yaml").write_text(dump_recipe(recipe))
