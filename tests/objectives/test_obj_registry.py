@@ -25,6 +25,12 @@ def test_registry_holds_every_objective_of_the_issue():
         "idkdpo",
         "kl",
         "rmu",
+        "undial",
+        "altpo",
+        "satimp",
+        "wga",
+        "ceu",
+        "pdu",
     }
     for name, cls in OBJECTIVES.items():
         assert cls.name == name

@@ -41,10 +41,28 @@ def concat_batches(batches: list[dict[str, torch.Tensor]], pad_id: int) -> dict[
     return {k: torch.cat(v) for k, v in out.items()}
 
 
+def forget_alternates(forget_rows: list[dict], perturbed_rows: list[dict], seed: int) -> list[str]:
+    """One plausible wrong answer per forget item (AltPO's alternates): a ``perturbed_answer`` of
+    the row of the forget split's ``_perturbed`` file asking the same question, picked per item."""
+    from soulcli.objectives.refusals import pick_refusal
+
+    by_question = {row["question"]: row["perturbed_answer"] for row in perturbed_rows}
+    out = []
+    for i, row in enumerate(forget_rows):
+        answers = by_question.get(row["question"])
+        if not answers:
+            raise UserError(f"forget item {i} has no perturbed answers in the _perturbed split "
+                            "(AltPO's alternates); give a benchmark whose _perturbed split covers "
+                            "every forget question")
+        out.append(pick_refusal(answers, i, seed))
+    return out
+
+
 def build_step_batches(recipe: Recipe, tokenizer, objective, forget_rows: list[dict],
                        retain_rows: list[dict], device, seed: int, rank: int = 0,
-                       world_size: int = 1):
-    """Encode the splits and turn the batch plan into UnlearnBatch objects."""
+                       world_size: int = 1, alternates: list[str] | None = None):
+    """Encode the splits and turn the batch plan into UnlearnBatch objects (``alternates``: one
+    answer per forget row, for objectives with ``uses_alternate``)."""
     from soulcli.objectives.base import UnlearnBatch
     from soulcli.objectives.refusals import load_refusals, pick_refusal
 
@@ -59,6 +77,7 @@ def build_step_batches(recipe: Recipe, tokenizer, objective, forget_rows: list[d
     if objective.uses_refusal:
         refusals = load_refusals(u.refusals_file)
         refusal = enc(forget_rows, [pick_refusal(refusals, i, seed) for i in range(len(forget_rows))])
+    alternate = enc(forget_rows, alternates) if objective.uses_alternate and alternates else None
     plan = plan_unlearning(len(forget), len(retain), u.batch_size, u.retain_batch_size or u.batch_size,
                            u.epochs, seed, use_retain, rank, world_size, u.max_steps)
     pad = tokenizer.pad_token_id
@@ -67,6 +86,7 @@ def build_step_batches(recipe: Recipe, tokenizer, objective, forget_rows: list[d
             forget=_batch(forget, st.forget, pad, device),
             retain=_batch(retain, st.retain, pad, device) if st.retain is not None else None,
             forget_refusal=_batch(refusal, st.forget, pad, device) if refusal is not None else None,
+            forget_alternate=_batch(alternate, st.forget, pad, device) if alternate is not None else None,
         )
         for st in plan
     ]
@@ -112,13 +132,15 @@ def unlearn_model(recipe: Recipe, model, tokenizer, data_dir: Path, reporter: Re
     from soulcli.objectives import build_objective
 
     u = recipe.unlearn
-    forget_name, _, retain_name = forget_split_names(common.forget_pct(recipe))
+    forget_name, perturbed_name, retain_name = forget_split_names(common.forget_pct(recipe))
     forget_rows = common.load_split(data_dir, forget_name)
     retain_rows = common.load_split(data_dir, retain_name)
     objective = build_objective(u.objective, forget_weight=u.forget_weight, retain_weight=u.retain_weight,
                                 retain_loss=u.retain_loss, **u.objective_args)
+    alternates = (forget_alternates(forget_rows, common.load_split(data_dir, perturbed_name), seed)
+                  if objective.uses_alternate else None)
     batches, plan = build_step_batches(recipe, tokenizer, objective, forget_rows, retain_rows, device, seed,
-                                       dist_ctx.rank, dist_ctx.world_size)
+                                       dist_ctx.rank, dist_ctx.world_size, alternates)
     if not batches:
         raise UserError(f"split '{forget_name}' gives no unlearning steps; check unlearn.epochs/max_steps")
 
