@@ -41,7 +41,7 @@ def test_registry_holds_every_objective_of_the_issue():
 def test_unknown_objective_lists_the_choices():
     with pytest.raises(
         UserError,
-        match=r"unknown objective 'npoo' \(did you mean 'npo'\?\); choose one of: dpo, ga",
+        match=r"unknown objective 'npoo' \(did you mean 'npo'\?\); choose one of: altpo, ceu, dpo, ga",
     ):
         build_objective("npoo")
 
