@@ -90,7 +90,8 @@ def random_pairs(n: int, gen: torch.Generator, vocab: int = VOCAB) -> Pairs:
 def random_batches(
     n_batches: int = 2, size: int = 3, seed: int = 0, vocab: int = VOCAB
 ) -> list[UnlearnBatch]:
-    """Forget items 0.., each with a refusal answer, and retain items 100.., all random tokens."""
+    """Forget items 0.., each with a refusal and an alternate answer, and retain items 100..,
+    all random tokens."""
     gen = torch.Generator().manual_seed(seed)
     batches = []
     for b in range(n_batches):
@@ -98,11 +99,13 @@ def random_batches(
         forget = random_pairs(size, gen, vocab)
         refusal = [(p, a) for (p, _), (_, a) in zip(forget, random_pairs(size, gen, vocab))]
         retain = random_pairs(size, gen, vocab)
+        alternate = [(p, a) for (p, _), (_, a) in zip(forget, random_pairs(size, gen, vocab))]
         batches.append(
             UnlearnBatch(
                 forget=qa_batch(forget, index),
                 retain=qa_batch(retain, [100 + i for i in index]),
                 forget_refusal=qa_batch(refusal, index),
+                forget_alternate=qa_batch(alternate, index),
             )
         )
     return batches

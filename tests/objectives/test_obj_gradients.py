@@ -60,7 +60,8 @@ def test_one_po_step_raises_the_refusal_likelihood(make_llama, make_batches):
     assert bool((after > before).all())
 
 
-@pytest.mark.parametrize("name", DISTINCT)
+# pdu's dual variable moves between calls: see test_obj_added for its step
+@pytest.mark.parametrize("name", [name for name in DISTINCT if name != "pdu"])
 def test_one_small_step_lowers_every_loss(make_llama, make_batches, name):
     model, batches = make_llama(), make_batches(1)
     objective = build_objective(name, retain_loss="kl" if name == "npo" else "nll")

@@ -14,6 +14,12 @@ hyperparameters (``objective_hparams(name)``).
 ``idkdpo``   the same as ``dpo``
 ``kl``       -NLL(forget) + KL to the starting model on retain answers (TOFU)
 ``rmu``      steer a layer's activations on forget data to c*u, keep them on retain (WMDP)
+``undial``   distil the starting model with the true token's logit lowered (Dong et al. 2024)
+``altpo``    DPO, a perturbed (alternate) answer preferred over the true one (Mekala et al. 2024)
+``satimp``   GA, tokens weighted p^b1 (1-p)^b2: saturation and importance (Yang et al. 2025)
+``wga``      GA, tokens weighted p^beta (Wang et al. 2025) + retain term
+``ceu``      cross-entropy to the model's own distribution minus the true token (Yang et al. 2025)
+``pdu``      flatten forget logits s.t. retain loss <= eps, primal-dual (Entesari et al. 2025)
 ==========  ====================================================================================
 """
 
@@ -22,20 +28,29 @@ from __future__ import annotations
 from typing import Any
 
 from soulcli.errors import unknown_name
+from soulcli.objectives.altpo import AltPO
 from soulcli.objectives.base import Forward, Objective, ObjectiveOutput, UnlearnBatch
+from soulcli.objectives.ceu import CEU
 from soulcli.objectives.dpo import DPO, IdkDPO
 from soulcli.objectives.ga import GradientAscent
 from soulcli.objectives.graddiff import GradDiff
 from soulcli.objectives.kl import KLMinimization
 from soulcli.objectives.npo import NPO
+from soulcli.objectives.pdu import PDU
 from soulcli.objectives.po import RefusalPO
 from soulcli.objectives.refusals import load_refusals, pick_refusal
 from soulcli.objectives.rmu import RMU
+from soulcli.objectives.satimp import SatImp
 from soulcli.objectives.simnpo import SimNPO
+from soulcli.objectives.undial import UNDIAL
+from soulcli.objectives.wga import WGA
 
 OBJECTIVES: dict[str, type[Objective]] = {
     cls.name: cls
-    for cls in (GradientAscent, GradDiff, NPO, SimNPO, RefusalPO, DPO, IdkDPO, KLMinimization, RMU)
+    for cls in (
+        *(GradientAscent, GradDiff, NPO, SimNPO, RefusalPO, DPO, IdkDPO, KLMinimization, RMU),
+        *(UNDIAL, AltPO, SatImp, WGA, CEU, PDU),
+    )
 }
 
 

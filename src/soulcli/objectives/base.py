@@ -81,18 +81,21 @@ class UnlearnBatch:
     ``index`` (``[B]`` long: the items' positions in their split).
 
     ``forget_refusal`` asks the same forget questions, in the same order and with the same
-    ``index``, answered by a refusal (built only for objectives with ``uses_refusal``).
+    ``index``, answered by a refusal (built only for objectives with ``uses_refusal``);
+    ``forget_alternate`` likewise, answered by a plausible wrong answer (``uses_alternate``).
     """
 
     forget: Batch
     retain: Batch | None = None
     forget_refusal: Batch | None = None
+    forget_alternate: Batch | None = None
 
     def to(self, device: torch.device | str) -> "UnlearnBatch":
         def move(data: Batch | None) -> Batch | None:
             return None if data is None else {k: v.to(device) for k, v in data.items()}
 
-        return UnlearnBatch(move(self.forget), move(self.retain), move(self.forget_refusal))
+        return UnlearnBatch(move(self.forget), move(self.retain), move(self.forget_refusal),
+                            move(self.forget_alternate))
 
 
 class Forward:
@@ -143,6 +146,7 @@ class Objective(abc.ABC):
     name: ClassVar[str]
     uses_retain: bool = True
     uses_refusal: ClassVar[bool] = False
+    uses_alternate: ClassVar[bool] = False
     needs_setup: bool = False
     retain_kind: ClassVar[str | None] = None
 
@@ -206,7 +210,7 @@ class Objective(abc.ABC):
         """NLL or KL-to-start on the retain batch (see the module docstring)."""
         logits = fwd.logits(data)
         if self.retain_loss == "kl":
-            reference = _concat(self.cache.rows("retain_kl", data))
+            reference = self._reference_distributions("retain_kl", data)
             return kl_to_reference(logits, data["labels"], reference).mean()
         return mean_answer_nll(logits, data["labels"])
 
@@ -255,8 +259,10 @@ class Objective(abc.ABC):
     def __call__(self, model: torch.nn.Module, batch: UnlearnBatch) -> ObjectiveOutput:
         """The loss to minimise, its terms (``forget_loss``, ``retain_loss`` when used, extras)
         and the logits computed for the batches it trains on."""
-        if self.uses_refusal and batch.forget_refusal is None:
-            raise ValueError(f"objective '{self.name}' needs batch.forget_refusal")
+        for field, used in (("forget_refusal", self.uses_refusal),
+                            ("forget_alternate", self.uses_alternate)):
+            if used and getattr(batch, field) is None:
+                raise ValueError(f"objective '{self.name}' needs batch.{field}")
         fwd = Forward(model)
         forget, extras = self.forget_term(fwd, batch)
         total = self.forget_weight * forget
@@ -274,6 +280,10 @@ class Objective(abc.ABC):
     def _retain_distributions(self, model: torch.nn.Module, data: Batch) -> list[Any]:
         logits = forward_logits(model, data)
         return reference_distributions(logits, data["labels"], self.kl_top_k)
+
+    def _reference_distributions(self, table: str, data: Batch) -> tuple[torch.Tensor, ...]:
+        """Cached ``reference_distributions`` of ``table`` for the rows of ``data``, concatenated."""
+        return _concat(self.cache.rows(table, data))
 
     def _reference_rows(self, table: str, data: Batch, device: torch.device) -> torch.Tensor:
         """Cached per-sequence scalars of ``table`` for the rows of ``data``, ``[B]``."""

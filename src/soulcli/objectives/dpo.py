@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -27,26 +27,34 @@ class DPO(Objective):
     uses_refusal = True
     needs_setup = True
     beta: Annotated[float, POSITIVE, "inverse temperature beta (0.1 as in the paper)"] = 0.1
+    # the UnlearnBatch field holding the preferred answers, and its reference table
+    preferred: ClassVar[tuple[str, str]] = ("forget_refusal", "refusal_logp")
 
     def reference_tables(self) -> dict[str, tuple[str, ReferenceFn]]:
+        field, table = self.preferred
         return {
             **super().reference_tables(),
             "forget_logp": ("forget", reference_logprobs),
-            "refusal_logp": ("forget_refusal", reference_logprobs),
+            table: (field, reference_logprobs),
         }
 
     def forget_term(self, fwd: Forward, batch: UnlearnBatch) -> Terms:
-        chosen, rejected = batch.forget_refusal, batch.forget
+        margin = self.margin(fwd, batch)
+        return -F.logsigmoid(margin).mean(), {"reward_margin": float(margin.detach().mean())}
+
+    def margin(self, fwd: Forward, batch: UnlearnBatch) -> torch.Tensor:
+        """``beta * [(S_theta(y_w) - S_ref(y_w)) - (S_theta(y_l) - S_ref(y_l))]`` per item, ``[B]``."""
+        field, table = self.preferred
+        chosen, rejected = getattr(batch, field), batch.forget
         assert chosen is not None
         if not torch.equal(chosen["index"], rejected["index"]):
-            raise ValueError("batch.forget_refusal must hold the forget items in the same order")
+            raise ValueError(f"batch.{field} must hold the forget items in the same order")
         s_w = sequence_logprob(fwd.logits(chosen), chosen["labels"])
         s_l = sequence_logprob(fwd.logits(rejected), rejected["labels"])
-        margin = self.beta * (
-            (s_w - self._reference_rows("refusal_logp", chosen, s_w.device))
+        return self.beta * (
+            (s_w - self._reference_rows(table, chosen, s_w.device))
             - (s_l - self._reference_rows("forget_logp", rejected, s_l.device))
         )
-        return -F.logsigmoid(margin).mean(), {"reward_margin": float(margin.detach().mean())}
 
 
 class IdkDPO(DPO):

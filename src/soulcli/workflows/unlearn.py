@@ -48,10 +48,28 @@ def _batch(items: list[EncodedItem], idx: list[int], pad_id: int, device) -> dic
     return {k: v.to(device) for k, v in b.items()}
 
 
+def forget_alternates(forget_rows: list[dict], perturbed_rows: list[dict], seed: int) -> list[str]:
+    """One plausible wrong answer per forget item (AltPO's alternates): a ``perturbed_answer`` of
+    the row of the forget split's ``_perturbed`` file asking the same question, picked per item."""
+    from soulcli.objectives.refusals import pick_refusal
+
+    by_question = {row["question"]: row["perturbed_answer"] for row in perturbed_rows}
+    out = []
+    for i, row in enumerate(forget_rows):
+        answers = by_question.get(row["question"])
+        if not answers:
+            raise UserError(f"forget item {i} has no perturbed answers in the _perturbed split "
+                            "(AltPO's alternates); give a benchmark whose _perturbed split covers "
+                            "every forget question")
+        out.append(pick_refusal(answers, i, seed))
+    return out
+
+
 def build_step_batches(recipe: Recipe, tokenizer, objective, forget_rows: list[dict],
                        retain_rows: list[dict], device, seed: int, rank: int = 0,
-                       world_size: int = 1):
-    """Encode the splits and turn the batch plan into one UnlearnBatch per step."""
+                       world_size: int = 1, alternates: list[str] | None = None):
+    """Encode the splits and turn the batch plan into one UnlearnBatch per step (``alternates``:
+    one answer per forget row, for objectives with ``uses_alternate``)."""
     from soulcli.objectives.base import UnlearnBatch
     from soulcli.objectives.refusals import load_refusals, pick_refusal
 
@@ -66,6 +84,7 @@ def build_step_batches(recipe: Recipe, tokenizer, objective, forget_rows: list[d
     if objective.uses_refusal:
         refusals = load_refusals(u.refusals_file)
         refusal = enc(forget_rows, [pick_refusal(refusals, i, seed) for i in range(len(forget_rows))])
+    alternate = enc(forget_rows, alternates) if objective.uses_alternate and alternates else None
     plan = plan_unlearning(len(forget), len(retain), u.batch_size, u.retain_batch_size or u.batch_size,
                            u.epochs, seed, use_retain, rank, world_size, u.max_steps)
     pad = tokenizer.pad_token_id
@@ -74,6 +93,7 @@ def build_step_batches(recipe: Recipe, tokenizer, objective, forget_rows: list[d
             forget=_batch(forget, st.forget, pad, device),
             retain=_batch(retain, st.retain, pad, device) if st.retain is not None else None,
             forget_refusal=_batch(refusal, st.forget, pad, device) if refusal is not None else None,
+            forget_alternate=_batch(alternate, st.forget, pad, device) if alternate is not None else None,
         )
         for st in plan
     ]
@@ -115,13 +135,15 @@ def unlearn_model(run: PreparedRun, reporter: Reporter, on_row=None, on_step_end
     from soulcli.objectives import build_objective
 
     recipe, u = run.recipe, run.recipe.unlearn
-    forget_name, _, retain_name = forget_split_names(common.forget_pct(recipe))
+    forget_name, perturbed_name, retain_name = forget_split_names(common.forget_pct(recipe))
     forget_rows = common.load_split(run.data_dir, forget_name)
     retain_rows = common.load_split(run.data_dir, retain_name)
     objective = build_objective(u.objective, forget_weight=u.forget_weight, retain_weight=u.retain_weight,
                                 retain_loss=u.retain_loss, **u.objective_args)
+    alternates = (forget_alternates(forget_rows, common.load_split(run.data_dir, perturbed_name), recipe.seed)
+                  if objective.uses_alternate else None)
     batches = build_step_batches(recipe, run.tokenizer, objective, forget_rows, retain_rows, run.device,
-                                 recipe.seed, run.dist.rank, run.dist.world_size)
+                                 recipe.seed, run.dist.rank, run.dist.world_size, alternates)
     if not batches:
         raise UserError(f"split '{forget_name}' gives no unlearning steps; check unlearn.epochs/max_steps")
     if u.method == "influence":
