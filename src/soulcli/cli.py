@@ -6,9 +6,13 @@ a failed evaluation gate exits with code 3; anything else is a bug and keeps its
 
 from __future__ import annotations
 
+import functools
+import inspect
 import json
 import os
 import sys
+import typing
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -70,24 +74,63 @@ def _run(json_out: bool, quiet: bool, body: Callable[[Any], Any]) -> None:
         raise typer.Exit(GATE_FAILED_EXIT)
 
 
-def _recipe(recipe: Optional[Path], sets: Optional[list[str]], seed: Optional[int], extra: list[str] | None = None):
-    from soulcli.recipe import load_recipe
+@dataclass
+class Common:
+    """The options every command takes: the recipe, its overrides and how to report."""
 
-    overrides = list(sets or []) + list(extra or [])
-    if seed is not None:
-        overrides.append(f"seed={seed}")
-    return load_recipe(recipe, overrides)
+    recipe: Optional[Path]
+    sets: Optional[list[str]]
+    seed: Optional[int]
+    json_out: bool
+    quiet: bool
+
+    def load(self, extra: list[str] | None = None):
+        """The recipe (defaults when no file), with --set, the extra overrides and --seed."""
+        from soulcli.recipe import load_recipe
+
+        overrides = list(self.sets or []) + list(extra or [])
+        if self.seed is not None:
+            overrides.append(f"seed={self.seed}")
+        return load_recipe(self.recipe, overrides)
+
+    def run(self, body: Callable[[Any], Any]) -> None:
+        _run(self.json_out, self.quiet, body)
 
 
-@app.command("prepare-data")
+_COMMON_OPTIONS = {"recipe": (Optional[Path], RecipeOpt), "sets": (Optional[list[str]], SetOpt),
+                   "seed": (Optional[int], SeedOpt), "json_out": (bool, JsonOpt),
+                   "quiet": (bool, QuietOpt)}
+
+
+def command(name: str | None = None) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    """Register a command whose function takes ``common: Common`` besides its own options;
+    the shared options are declared here once and appear in every command's --help."""
+
+    def register(fn: Callable[..., None]) -> Callable[..., None]:
+        hints = typing.get_type_hints(fn)
+        own = [p.replace(annotation=hints[p.name])
+               for p in inspect.signature(fn).parameters.values() if p.name != "common"]
+        shared = [inspect.Parameter(key, inspect.Parameter.KEYWORD_ONLY, default=opt, annotation=tp)
+                  for key, (tp, opt) in _COMMON_OPTIONS.items()]
+
+        @functools.wraps(fn)
+        def call(**kwargs: Any) -> None:
+            common = Common(**{key: kwargs.pop(key) for key in _COMMON_OPTIONS})
+            fn(common=common, **kwargs)
+
+        call.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
+            sorted(own, key=lambda p: p.kind) + shared)
+        call.__annotations__ = {p.name: p.annotation for p in own + shared}
+        return app.command(name)(call)
+
+    return register
+
+
+@command("prepare-data")
 def prepare_data(
-    recipe: Optional[Path] = RecipeOpt,
+    common: Common,
     source: Optional[str] = typer.Option(None, "--source", help="builtin, a folder of TOFU JSON/JSONL files, or a hub id (locuslab/TOFU)."),
-    sets: Optional[list[str]] = SetOpt,
     output: Optional[Path] = OutputOpt,
-    seed: Optional[int] = SeedOpt,
-    json_out: bool = JsonOpt,
-    quiet: bool = QuietOpt,
 ) -> None:
     """Build the built-in synthetic TOFU-style benchmark, or import real TOFU files.
 
@@ -103,19 +146,15 @@ def prepare_data(
     from soulcli.workflows.prepare import run_prepare
 
     extra = [f"data.source={source}"] if source else []
-    _run(json_out, quiet, lambda rep: run_prepare(_recipe(recipe, sets, seed, extra), rep, output))
+    common.run(lambda rep: run_prepare(common.load(extra), rep, output))
 
 
-@app.command()
+@command()
 def finetune(
-    recipe: Optional[Path] = RecipeOpt,
+    common: Common,
     which: str = typer.Option("target,retain", "--which", help="Models to train: target (on full), retain (on retainXX), or both."),
     force: bool = typer.Option(False, "--force", help="Retrain cached built-in models."),
-    sets: Optional[list[str]] = SetOpt,
     output: Optional[Path] = OutputOpt,
-    seed: Optional[int] = SeedOpt,
-    json_out: bool = JsonOpt,
-    quiet: bool = QuietOpt,
 ) -> None:
     """Train the target model (on `full`) and the retain reference model (on `retainXX`).
 
@@ -135,17 +174,13 @@ def finetune(
     if bad or not models:
         Console(stderr=True).print(f"[bold red]error:[/] --which {which}: use target, retain or target,retain")
         raise typer.Exit(USER_ERROR_EXIT)
-    _run(json_out, quiet, lambda rep: run_finetune_command(_recipe(recipe, sets, seed), rep, models, output, force))
+    common.run(lambda rep: run_finetune_command(common.load(), rep, models, output, force))
 
 
-@app.command()
+@command()
 def unlearn(
-    recipe: Optional[Path] = RecipeOpt,
-    sets: Optional[list[str]] = SetOpt,
+    common: Common,
     output: Optional[Path] = OutputOpt,
-    seed: Optional[int] = SeedOpt,
-    json_out: bool = JsonOpt,
-    quiet: bool = QuietOpt,
 ) -> None:
     """Unlearn the forget set from the target model with the recipe's objective and optimizer.
 
@@ -157,15 +192,16 @@ def unlearn(
 
       soul unlearn --recipe recipes/tofu_sophia.yaml
 
-      soul unlearn --recipe recipes/tofu_sophia.yaml --set optimizer.name=adamw --set optimizer.lr=1e-4
+      soul unlearn --recipe recipes/tofu_sophia.yaml --set optimizer.name=adamw --set optimizer.args={}
     """
     from soulcli.workflows.unlearn import run_unlearn
 
-    _run(json_out, quiet, lambda rep: run_unlearn(_recipe(recipe, sets, seed), rep, output))
+    common.run(lambda rep: run_unlearn(common.load(), rep, output))
 
 
-@app.command()
+@command()
 def evaluate(
+    common: Common,
     run_dir: Optional[Path] = typer.Argument(None, help="A run folder written by `soul unlearn`."),
     model: Optional[str] = typer.Option(None, "--model", "-m", help="Evaluate this model folder / hub id instead of a run."),
     data: Optional[str] = typer.Option(None, "--data", help="Benchmark folder (default: the recipe's data.source)."),
@@ -173,12 +209,7 @@ def evaluate(
     metrics: Optional[str] = typer.Option(None, "--metrics", help="Comma-separated metric names (default: all)."),
     fail_under: Optional[list[str]] = typer.Option(None, "--fail-under", help="Gate: exit 3 if METRIC < VALUE, e.g. model_utility=0.5 (repeatable)."),
     fail_over: Optional[list[str]] = typer.Option(None, "--fail-over", help="Gate: exit 3 if METRIC > VALUE, e.g. forget_rougeL_recall=0.3 (repeatable)."),
-    recipe: Optional[Path] = RecipeOpt,
-    sets: Optional[list[str]] = SetOpt,
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Where to write eval.json (default: RUN_DIR/eval.json)."),
-    seed: Optional[int] = SeedOpt,
-    json_out: bool = JsonOpt,
-    quiet: bool = QuietOpt,
 ) -> None:
     """Compute TOFU's metrics (forget quality, model utility, ROUGE-L, truth ratio, MIA, ...).
 
@@ -200,19 +231,19 @@ def evaluate(
 
         under = [parse_gate(g) for g in fail_under or []]
         over = [parse_gate(g) for g in fail_over or []]
-        rcp = _recipe(recipe, sets, seed) if recipe is not None else None
+        rcp = common.load() if common.recipe is not None else None
         chosen = tuple(m.strip() for m in metrics.split(",") if m.strip()) if metrics else None
         out = run_evaluate(rcp, rep, run_dir, model, data, reference, chosen, output,
-                           overrides=list(sets or []) if recipe is None else None)
+                           overrides=list(common.sets or []) if common.recipe is None else None)
         failures = check_gates(out["result"], under, over)
         return {**out["aggregates"], "eval_json": out["path"], "gate_failures": failures}
 
-    _run(json_out, quiet, body)
+    common.run(body)
 
 
-@app.command("compare-optimizers")
+@command("compare-optimizers")
 def compare_optimizers(
-    recipe: Optional[Path] = RecipeOpt,
+    common: Common,
     optimizers: Optional[str] = typer.Option(None, "--optimizers", help="Comma-separated optimizer names (default: compare.optimizers)."),
     objectives: Optional[str] = typer.Option(None, "--objectives", help="Comma-separated objective names (default: compare.objectives)."),
     lr_grid: Optional[str] = typer.Option(None, "--lr-grid", help="Comma-separated learning rates (default: compare.lr_grid, else optimizer.lr)."),
@@ -221,11 +252,7 @@ def compare_optimizers(
         None, "--seed-policy",
         help="all: every lr runs every seed; selected: the lr grid runs on the first seed and only "
              "the selected lr runs the others (default: compare.seed_policy)."),
-    sets: Optional[list[str]] = SetOpt,
     output: Optional[Path] = OutputOpt,
-    seed: Optional[int] = SeedOpt,
-    json_out: bool = JsonOpt,
-    quiet: bool = QuietOpt,
 ) -> None:
     """Run the SOUL experiment: optimizer x objective x learning rate from one target model.
 
@@ -245,7 +272,7 @@ def compare_optimizers(
             extra.append(f"compare.{key}=[{value}]")
     if seed_policy:
         extra.append(f"compare.seed_policy={seed_policy}")
-    _run(json_out, quiet, lambda rep: run_compare(_recipe(recipe, sets, seed, extra), rep, output))
+    common.run(lambda rep: run_compare(common.load(extra), rep, output))
 
 
 def main() -> None:
