@@ -25,7 +25,7 @@ import math
 import types
 import typing
 from dataclasses import dataclass
-from typing import Any, Callable, Literal, Mapping
+from typing import Any, Literal, Mapping
 
 from soulcli.errors import UserError, did_you_mean
 
@@ -325,5 +325,3 @@ def declares_args(cls: type) -> type:
     cls.__declares_args__ = True  # type: ignore[attr-defined]
     return cls
 
-
-Validator = Callable[[Mapping[str, Any]], dict[str, Any]]

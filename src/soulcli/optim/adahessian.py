@@ -23,15 +23,8 @@ import torch
 from torch import Tensor
 
 from soulcli.errors import UserError
-from soulcli.optim.base import (
-    DIAGNOSTICS_EVERY,
-    Betas,
-    DiagnosticsEvery,
-    Eps,
-    LearningRate,
-    SecondOrderOptimizer,
-    WeightDecay,
-)
+from soulcli.optim.base import (DIAGNOSTICS_EVERY, Betas, DiagnosticsEvery, Eps, LearningRate,
+                                SecondOrderOptimizer, WeightDecay)
 from soulcli.schema import AT_LEAST_ONE, Range
 
 

@@ -13,15 +13,8 @@ from typing import Any, Iterable
 
 from torch import Tensor
 
-from soulcli.optim.base import (
-    DIAGNOSTICS_EVERY,
-    Betas,
-    DiagnosticsEvery,
-    Eps,
-    LearningRate,
-    RuleOptimizer,
-    WeightDecay,
-)
+from soulcli.optim.base import (DIAGNOSTICS_EVERY, Betas, DiagnosticsEvery, Eps, LearningRate,
+                                RuleOptimizer, WeightDecay)
 
 
 def adam_direction(g: Tensor, m: Tensor, v: Tensor, betas: tuple[float, float], eps: float,

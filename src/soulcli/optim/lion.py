@@ -13,14 +13,8 @@ from typing import Any, Iterable
 import torch
 from torch import Tensor
 
-from soulcli.optim.base import (
-    DIAGNOSTICS_EVERY,
-    Betas,
-    DiagnosticsEvery,
-    LearningRate,
-    RuleOptimizer,
-    WeightDecay,
-)
+from soulcli.optim.base import (DIAGNOSTICS_EVERY, Betas, DiagnosticsEvery, LearningRate,
+                                RuleOptimizer, WeightDecay)
 
 
 class Lion(RuleOptimizer):

@@ -27,17 +27,8 @@ from torch import Tensor
 
 from soulcli.errors import UserError
 from soulcli.optim.adamw import adam_direction
-from soulcli.optim.base import (
-    DIAGNOSTICS_EVERY,
-    Betas,
-    DiagnosticsEvery,
-    Eps,
-    LearningRate,
-    Momentum,
-    RuleOptimizer,
-    WeightDecay,
-    zeros_state,
-)
+from soulcli.optim.base import (DIAGNOSTICS_EVERY, Betas, DiagnosticsEvery, Eps, LearningRate,
+                                Momentum, RuleOptimizer, WeightDecay, zeros_state)
 from soulcli.schema import AT_LEAST_ONE
 
 NS_COEFFICIENTS = (3.4445, -4.775, 2.0315)

@@ -48,14 +48,6 @@ def optimizer_hparams(name: str) -> dict[str, Any]:
     return {k: p.default for k, p in schema.params_of(_lookup(name), skip=_COMMON).items()}
 
 
-def check_hparam(name: str, key: str, value: Any) -> str | None:
-    """Why ``value`` is not valid for hyperparameter ``key`` of optimizer ``name`` (None: it is)."""
-    errors: list[str] = []
-    params = schema.params_of(_lookup(name), skip=_COMMON)
-    schema.check({key: params[key]}, {key: value}, "", errors, f"optimizer '{name}'")
-    return errors[0].removeprefix(f"{key}: ") if errors else None
-
-
 def build_optimizer(name: str, params: Iterable[Any], lr: float, weight_decay: float = 0.0,
                     **hparams: Any) -> RuleOptimizer:
     """Construct the registered optimizer ``name`` on a parameter list or param groups (e.g.

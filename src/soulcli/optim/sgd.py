@@ -12,14 +12,8 @@ from typing import Any, Iterable
 
 from torch import Tensor
 
-from soulcli.optim.base import (
-    DIAGNOSTICS_EVERY,
-    DiagnosticsEvery,
-    LearningRate,
-    Momentum,
-    RuleOptimizer,
-    WeightDecay,
-)
+from soulcli.optim.base import (DIAGNOSTICS_EVERY, DiagnosticsEvery, LearningRate, Momentum,
+                                RuleOptimizer, WeightDecay)
 
 
 class SGD(RuleOptimizer):

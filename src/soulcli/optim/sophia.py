@@ -56,16 +56,8 @@ from torch import Tensor
 
 from soulcli.errors import UserError
 from soulcli.optim import cpu_kernels
-from soulcli.optim.base import (
-    Betas,
-    DiagnosticsEvery,
-    Eps,
-    LearningRate,
-    SecondOrderOptimizer,
-    WeightDecay,
-    local_tensor,
-    total,
-)
+from soulcli.optim.base import (Betas, DiagnosticsEvery, Eps, LearningRate, SecondOrderOptimizer,
+                                WeightDecay, local_tensor, total)
 from soulcli.schema import AT_LEAST_ONE, POSITIVE
 
 WIN_RATE_TARGET = (0.1, 0.5)
