@@ -151,8 +151,13 @@ def test_unknown_estimators_and_options_are_user_errors():
     with pytest.raises(UserError, match="unknown curvature estimator 'hutchinsn'.*did you mean "
                                         "'hutchinson'.*empirical_fisher, gnb, hutchinson"):
         build_curvature("hutchinsn")
-    with pytest.raises(UserError, match="unknown option 'n_sample'.*did you mean 'n_samples'"):
+    with pytest.raises(UserError, match="n_sample: unknown key of curvature estimator 'hutchinson' "
+                                        r"\(did you mean 'n_samples'\?\)"):
         build_curvature("hutchinson", n_sample=2)
+    with pytest.raises(UserError, match="n_samples: must be >= 1, got 0"):
+        build_curvature("hutchinson", n_samples=0)
+    with pytest.raises(UserError, match="bs: must be >= 1, got 0"):
+        build_curvature("empirical_fisher", bs=0)
 
 
 def test_gnb_from_shared_logits_is_the_same_draw_as_a_separate_forward(tiny):

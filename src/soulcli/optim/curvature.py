@@ -33,16 +33,17 @@ be driven on non-language problems (tests drive them on a quadratic and on Rosen
 
 from __future__ import annotations
 
-import inspect
-from typing import Any, Callable, Protocol, Sequence
+from typing import Annotated, Any, Callable, Protocol, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from soulcli.data.encode import IGNORE_INDEX, answer_mask, forward_logits, pick_answer_logits
-from soulcli.errors import UserError, did_you_mean, unknown_name
+from soulcli import schema
+from soulcli.errors import unknown_name
 from soulcli.optim.base import param_list
+from soulcli.schema import AT_LEAST_ONE
 
 Batch = dict[str, Tensor]
 # A batch the loss trains on and the logits the loss computed for it (None: not computed).
@@ -228,9 +229,8 @@ class Hutchinson(RandomEstimator):
 
     kind = "hutchinson"
 
-    def __init__(self, *, seed: int = 0, n_samples: int = 1, loss: TrueLoss | None = None) -> None:
-        if int(n_samples) < 1:
-            raise UserError(f"hutchinson: n_samples must be >= 1, got {n_samples}")
+    def __init__(self, *, seed: int = 0, n_samples: Annotated[int, AT_LEAST_ONE] = 1,
+                 loss: TrueLoss | None = None) -> None:
         super().__init__(seed)
         self.n_samples = int(n_samples)
         self.loss = loss or lm_true_loss
@@ -259,9 +259,7 @@ class EmpiricalFisher:
 
     kind = "empirical_fisher"
 
-    def __init__(self, *, bs: int | None = None) -> None:
-        if bs is not None and int(bs) < 1:
-            raise UserError(f"empirical_fisher: bs must be >= 1, got {bs}")
+    def __init__(self, *, bs: Annotated[int, AT_LEAST_ONE] | None = None) -> None:
         self.bs = bs
 
     def estimate(self, model: torch.nn.Module, parts: Sequence[Part], opt: Any) -> dict[str, float]:
@@ -289,9 +287,4 @@ def build_curvature(kind: str, **kw: Any) -> CurvatureEstimator:
     if kind not in CURVATURE_ESTIMATORS:
         raise unknown_name("curvature estimator", kind, CURVATURE_ESTIMATORS)
     cls = CURVATURE_ESTIMATORS[kind]
-    accepted = [k for k in inspect.signature(cls.__init__).parameters if k != "self"]
-    for key in kw:
-        if key not in accepted:
-            raise UserError(f"unknown option '{key}' for curvature estimator '{kind}'"
-                            f"{did_you_mean(key, accepted)}; valid: {', '.join(accepted)}")
-    return cls(**kw)
+    return cls(**schema.validate(cls, kw, f"curvature estimator '{kind}'"))
