@@ -210,6 +210,11 @@ def _coerce(value: Any, tp: Any, path: str, errors: list[str]) -> Any:
         items = tuple(coerce(v, args[i] if fixed else args[0], f"{path}[{i}]", errors)
                       for i, v in enumerate(value))
         return MISSING if len(errors) > before else items
+    if origin is collections.abc.Callable:  # code handed over by a caller, not a recipe key
+        if callable(value):
+            return value
+        errors.append(f"{path}: expected a function, got {value!r}")
+        return MISSING
     if origin in (dict, collections.abc.Mapping) or tp is dict:
         if not isinstance(value, Mapping):
             errors.append(f"{path}: expected a mapping, got {value!r}")

@@ -26,13 +26,30 @@ def twin_runs(ours, theirs, shapes, steps=8):
     return a, b
 
 
-def test_adamw_matches_torch_adamw():
+def test_adamw_matches_torch_adamw(monkeypatch):
     # the plain rule, not torch's kernel: equal to fp32 rounding
+    monkeypatch.setenv("SOUL_FUSED_ADAMW", "0")
     a, b = twin_runs(lambda ps: AdamW(ps, lr=0.01, weight_decay=0.1),
                      lambda ps: torch.optim.AdamW(ps, lr=0.01, weight_decay=0.1, foreach=False),
                      [(5, 3), (7,)])
     for p, q in zip(a, b):
         torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-7)
+
+
+def test_adamw_fused_path_is_torchs_fused_kernel_and_agrees_with_the_rule(monkeypatch):
+    """On fp32 CPU parameters the step runs torch's fused kernel on our fp32 state: bit-equal
+    to torch.optim.AdamW(fused=True); the rule (diagnostic steps, bf16) agrees to rounding."""
+    fused, theirs = twin_runs(lambda ps: AdamW(ps, lr=0.01, weight_decay=0.1, diagnostics_every=0),
+                              lambda ps: torch.optim.AdamW(ps, lr=0.01, weight_decay=0.1, fused=True),
+                              [(5, 3), (7,)], steps=12)
+    for p, q in zip(fused, theirs):
+        assert torch.equal(p, q)
+    monkeypatch.setenv("SOUL_FUSED_ADAMW", "0")
+    rule, _ = twin_runs(lambda ps: AdamW(ps, lr=0.01, weight_decay=0.1, diagnostics_every=0),
+                        lambda ps: torch.optim.AdamW(ps, lr=0.01, weight_decay=0.1, fused=True),
+                        [(5, 3), (7,)], steps=12)
+    for p, q in zip(rule, fused):
+        torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-6)
 
 
 def test_adamw_first_step_by_hand():
