@@ -119,3 +119,10 @@ def test_every_module_imports_in_a_fresh_interpreter():
     for name in ("soulcli.workflows.artifacts", "soulcli.workflows.evaluate", "soulcli.workflows.compare"):
         res = subprocess.run([sys.executable, "-c", code, name], capture_output=True, text=True)
         assert res.returncode == 0, f"{name}: {res.stderr[-800:]}"
+
+
+def test_the_engine_knows_no_objective():
+    """The step gets a forward that returns (loss, terms, logits): engine never imports objectives."""
+    graph = import_graph()
+    engine = {m: t for m, t in graph.items() if m.startswith("soulcli.engine")}
+    assert engine and not any(t.startswith("soulcli.objectives") for ts in engine.values() for t in ts)
