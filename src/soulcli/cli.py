@@ -1,14 +1,14 @@
 """The `soul` command line: parse, load the recipe, call a workflow, render errors.
 
-User mistakes (soulcli.errors.UserError) print one line on stderr and exit with code 2;
-a failed evaluation gate exits with code 3; anything else is a bug and keeps its traceback.
+User mistakes (soulcli.errors.UserError) and write errors (read-only, full disk, ...) print one
+line on stderr and exit with code 2; a failed evaluation gate exits with code 3; a diverged run
+(soulcli.errors.DivergedError) with code 4; anything else is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
 
 import functools
 import inspect
-import json
 import os
 import sys
 import typing
@@ -19,7 +19,7 @@ from typing import Any, Callable, Optional
 import typer
 from rich.console import Console
 
-from soulcli.errors import GATE_FAILED_EXIT, USER_ERROR_EXIT, UserError
+from soulcli.errors import DIVERGED_EXIT, GATE_FAILED_EXIT, USER_ERROR_EXIT, DivergedError, UserError
 
 app = typer.Typer(
     name="soul",
@@ -36,6 +36,7 @@ OutputOpt = typer.Option(None, "--output", "-o", help="Output folder.")
 SeedOpt = typer.Option(None, "--seed", help="Random seed (overrides the recipe's seed).")
 JsonOpt = typer.Option(False, "--json", help="Print the machine-readable result on stdout, and nothing else.")
 QuietOpt = typer.Option(False, "--quiet", "-q", help="No progress or tables, only errors (and --json output).")
+OverwriteOpt = typer.Option(False, "--overwrite", help="Replace an earlier soulcli output at --output (a folder with .soulcli.json); other non-empty folders are never replaced.")
 
 
 def _quiet_libraries() -> None:
@@ -47,7 +48,9 @@ def _quiet_libraries() -> None:
 
 
 def _run(json_out: bool, quiet: bool, body: Callable[[Any], Any]) -> None:
-    """Run a command body with a reporter; render user errors as one line (exit 2)."""
+    """Run a command body with a reporter; render user and write errors as one line (exit 2),
+    a diverged run as one line (exit 4); ``--json`` output is strict JSON (NaN as null)."""
+    from soulcli.data.io import is_write_error, to_json
     from soulcli.engine.progress import Reporter
 
     console = Console(stderr=json_out, highlight=False)
@@ -61,11 +64,20 @@ def _run(json_out: bool, quiet: bool, body: Callable[[Any], Any]) -> None:
     except UserError as exc:
         err.print(f"[bold red]error:[/] {exc}", markup=True)
         raise typer.Exit(USER_ERROR_EXIT) from None
+    except DivergedError as exc:
+        err.print(f"[bold red]diverged:[/] {exc}", markup=True)
+        raise typer.Exit(DIVERGED_EXIT) from None
+    except OSError as exc:
+        if not is_write_error(exc):
+            raise
+        err.print(f"[bold red]error:[/] {exc.filename}: {exc.strerror}; free space, fix the permissions "
+                  "or choose another output folder")
+        raise typer.Exit(USER_ERROR_EXIT) from None
     except KeyboardInterrupt:
         err.print("interrupted: no output folder was finalised")
         raise typer.Exit(130) from None
     if json_out and result is not None:
-        sys.stdout.write(json.dumps(result, default=str) + "\n")
+        sys.stdout.write(to_json(result) + "\n")
         sys.stdout.flush()
     gate_failures = result.get("gate_failures") if isinstance(result, dict) else None
     if gate_failures:
@@ -131,6 +143,7 @@ def prepare_data(
     common: Common,
     source: Optional[str] = typer.Option(None, "--source", help="builtin, a folder of TOFU JSON/JSONL files, or a hub id (locuslab/TOFU)."),
     output: Optional[Path] = OutputOpt,
+    overwrite: bool = OverwriteOpt,
 ) -> None:
     """Build the built-in synthetic TOFU-style benchmark, or import real TOFU files.
 
@@ -146,7 +159,7 @@ def prepare_data(
     from soulcli.workflows.prepare import run_prepare
 
     extra = [f"data.source={source}"] if source else []
-    common.run(lambda rep: run_prepare(common.load(extra), rep, output))
+    common.run(lambda rep: run_prepare(common.load(extra), rep, output, overwrite))
 
 
 @command()
@@ -155,6 +168,7 @@ def finetune(
     which: str = typer.Option("target,retain", "--which", help="Models to train: target (on full), retain (on retainXX), or both."),
     force: bool = typer.Option(False, "--force", help="Retrain cached built-in models."),
     output: Optional[Path] = OutputOpt,
+    overwrite: bool = OverwriteOpt,
 ) -> None:
     """Train the target model (on `full`) and the retain reference model (on `retainXX`).
 
@@ -174,19 +188,22 @@ def finetune(
     if bad or not models:
         Console(stderr=True).print(f"[bold red]error:[/] --which {which}: use target, retain or target,retain")
         raise typer.Exit(USER_ERROR_EXIT)
-    common.run(lambda rep: run_finetune_command(common.load(), rep, models, output, force))
+    common.run(lambda rep: run_finetune_command(common.load(), rep, models, output, force, overwrite))
 
 
 @command()
 def unlearn(
     common: Common,
     output: Optional[Path] = OutputOpt,
+    overwrite: bool = OverwriteOpt,
 ) -> None:
     """Unlearn the forget set from the target model with the recipe's objective and optimizer.
 
     Builds (and caches) the built-in benchmark and models first when the recipe names them and
     they are missing. Writes runs/<recipe name>/ (or --output): model/, resolved_recipe.yaml,
     metrics.jsonl, eval.json, summary.json, versions.json; the folder appears only when complete.
+    An existing non-empty folder is refused (exit 2) unless --overwrite is given and soulcli
+    wrote it; a run whose loss or gradient becomes NaN/inf stops with exit code 4, saving nothing.
 
     [bold]Examples[/]
 
@@ -196,7 +213,7 @@ def unlearn(
     """
     from soulcli.workflows.unlearn import run_unlearn
 
-    common.run(lambda rep: run_unlearn(common.load(), rep, output))
+    common.run(lambda rep: run_unlearn(common.load(), rep, output, overwrite))
 
 
 @command()
@@ -227,7 +244,7 @@ def evaluate(
     from soulcli.workflows.evaluate import run_evaluate
 
     def body(rep):
-        from soulcli.eval.report import check_gates, parse_gate
+        from soulcli.eval.report import check_gates, null_reasons, parse_gate
 
         under = [parse_gate(g) for g in fail_under or []]
         over = [parse_gate(g) for g in fail_over or []]
@@ -236,7 +253,8 @@ def evaluate(
         out = run_evaluate(rcp, rep, run_dir, model, data, reference, chosen, output,
                            overrides=list(common.sets or []) if common.recipe is None else None)
         failures = check_gates(out["result"], under, over)
-        return {**out["aggregates"], "eval_json": out["path"], "gate_failures": failures}
+        return {**out["aggregates"], "null_reasons": null_reasons(out["result"]["metrics"], out["aggregates"]),
+                "eval_json": out["path"], "gate_failures": failures}
 
     common.run(body)
 
@@ -253,12 +271,14 @@ def compare_optimizers(
         help="all: every lr runs every seed; selected: the lr grid runs on the first seed and only "
              "the selected lr runs the others (default: compare.seed_policy)."),
     output: Optional[Path] = OutputOpt,
+    overwrite: bool = typer.Option(False, "--overwrite", help="Start an earlier comparison at --output over (its cells are deleted); without it, finished cells are reused."),
 ) -> None:
     """Run the SOUL experiment: optimizer x objective x learning rate from one target model.
 
     Same data order and seed in every cell; picks, per optimizer x objective, the setting with
     the best forget quality among those keeping model utility >= compare.utility_ratio x the
-    target's. Writes results.json, results.csv and plots; finished cells are not recomputed.
+    target's. Writes results.json, results.csv and plots; finished cells are not recomputed. A
+    cell whose training diverges (NaN/inf) is recorded as diverged and never selected.
 
     [bold]Example[/]
 
@@ -272,7 +292,7 @@ def compare_optimizers(
             extra.append(f"compare.{key}=[{value}]")
     if seed_policy:
         extra.append(f"compare.seed_policy={seed_policy}")
-    common.run(lambda rep: run_compare(common.load(extra), rep, output))
+    common.run(lambda rep: run_compare(common.load(extra), rep, output, overwrite))
 
 
 def main() -> None:

@@ -1,4 +1,4 @@
-"""The one error type for user mistakes, rendered by the CLI as a single line with exit code 2."""
+"""The error types the CLI renders as one line: user mistakes (exit 2), a diverged run (exit 4)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from typing import Iterable
 
 USER_ERROR_EXIT = 2
 GATE_FAILED_EXIT = 3
+DIVERGED_EXIT = 4
 
 
 class UserError(Exception):
@@ -14,6 +15,14 @@ class UserError(Exception):
 
     The message must name the problem and the fix in one line. The CLI prints it as
     ``error: <message>`` on stderr and exits with code 2, without a traceback.
+    """
+
+
+class DivergedError(Exception):
+    """Training met a non-finite loss or gradient (``unlearn.on_nonfinite: stop``).
+
+    The message names the step, the value and what to lower. The CLI prints it as
+    ``diverged: <message>`` on stderr and exits with code 4; nothing is saved as a finished run.
     """
 
 

@@ -133,6 +133,9 @@ class UnlearnConfig:
     lr_scheduler: Literal["constant", "linear", "cosine"] = "constant"
     warmup_steps: NonNegInt = 0
     max_grad_norm: Pos | None = 1.0
+    # a non-finite loss or gradient: "stop" the run (exit 4, nothing saved), or "skip" the step
+    # (no optimizer update; the count is in summary.json's skipped_steps)
+    on_nonfinite: Literal["stop", "skip"] = "stop"
     log_every: PosInt = 1
     influence: InfluenceConfig = field(default_factory=InfluenceConfig)
 

@@ -74,3 +74,29 @@ def test_help_says_what_and_shows_an_example(soul, cmd):
     assert "Example" in res.output and f"soul {cmd}" in res.output
     for opt in ("--recipe", "--set", "--output", "--seed", "--json", "--quiet"):
         assert opt in res.output
+
+
+def test_write_problems_are_one_line_before_any_work(soul, tmp_path):
+    (tmp_path / "afile").write_text("x")
+    line = _one_error_line(soul("unlearn", "--output", str(tmp_path / "afile" / "run")))
+    assert f"cannot create {tmp_path / 'afile' / 'run'}: {tmp_path / 'afile'} is a file" in line
+    line = _one_error_line(soul("unlearn", "--output", str(tmp_path / ("r" * 250))))
+    assert "too long for the file system" in line
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]
+
+
+def test_a_write_error_during_the_work_is_one_line(capsys):
+    import errno
+
+    import typer
+
+    from soulcli.cli import _run
+
+    def body(reporter):
+        raise OSError(errno.ENOSPC, "No space left on device", "/data/runs/x/model.safetensors")
+
+    with pytest.raises(typer.Exit) as exit_info:
+        _run(False, True, body)
+    assert exit_info.value.exit_code == 2
+    assert capsys.readouterr().err.strip() == ("error: /data/runs/x/model.safetensors: No space left on device; "
+                                               "free space, fix the permissions or choose another output folder")

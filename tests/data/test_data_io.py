@@ -4,12 +4,15 @@ strict JSON, content fingerprints."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 
 import pytest
 
 from soulcli.data import io
-from soulcli.data.io import (atomic_dir, atomic_write, files_fingerprint, to_json, write_benchmark_dir,
+from soulcli.data.io import (atomic_dir, atomic_write, check_writable_dir, files_fingerprint, to_json, write_benchmark_dir,
                              write_json, write_jsonl)
 from soulcli.errors import UserError
 
@@ -35,6 +38,8 @@ def test_atomic_dir_replacing(tmp_path):
     target.mkdir()
     with atomic_dir(target) as tmp:  # an empty folder may be replaced
         (tmp / "a").write_text("1")
+    assert sorted(p.name for p in target.iterdir()) == [".soulcli.json", "a"]  # the mark: soulcli wrote it
+    assert json.loads((target / ".soulcli.json").read_text())["pid"] == os.getpid()
     with pytest.raises(UserError, match="already exists"):
         with atomic_dir(target):
             pass
@@ -42,15 +47,85 @@ def test_atomic_dir_replacing(tmp_path):
         with atomic_dir(target, overwrite=True) as tmp:
             (tmp / "b").write_text("2")
             raise RuntimeError
-    assert [p.name for p in target.iterdir()] == ["a"]  # the old folder is intact
+    assert sorted(p.name for p in target.iterdir()) == [".soulcli.json", "a"]  # the old folder is intact
     with atomic_dir(target, overwrite=True) as tmp:
         (tmp / "b").write_text("2")
-    assert [p.name for p in target.iterdir()] == ["b"]
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["bench"]
+    assert sorted(p.name for p in target.iterdir()) == [".soulcli.json", "b"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bench"]  # no lock or temporary left
     (tmp_path / "file").write_text("x")
     with pytest.raises(UserError, match="not a folder"):
         with atomic_dir(tmp_path / "file", overwrite=True):
             pass
+
+
+def test_a_users_folder_is_never_replaced(tmp_path):
+    """Not without --overwrite, and not with it: only a folder carrying soulcli's mark is."""
+    user = tmp_path / "thesis"
+    (user / "src").mkdir(parents=True)
+    (user / "thesis.tex").write_bytes(b"\\documentclass{article}\n")
+    (user / "src" / "main.py").write_bytes(b"print(1)\n")
+    before = {p: p.read_bytes() for p in user.rglob("*") if p.is_file()}
+    with pytest.raises(UserError, match="already exists and is not empty.*--overwrite"):
+        with atomic_dir(user):
+            pytest.fail("the block must not run")
+    with pytest.raises(UserError, match="not written by soulcli"):
+        with atomic_dir(user, overwrite=True):
+            pytest.fail("the block must not run")
+    assert {p: p.read_bytes() for p in user.rglob("*") if p.is_file()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["thesis"]
+
+
+def test_write_problems_are_refused_before_the_work(tmp_path):
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(UserError, match="afile is a file"):
+        check_writable_dir(tmp_path / "afile" / "run")
+    with pytest.raises(UserError, match="too long for the file system"):
+        check_writable_dir(tmp_path / ("r" * 250))
+    assert check_writable_dir(tmp_path / "new" / "run") == tmp_path / "new" / "run"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]  # checking creates nothing
+
+
+_HOLD = """
+import sys, time
+from soulcli.data.io import output_lock
+with output_lock(sys.argv[1]):
+    print("locked", flush=True)
+    sys.stdin.read()
+"""
+
+
+def test_a_second_writer_is_refused_while_the_first_holds_the_lock(tmp_path):
+    target = tmp_path / "run"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    holder = subprocess.Popen([sys.executable, "-c", _HOLD, str(target)], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True, env=env)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(UserError, match=f"another soulcli process \\(pid {holder.pid}\\) is writing"):
+            with atomic_dir(target):
+                pytest.fail("the block must not run")
+        assert not target.exists()
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=30)
+    with atomic_dir(target) as tmp:  # released: the next run proceeds
+        (tmp / "a").write_text("1")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+
+
+def test_stale_temporaries_of_dead_runs_are_removed(tmp_path):
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale = tmp_path / f".run.tmp-{dead.pid}-0123abcd"
+    live = tmp_path / f".run.tmp-{os.getpid()}-4567cdef"
+    other = tmp_path / f".other.tmp-{dead.pid}-0123abcd"  # another target's: not ours to judge
+    for folder in (stale, live, other):
+        (folder / "model").mkdir(parents=True)
+    logged = []
+    with atomic_dir(tmp_path / "run", log=logged.append) as tmp:
+        (tmp / "a").write_text("1")
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([live.name, other.name, "run"])
+    assert logged == [f"removed {stale}, left by a run that was killed"]
 
 
 def test_interrupted_benchmark_write_leaves_nothing(tmp_path, monkeypatch):

@@ -8,7 +8,7 @@ import re
 import pytest
 
 from soulcli.data import wordpools as W
-from soulcli.data.io import MANIFEST_NAME, content_hash
+from soulcli.data.io import MANIFEST_NAME, OUTPUT_MARK, content_hash
 from soulcli.data.synthetic import (
     ATTRIBUTES,
     MAX_QUESTIONS_PER_AUTHOR,
@@ -169,8 +169,9 @@ def test_deterministic_byte_identical(tmp_path):
     write_benchmark(generate_benchmark(seed=7, **kw), tmp_path / "a")
     write_benchmark(generate_benchmark(seed=7, **kw), tmp_path / "b")
     write_benchmark(generate_benchmark(seed=8, **kw), tmp_path / "c")
-    files = sorted(p.name for p in (tmp_path / "a").iterdir())
+    files = sorted(p.name for p in (tmp_path / "a").iterdir() if p.name != OUTPUT_MARK)
     assert files == sorted([f"{n}.json" for n in SPLIT_NAMES] + [MANIFEST_NAME])
+    assert (tmp_path / "a" / OUTPUT_MARK).is_file()  # soulcli's mark (time, pid: not content)
     for f in files:
         assert (tmp_path / "a" / f).read_bytes() == (tmp_path / "b" / f).read_bytes(), f
     a = json.loads((tmp_path / "a" / MANIFEST_NAME).read_text())

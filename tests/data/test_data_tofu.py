@@ -214,9 +214,14 @@ def test_import_refuses_non_empty_output(tofu_folder, tmp_path):
     (out / "keep.txt").write_text("x")
     with pytest.raises(UserError, match="already exists"):
         import_tofu(tofu_folder, out)
-    assert (out / "keep.txt").exists()
-    import_tofu(tofu_folder, out, overwrite=True)
-    assert not (out / "keep.txt").exists() and (out / "full.json").exists()
+    with pytest.raises(UserError, match="not written by soulcli"):  # a user's folder: never replaced
+        import_tofu(tofu_folder, out, overwrite=True)
+    assert (out / "keep.txt").read_text() == "x"
+    earlier = tmp_path / "earlier"
+    import_tofu(tofu_folder, earlier)
+    (earlier / "stale.txt").write_text("x")
+    import_tofu(tofu_folder, earlier, overwrite=True)  # an earlier import is soulcli's: replaced
+    assert not (earlier / "stale.txt").exists() and (earlier / "full.json").exists()
 
 
 def test_import_bad_record_names_file(tofu_folder, tmp_path):

@@ -73,3 +73,12 @@ def test_render_summary_lists_values_and_reasons():
         "no reference given",
     ):
         assert fragment in text
+
+
+def test_a_gate_on_a_nan_value_fails():
+    """NaN compares false with everything, so without the check both gates below would pass."""
+    result = {"metrics": {"forget_rougeL_recall": {"value": float("nan")}, "model_utility": {"value": float("inf")}}}
+    assert check_gates(result, fail_over=["forget_rougeL_recall=0.3"], fail_under=["model_utility=0.5"]) == [
+        "gate --fail-under model_utility=0.5 failed: model_utility is inf, not a finite number",
+        "gate --fail-over forget_rougeL_recall=0.3 failed: forget_rougeL_recall is nan, not a finite number",
+    ]

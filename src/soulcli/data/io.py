@@ -7,40 +7,142 @@ through :func:`to_json`, so NaN and infinities are written as ``null`` (strict J
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import hashlib
 import json
 import math
 import os
+import re
 import secrets
 import shutil
+import sys
+import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping
+from typing import Any, Callable, Iterable, Iterator, Mapping
 
 from soulcli.errors import UserError
 
 MANIFEST_NAME = "benchmark.json"
 
 
-def _is_empty_dir(path: Path) -> bool:
-    return path.is_dir() and not any(path.iterdir())
+OUTPUT_MARK = ".soulcli.json"  # written inside every folder atomic_dir finalises
+_WRITE_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.EEXIST,
+                 errno.ENOTDIR, errno.EISDIR, errno.ENAMETOOLONG}
+
+
+def is_write_error(exc: BaseException) -> bool:
+    """An OSError the user can fix (read-only, full disk, no permission, a file in the way, a
+    name too long): the CLI renders it as one line naming the path (exit 2), not a traceback."""
+    return isinstance(exc, OSError) and exc.errno in _WRITE_ERRNOS
+
+
+def is_soulcli_output(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a folder soulcli wrote (it holds :data:`OUTPUT_MARK`)."""
+    return (Path(path) / OUTPUT_MARK).is_file()
+
+
+def mark_output(folder: str | os.PathLike) -> None:
+    """Write :data:`OUTPUT_MARK` (the command line, time and pid) into ``folder``, so a later
+    ``--overwrite`` knows soulcli wrote it."""
+    write_json(Path(folder) / OUTPUT_MARK, {
+        "written_by": "soulcli", "argv": sys.argv, "pid": os.getpid(),
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
 
 
 def check_writable_dir(path: str | os.PathLike, *, overwrite: bool = False) -> Path:
-    """Refuse early (before any work) a target that exists and may not be replaced."""
+    """Refuse early (before any work) a target that may not be written or replaced.
+
+    An absent or empty folder may be written. A non-empty one is refused unless ``overwrite``
+    is given and soulcli wrote it (:func:`is_soulcli_output`); a user's folder never is. A file
+    in the way, a read-only parent or a name too long for the file system is refused too.
+    """
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise UserError(f"{path} exists and is not a folder; choose another output folder")
-    if path.exists() and not overwrite and not _is_empty_dir(path):
-        raise UserError(
-            f"output folder {path} already exists and is not empty; choose another folder "
-            "or allow overwriting it"
-        )
+    if path.is_dir() and any(path.iterdir()):
+        if not overwrite:
+            raise UserError(f"output folder {path} already exists and is not empty; choose another "
+                            "folder, or pass --overwrite to replace an earlier soulcli output")
+        if not is_soulcli_output(path):
+            raise UserError(f"output folder {path} was not written by soulcli (it has no {OUTPUT_MARK}) "
+                            "and is never replaced; choose another folder")
+    existing = next(p for p in (path.parent, *path.parent.parents) if p.exists())
+    if not existing.is_dir():
+        raise UserError(f"cannot create {path}: {existing} is a file; choose another output folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(f"cannot write into {existing} (read-only or no permission); choose another output folder")
+    name_max = os.pathconf(existing, "PC_NAME_MAX")
+    too_long = [part for part in path.relative_to(existing).parts if len(os.fsencode(part)) + 24 > name_max]
+    if too_long:
+        raise UserError(f"the name {too_long[0][:40]}... in {path} is too long for the file system "
+                        f"(at most {name_max - 24} bytes here); choose a shorter output folder name")
     return path
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process
+    return True
+
+
+def remove_stale(path: Path) -> list[Path]:
+    """Remove the hidden ``.NAME.tmp-PID-*`` / ``.NAME.old-PID-*`` siblings of ``path`` left by
+    killed runs (only those whose process is gone); returns what was removed."""
+    pattern = re.compile(rf"\.{re.escape(path.name)}\.(?:tmp|old)-(\d+)-[0-9a-f]+")
+    removed = []
+    for sibling in path.parent.iterdir() if path.parent.is_dir() else ():
+        match = pattern.fullmatch(sibling.name)
+        if match and not _pid_alive(int(match.group(1))):
+            if sibling.is_dir():
+                shutil.rmtree(sibling, ignore_errors=True)
+            else:
+                sibling.unlink(missing_ok=True)
+            removed.append(sibling)
+    return removed
+
+
 @contextmanager
-def atomic_dir(path: str | os.PathLike, *, overwrite: bool = False) -> Iterator[Path]:
+def output_lock(path: str | os.PathLike) -> Iterator[None]:
+    """Hold an exclusive lock on the output ``path`` (``fcntl.flock`` on ``.NAME.lock`` beside it,
+    non-blocking): a second soulcli process writing the same folder is refused at once with a
+    user error naming the first one's pid. The lock file is removed on release."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock = path.parent / f".{path.name}.lock"
+    while True:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            other = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise UserError(f"another soulcli process (pid {other}) is writing {path}; wait for it "
+                            "to finish or choose another output folder") from None
+        try:  # the holder before us may have removed the file after we opened it: retry
+            same = os.stat(lock).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        yield
+    finally:
+        lock.unlink(missing_ok=True)
+        os.close(fd)
+
+
+@contextmanager
+def atomic_dir(path: str | os.PathLike, *, overwrite: bool = False,
+               log: Callable[[str], None] | None = None) -> Iterator[Path]:
     """Build a folder in a hidden temporary sibling and rename it into place on success.
 
     Usage::
@@ -49,35 +151,58 @@ def atomic_dir(path: str | os.PathLike, *, overwrite: bool = False) -> Iterator[
             (tmp / "a.json").write_text(...)
 
     If the block raises (or the process dies), ``path`` is untouched: either absent or the
-    previous complete folder; a crash can leave only a hidden ``.<name>.tmp-*`` sibling.
-    An existing empty folder is replaced; a non-empty one only with ``overwrite=True``.
+    previous complete folder; a crash can leave only a hidden ``.<name>.tmp-*`` sibling, which
+    the next run into the same parent removes (``log`` is told). The target is checked
+    (:func:`check_writable_dir`) and locked (:func:`output_lock`) on entry, before the block's
+    work, and the finished folder carries :data:`OUTPUT_MARK`.
     """
     path = check_writable_dir(path, overwrite=overwrite)
     parent = path.parent
-    parent.mkdir(parents=True, exist_ok=True)
-    tmp = parent / f".{path.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
-    tmp.mkdir()  # respects the umask, unlike tempfile.mkdtemp (0700)
-    try:
-        yield tmp
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    try:
-        check_writable_dir(path, overwrite=overwrite)  # something may have appeared meanwhile
-        if path.exists():
-            old = parent / f".{path.name}.old-{os.getpid()}-{secrets.token_hex(4)}"
-            os.replace(path, old)
-            try:
+    with output_lock(path):
+        for stale in remove_stale(path):
+            if log is not None:
+                log(f"removed {stale}, left by a run that was killed")
+        tmp = parent / f".{path.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
+        tmp.mkdir()  # respects the umask, unlike tempfile.mkdtemp (0700)
+        try:
+            yield tmp
+            mark_output(tmp)
+            check_writable_dir(path, overwrite=overwrite)  # something may have appeared meanwhile
+            if path.exists():
+                old = parent / f".{path.name}.old-{os.getpid()}-{secrets.token_hex(4)}"
+                os.replace(path, old)
+                try:
+                    os.replace(tmp, path)
+                except BaseException:
+                    os.replace(old, path)
+                    raise
+                shutil.rmtree(old, ignore_errors=True)
+            else:
                 os.replace(tmp, path)
-            except BaseException:
-                os.replace(old, path)
-                raise
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+
+
+def open_resumable_dir(path: str | os.PathLike, *, resume_if: str, overwrite: bool = False) -> bool:
+    """Prepare a folder that a command fills over time (hold :func:`output_lock` on it).
+
+    An earlier soulcli output holding ``resume_if`` is resumed (returns True) unless
+    ``overwrite``; otherwise the folder is checked like :func:`check_writable_dir` (so a
+    user's non-empty folder is refused), an earlier soulcli output removed, and an empty
+    marked folder created (returns False).
+    """
+    path = Path(path)
+    if not overwrite and is_soulcli_output(path) and (path / resume_if).exists():
+        return True
+    check_writable_dir(path, overwrite=overwrite)
+    if path.is_dir() and any(path.iterdir()):  # checked above: soulcli wrote it
+        old = path.parent / f".{path.name}.old-{os.getpid()}-{secrets.token_hex(4)}"
+        os.replace(path, old)
+        shutil.rmtree(old, ignore_errors=True)
+    path.mkdir(parents=True, exist_ok=True)
+    mark_output(path)
+    return False
 
 
 def atomic_write(path: str | os.PathLike, data: str | bytes) -> Path:

@@ -4,7 +4,10 @@ A step: the forward returns its loss, its logged terms and the logits it compute
 batches they belong to); every ``hessian_interval`` steps the curvature estimator takes its
 sample from those logits (one extra backward, no extra forward); backward; clip; the
 estimator's after-backward part (the empirical Fisher reads ``p.grad``); optimizer step;
-diagnostics; scheduler; a metrics row. The curvature calls are explicit lines through the
+diagnostics; scheduler; a metrics row. A non-finite loss (checked before the curvature sample,
+which would carry it into the optimizer's state) or gradient norm stops the run with
+:class:`~soulcli.errors.DivergedError`, or, with ``on_nonfinite="skip"``, drops that step's
+update and counts it. The curvature calls are explicit lines through the
 small :class:`~soulcli.optim.curvature.CurvatureEstimator` protocol, as in the Sophia
 authors' nanoGPT loop.
 """
@@ -19,6 +22,7 @@ from typing import Any, Callable, Iterable, Protocol
 import torch
 
 from soulcli.engine.progress import Reporter
+from soulcli.errors import DivergedError
 from soulcli.optim.curvature import CurvatureEstimator, Part
 
 
@@ -42,6 +46,7 @@ class Training:
     hessian_interval: int = 10
     max_grad_norm: float | None = None
     log_every: int = 1
+    on_nonfinite: str = "stop"  # stop: raise DivergedError; skip: no update for that step
 
 
 @dataclass
@@ -51,6 +56,7 @@ class LoopResult:
     tokens: int
     last: dict[str, Any]
     rows: list[dict[str, Any]]
+    skipped: int = 0  # steps dropped for a non-finite loss or gradient (on_nonfinite: skip)
 
 
 def make_scheduler(optimizer, kind: str, total_steps: int, warmup_steps: int = 0,
@@ -70,40 +76,68 @@ def make_scheduler(optimizer, kind: str, total_steps: int, warmup_steps: int = 0
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
+def _update(run: Training, out: StepOutput, params: list[torch.nn.Parameter],
+            step: int) -> tuple[float, dict[str, float]] | None:
+    """The step's update from its forward output: (grad norm, diagnostics), or None when the
+    loss or the gradient is not finite and ``run.on_nonfinite`` is ``skip``."""
+    opt, curvature = run.optimizer, run.curvature
+
+    def finite(name: str, value: float) -> bool:
+        if math.isfinite(value):
+            return True
+        if run.on_nonfinite == "stop":
+            raise DivergedError(
+                f"the {name} became {value} at step {step} (lr {opt.param_groups[0]['lr']:g}); nothing "
+                "was saved: lower the learning rate (or max_grad_norm), or set on_nonfinite: skip")
+        return False
+
+    if not finite("loss", float(out.loss.detach())):
+        return None
+    diag: dict[str, float] = {}
+    if curvature is not None and (step - 1) % run.hessian_interval == 0:
+        diag |= curvature.estimate(run.model, out.logits, opt)
+    out.loss.backward()
+    if run.max_grad_norm is not None:
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, run.max_grad_norm))
+    else:
+        grad_norm = float(torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None]))
+    if not finite("gradient norm", grad_norm):
+        return None
+    if curvature is not None:
+        diag |= curvature.after_backward(out.logits, opt)
+    opt.step()
+    if hasattr(opt, "diagnostics"):
+        diag |= opt.diagnostics() or {}
+    return grad_norm, diag
+
+
 def train(run: Training, batches: Iterable[Any], num_steps: int, reporter: Reporter,
           description: str, on_row: Callable[[dict[str, Any]], None] | None = None,
           on_step_end: Callable[[int], None] | None = None) -> LoopResult:
     """Take one step per batch (``num_steps`` of them); ``on_row`` gets each logged row,
     ``on_step_end`` the number of steps done (the model is put back in train mode after)."""
-    model, opt, curvature = run.model, run.optimizer, run.curvature
+    model, opt = run.model, run.optimizer
     params = [p for p in model.parameters() if p.requires_grad]
     model.train()
     rows: list[dict[str, Any]] = []
-    tokens, last, start = 0, {}, time.perf_counter()
+    tokens, skipped, last, start = 0, 0, {}, time.perf_counter()
     with reporter.task(description, num_steps) as task:
         for step, batch in enumerate(batches):
             t0 = time.perf_counter()
-            out = run.forward(model, batch)
-            diag: dict[str, float] = {}
-            if curvature is not None and step % run.hessian_interval == 0:
-                diag |= curvature.estimate(model, out.logits, opt)
-            out.loss.backward()
-            if run.max_grad_norm is not None:
-                grad_norm = float(torch.nn.utils.clip_grad_norm_(params, run.max_grad_norm))
-            else:
-                grad_norm = float(torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None]))
-            if curvature is not None:
-                diag |= curvature.after_backward(out.logits, opt)
             lr = opt.param_groups[0]["lr"]
-            opt.step()
-            if hasattr(opt, "diagnostics"):
-                diag |= opt.diagnostics() or {}
+            out = run.forward(model, batch)
+            update = _update(run, out, params, step + 1)
             opt.zero_grad(set_to_none=True)
             if run.scheduler is not None:
                 run.scheduler.step()
             tokens += sum(int(data["attention_mask"].sum()) for data, _ in out.logits)
             loss, terms = float(out.loss.detach()), out.terms
             del out  # the step's graph and logits
+            skipped += update is None
+            if update is None and skipped == 1:
+                reporter.info(f"[yellow]warning:[/] step {step + 1} skipped: non-finite loss or gradient "
+                              "(no update; every skipped step is counted in the run's summary)")
+            grad_norm, diag = update or (math.nan, {"skipped": 1})
             last = {"step": step + 1, "loss": loss, **terms, "lr": lr, "grad_norm": grad_norm,
                     **diag, "step_seconds": time.perf_counter() - t0,
                     "seconds": time.perf_counter() - start}
@@ -111,11 +145,11 @@ def train(run: Training, batches: Iterable[Any], num_steps: int, reporter: Repor
                 rows.append(last)
                 if on_row is not None:
                     on_row(last)
-            if not math.isfinite(loss):
-                reporter.info(f"[yellow]warning:[/] the loss became {loss} at step {step + 1}; "
-                              "lower the learning rate")
             task.update(1, loss=loss, **{k: v for k, v in terms.items() if isinstance(v, float)})
             if on_step_end is not None:
                 on_step_end(step + 1)
                 model.train()
-    return LoopResult(num_steps, time.perf_counter() - start, tokens, last, rows)
+    if not all(bool(torch.isfinite(p).all()) for p in params):  # a finite step can still overflow
+        raise DivergedError("the parameters are not finite after the last step; nothing was saved: "
+                            "lower the learning rate")
+    return LoopResult(num_steps, time.perf_counter() - start, tokens, last, rows, skipped)

@@ -2,7 +2,8 @@
 
 Gates: ``--fail-under model_utility=0.5`` fails when the metric is below 0.5,
 ``--fail-over forget_rougeL_recall=0.3`` when it is above 0.3 (both repeatable). A gate on a
-metric that is unavailable, or was not computed, fails too: a gate must never pass by default.
+metric that is unavailable, was not computed, or is not a finite number (NaN compares false
+with everything) fails too: a gate must never pass by default.
 The CLI exits with :data:`soulcli.errors.GATE_FAILED_EXIT` (3) when any gate fails, printing
 :func:`check_gates`' messages.
 """
@@ -59,6 +60,16 @@ def render_summary(result: Mapping[str, Any], console: Console) -> None:
     console.print(table)
 
 
+def null_reasons(metrics: Mapping[str, Mapping[str, Any]], names: Iterable[str]) -> dict[str, str]:
+    """Why each of ``names`` has no finite value (strict JSON prints it as ``null``)."""
+    reasons = {}
+    for name in names:
+        value = metrics.get(name, {}).get("value")
+        if value is None or not math.isfinite(value):
+            reasons[name] = metrics.get(name, {}).get("unavailable") or "not a finite number"
+    return reasons
+
+
 def parse_gate(text: str) -> Gate:
     """``"model_utility=0.5"`` -> ``("model_utility", 0.5)``; a user error names the fix."""
     name, sep, number = str(text).partition("=")
@@ -112,6 +123,8 @@ def check_gates(
                 failures.append(
                     f"gate {gate} failed: {name} is unavailable ({entry.get('unavailable', 'no value')})"
                 )
+            elif not math.isfinite(entry["value"]):
+                failures.append(f"gate {gate} failed: {name} is {entry['value']}, not a finite number")
             elif fails(entry["value"], threshold):
                 relation = "below" if flag == "--fail-under" else "above"
                 failures.append(

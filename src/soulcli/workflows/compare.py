@@ -4,7 +4,9 @@ Every cell starts from the same target model, with the same batch plan and seed,
 evaluated every ``eval.eval_every`` steps. Per optimizer x objective the setting (learning
 rate, step) with the highest forget quality among those keeping model utility at least
 ``compare.utility_ratio`` x the target's is selected (mean over seeds). Finished cells are
-stored in ``cells/`` and never recomputed, so an interrupted comparison resumes.
+stored in ``cells/`` and never recomputed, so an interrupted comparison resumes (``--overwrite``
+starts it over). A cell whose training diverges (non-finite loss or gradient) is stored as
+diverged, with no evaluations, so it is never selected.
 
 ``compare.seed_policy``: ``all`` runs every learning rate with every seed; ``selected`` runs
 the learning-rate grid on the first seed, picks the learning rate per optimizer x objective by
@@ -27,8 +29,9 @@ import torch
 
 from soulcli.engine.memory import PeakMemory
 from soulcli.engine.progress import Reporter
-from soulcli.data.io import atomic_write, write_json
+from soulcli.data.io import atomic_write, open_resumable_dir, output_lock, write_json
 from soulcli.engine.rundir import versions
+from soulcli.errors import DivergedError
 from soulcli.recipe import Recipe, recipe_to_dict, replace
 from soulcli.workflows import artifacts, common
 from soulcli.workflows.evaluate import eval_config, reference_stats
@@ -287,12 +290,24 @@ def render_table(selected: list[dict], target: dict, rule: str, console) -> None
     console.print(table)
 
 
-def run_compare(recipe: Recipe, reporter: Reporter, output: Path | None = None) -> dict[str, Any]:
+def run_compare(recipe: Recipe, reporter: Reporter, output: Path | None = None,
+                overwrite: bool = False) -> dict[str, Any]:
+    """The whole `soul compare-optimizers` command, holding the output folder's lock: an earlier
+    comparison there is resumed (or, with ``overwrite``, started over); any other non-empty
+    folder is refused."""
+    out_dir = Path(output or recipe.output_dir or Path("runs") / f"{recipe.name}_compare")
+    with output_lock(out_dir):
+        if open_resumable_dir(out_dir, resume_if="cells", overwrite=overwrite):
+            reporter.info(f"Resuming the comparison in {out_dir} (finished cells are reused; "
+                          "--overwrite starts over)")
+        return compare_into(recipe, reporter, out_dir)
+
+
+def compare_into(recipe: Recipe, reporter: Reporter, out_dir: Path) -> dict[str, Any]:
     from soulcli.eval import evaluate_model
     from soulcli.models.loading import load_model
 
     device = common.setup_runtime(recipe)
-    out_dir = Path(output or recipe.output_dir or Path("runs") / f"{recipe.name}_compare")
     cells_dir = out_dir / "cells"
     cells_dir.mkdir(parents=True, exist_ok=True)
     data_dir, target_dir = artifacts.target_model_path(recipe, reporter)
@@ -331,7 +346,11 @@ def run_compare(recipe: Recipe, reporter: Reporter, output: Path | None = None) 
                     task.update(1, cell=f"{cell.id} (done before)")
                     continue
                 reporter.info(f"cell {cell.id}")
-                res = run_cell(recipe, cell, data_dir, target_dir, reference, reporter, device, eval_every)
+                try:
+                    res = run_cell(recipe, cell, data_dir, target_dir, reference, reporter, device, eval_every)
+                except DivergedError as exc:
+                    reporter.info(f"[yellow]warning:[/] cell {cell.id} diverged ({exc}); recorded, never selected")
+                    res = {**asdict(cell), "id": cell.id, "diverged": str(exc), "evaluations": []}
                 write_json(path, res)
                 results.append(res)
                 task.update(1, cell=cell.id)
@@ -348,12 +367,13 @@ def run_compare(recipe: Recipe, reporter: Reporter, output: Path | None = None) 
             f"* = no setting met the rule, best utility shown")
     pool = at_selected_lr(results, tuned) if staged else results
     selected = select(pool, target["model_utility"], c.utility_ratio)
+    diverged = [c["id"] for c in results if c.get("diverged")]
     summary = {"rule": rule, "target": target, "target_model": str(target_dir), "data": str(data_dir),
-               "selected": selected, "cells": results, "recipe": recipe_to_dict(recipe), "versions": versions()}
+               "selected": selected, "diverged": diverged, "cells": results, "recipe": recipe_to_dict(recipe), "versions": versions()}
     write_json(out_dir / "results.json", summary)
     atomic_write(out_dir / "results.csv", results_csv(results))
     plots = plot(results, selected, target, out_dir)
     if not reporter.quiet:
         render_table(selected, target, rule, reporter.console)
         reporter.info(f"Results in {out_dir}: results.json, results.csv, {', '.join(plots)}")
-    return {"path": str(out_dir), "rule": rule, "target": target, "selected": selected}
+    return {"path": str(out_dir), "rule": rule, "target": target, "selected": selected, "diverged": diverged}

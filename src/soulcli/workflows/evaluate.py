@@ -114,6 +114,25 @@ def _load_reference(arg: str | None, recipe: Recipe, reporter: Reporter, data_di
     return Path(resolve_model_path(arg)), None
 
 
+def earlier_eval(path: Path, fingerprint: str) -> dict | None:
+    """The eval.json at ``path`` that newly computed metrics merge into (None if absent), so
+    `soul evaluate RUN --metrics a` keeps the others; a file that is not an evaluation on this
+    data is refused (merging would mix two evaluations)."""
+    if path.is_dir():
+        raise UserError(f"--output {path} is a folder; give the eval.json file to write")
+    if not path.exists():
+        return None
+    try:
+        old = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        old = None
+    if not isinstance(old, dict) or not isinstance(old.get("metrics"), dict):
+        raise UserError(f"{path} exists and is not an eval.json; choose another --output")
+    if old.get("data_fingerprint") not in (None, fingerprint):
+        raise UserError(f"{path} holds an evaluation on other data ({old.get('data')}); choose another --output")
+    return old
+
+
 def run_evaluate(recipe: Recipe | None, reporter: Reporter, run_dir: Path | None, model_path: str | None,
                  data: str | None, reference: str | None, metrics: tuple[str, ...] | None,
                  output: Path | None, overrides: list[str] | None = None) -> dict[str, Any]:
@@ -139,20 +158,25 @@ def run_evaluate(recipe: Recipe | None, reporter: Reporter, run_dir: Path | None
     data_dir = common.benchmark_dir(recipe, reporter)
     ref_model, ref_data = _load_reference(reference, recipe, reporter, data_dir, device)
     model, tokenizer = load_model(model_path, recipe.model.dtype, device)
-    output = output or Path(model_path) / "eval.json"
-    out = evaluate_and_report(recipe, model, tokenizer, data_dir, reporter, output,
+    output = Path(output or Path(model_path) / "eval.json")
+    old = earlier_eval(output, common.data_fingerprint(data_dir))  # before the work
+    out = evaluate_and_report(recipe, model, tokenizer, data_dir, reporter, None,
                               reference_model=ref_model, reference=ref_data, model_label=model_path,
                               metrics=metrics, title=f"evaluation of {model_path}")
-    out["path"] = str(output)
-    return out
+    result = out["result"]
+    if old is not None:
+        result = {**old, **result, "metrics": {**old["metrics"], **result["metrics"]}}
+    write_json(output, result)
+    return {**out, "result": result, "path": str(output)}
 
 
 def run_finetune_command(recipe: Recipe, reporter: Reporter, which: Sequence[str],
-                         output: Path | None = None, force: bool = False) -> dict:
+                         output: Path | None = None, force: bool = False, overwrite: bool = False) -> dict:
     """`soul finetune`: train (or reuse), then evaluate the target against the retain model."""
     from soulcli.models.loading import load_model
 
-    results = run_finetune(recipe, reporter, which, output, force=force or output is not None)
+    results = run_finetune(recipe, reporter, which, output, force=force or output is not None,
+                           overwrite=overwrite)
     if "target" not in results:
         return {"models": results}
     device = common.setup_runtime(recipe)

@@ -19,7 +19,7 @@ from typing import Sequence
 import torch
 
 from soulcli.data.encode import encode_qa_batch, pad_batch
-from soulcli.data.io import atomic_dir, write_json, write_jsonl
+from soulcli.data.io import atomic_dir, check_writable_dir, write_json, write_jsonl
 from soulcli.data.tofu import forget_split_names
 from soulcli.engine.loop import LoopResult, Training, make_scheduler, train
 from soulcli.engine.progress import Reporter
@@ -79,7 +79,7 @@ def _base_model(recipe: Recipe, data_dir: Path, reporter: Reporter, device: torc
         reporter.info(f"Training a BPE tokenizer (vocab {m.vocab_size}) on the benchmark text")
         texts = []
         for f in sorted(data_dir.glob("*.json")):
-            if f.name == "benchmark.json":
+            if f.name == "benchmark.json" or f.name.startswith("."):
                 continue
             for row in common.load_split(data_dir, f.stem):
                 texts += [v for v in row.values() if isinstance(v, str)]
@@ -97,10 +97,13 @@ def _base_model(recipe: Recipe, data_dir: Path, reporter: Reporter, device: torc
 
 
 def run_finetune(recipe: Recipe, reporter: Reporter, which: Sequence[str] = ("target", "retain"),
-                 output: Path | None = None, force: bool = True) -> dict[str, dict]:
+                 output: Path | None = None, force: bool = True, overwrite: bool = False) -> dict[str, dict]:
     """Train the requested models; each is saved (atomically) with its training record.
 
-    With ``force=False`` a model already in its folder is reused, not retrained.
+    With ``force=False`` a model already in its folder is reused, not retrained. Under
+    ``output``, OUTPUT/target and OUTPUT/retain are checked before any training: an existing
+    non-empty one is replaced only with ``overwrite`` and only if soulcli wrote it (a cached
+    built-in model, being soulcli's own, is always replaceable).
     """
     from soulcli.models.loading import export_model
 
@@ -115,30 +118,34 @@ def run_finetune(recipe: Recipe, reporter: Reporter, which: Sequence[str] = ("ta
         "target": ("full", output / "target" if output else paths.target),
         "retain": (retain_name, output / "retain" if output else paths.retain),
     }
+    replace_ok = overwrite or output is None
+    todo = [name for name in which if force or not (plans[name][1] / "training.json").is_file()]
+    for name in todo:  # before any training
+        check_writable_dir(plans[name][1], overwrite=replace_ok)
     results: dict[str, dict] = {}
     for name in which:
         split, out_dir = plans[name]
-        if not force and (out_dir / "training.json").is_file():
+        if name not in todo:
             record = json.loads((out_dir / "training.json").read_text())
             reporter.info(f"The {name} model is already trained in {out_dir} (reused; --force retrains)")
             results[name] = {**record, "path": str(out_dir), "reused": True}
             continue
-        rows = common.load_split(data_dir, split) + general
-        model, tokenizer = _base_model(recipe, data_dir, reporter, device)
-        n_params = sum(p.numel() for p in model.parameters())
-        reporter.info(f"Finetuning the {name} model ({n_params / 1e6:.2f}M parameters) on "
-                      f"{split}{' + general_knowledge' if general else ''}")
-        result = train_lm(model, tokenizer, rows, recipe, reporter, f"finetune {name}", device,
-                          seed=recipe.seed)
-        model.eval()
-        record = {
-            "model": name, "split": split, "items": len(rows), "parameters": n_params,
-            "steps": result.steps, "seconds": round(result.seconds, 2),
-            "tokens_per_second": round(result.tokens / max(result.seconds, 1e-9), 1),
-            "final_loss": result.last.get("loss"), "data": str(data_dir),
-            "data_fingerprint": common.data_fingerprint(data_dir),
-        }
-        with atomic_dir(out_dir, overwrite=True) as tmp:
+        with atomic_dir(out_dir, overwrite=replace_ok, log=reporter.info) as tmp:  # locked while training
+            rows = common.load_split(data_dir, split) + general
+            model, tokenizer = _base_model(recipe, data_dir, reporter, device)
+            n_params = sum(p.numel() for p in model.parameters())
+            reporter.info(f"Finetuning the {name} model ({n_params / 1e6:.2f}M parameters) on "
+                          f"{split}{' + general_knowledge' if general else ''}")
+            result = train_lm(model, tokenizer, rows, recipe, reporter, f"finetune {name}", device,
+                              seed=recipe.seed)
+            model.eval()
+            record = {
+                "model": name, "split": split, "items": len(rows), "parameters": n_params,
+                "steps": result.steps, "seconds": round(result.seconds, 2),
+                "tokens_per_second": round(result.tokens / max(result.seconds, 1e-9), 1),
+                "final_loss": result.last.get("loss"), "data": str(data_dir),
+                "data_fingerprint": common.data_fingerprint(data_dir),
+            }
             export_model(model, tokenizer, tmp)
             (tmp / "resolved_recipe.yaml").write_text(dump_recipe(recipe))
             write_json(tmp / "training.json", {**record, "versions": versions()})

@@ -11,13 +11,15 @@ from soulcli.recipe import Recipe
 from soulcli.workflows import common
 
 
-def run_prepare(recipe: Recipe, reporter: Reporter, output: Path | None = None) -> dict[str, Any]:
-    """Write the benchmark to ``output`` (or the recipe's cache) and describe it."""
+def run_prepare(recipe: Recipe, reporter: Reporter, output: Path | None = None,
+                overwrite: bool = False) -> dict[str, Any]:
+    """Write the benchmark to ``output`` (or the recipe's cache) and describe it; an existing
+    non-empty ``output`` is replaced only with ``overwrite`` and only if soulcli wrote it."""
     if output is None:
         data_dir = common.benchmark_dir(recipe, reporter)
     else:
         data_dir = Path(output)
-        common.write_benchmark(recipe, data_dir, reporter)
+        common.write_benchmark(recipe, data_dir, reporter, overwrite=overwrite)
     manifest = read_manifest(data_dir) or {}
     reporter.info(f"Benchmark ready in {data_dir}")
     counts = manifest.get("counts", {})

@@ -168,11 +168,11 @@ def unlearn_model(run: PreparedRun, reporter: Reporter, on_row=None, on_step_end
         model=wrap_model(run.model, run.dist, run.device), optimizer=opt, forward=objective,
         scheduler=make_scheduler(opt, u.lr_scheduler, len(batches), u.warmup_steps),
         curvature=curvature, hessian_interval=o.hessian_interval, max_grad_norm=u.max_grad_norm,
-        log_every=u.log_every)
+        log_every=u.log_every, on_nonfinite=u.on_nonfinite)
     result = train(training, batches, len(batches), reporter, "unlearn", on_row, on_step_end)
     run.model.eval()
     return {"steps": result.steps, "seconds": result.seconds, "last": result.last, "rows": result.rows,
-            "tokens_per_second": result.tokens / max(result.seconds, 1e-9)}
+            "tokens_per_second": result.tokens / max(result.seconds, 1e-9), "skipped_steps": result.skipped}
 
 
 def influence_step(run: PreparedRun, reporter: Reporter, batches: list, n_forget: int,
@@ -197,7 +197,7 @@ def influence_step(run: PreparedRun, reporter: Reporter, batches: list, n_forget
     row = {"step": 1, **{k: float(v) for k, v in diag.items()}, "seconds": time.perf_counter() - t0}
     if on_row:
         on_row(row)
-    return {"steps": 1, "seconds": row["seconds"], "last": row, "rows": [row]}
+    return {"steps": 1, "seconds": row["seconds"], "last": row, "rows": [row], "skipped_steps": 0}
 
 
 def run_win_rate_warning(rows: list[dict], rho: float | None) -> str | None:
@@ -208,8 +208,13 @@ def run_win_rate_warning(rows: list[dict], rho: float | None) -> str | None:
     return win_rate_warning(rates, window=min(5, len(rates)), rho=rho) if rates else None
 
 
-def run_unlearn(recipe: Recipe, reporter: Reporter, output: Path | None = None) -> dict[str, Any] | None:
-    """The whole `soul unlearn` command; returns the summary written to summary.json."""
+def run_unlearn(recipe: Recipe, reporter: Reporter, output: Path | None = None,
+                overwrite: bool = False) -> dict[str, Any] | None:
+    """The whole `soul unlearn` command; returns the summary written to summary.json.
+
+    The output folder is checked and locked before any work (a non-empty one is refused unless
+    ``overwrite`` and soulcli wrote it); it appears only when the run finished with finite values.
+    """
     from soulcli.models.loading import export_model
     from soulcli.workflows.evaluate import evaluate_and_report
 
@@ -222,11 +227,11 @@ def run_unlearn(recipe: Recipe, reporter: Reporter, output: Path | None = None) 
         unlearn_model(prepare_model(recipe, reporter, device, dist_ctx), reporter)
         dist_ctx.barrier()
         return None  # nothing to print: rank 0 reports
-    run = prepare_model(recipe, reporter, device, dist_ctx)
-    model, tokenizer, data_dir = run.model, run.tokenizer, run.data_dir
-    reference = artifacts.reference_model_path(recipe, reporter, data_dir)
-    dist_ctx.barrier()
-    with atomic_dir(out_dir, overwrite=True) as tmp:
+    with atomic_dir(out_dir, overwrite=overwrite, log=reporter.info) as tmp:
+        run = prepare_model(recipe, reporter, device, dist_ctx)
+        model, tokenizer, data_dir = run.model, run.tokenizer, run.data_dir
+        reference = artifacts.reference_model_path(recipe, reporter, data_dir)
+        dist_ctx.barrier()
         (tmp / "resolved_recipe.yaml").write_text(dump_recipe(recipe))
         write_json(tmp / "versions.json", versions())
         writer = JsonlWriter(tmp / "metrics.jsonl")
@@ -234,8 +239,11 @@ def run_unlearn(recipe: Recipe, reporter: Reporter, output: Path | None = None) 
             record = unlearn_model(run, reporter, on_row=writer)
         finally:
             writer.close()
-        warning = run_win_rate_warning(record["rows"], recipe.optimizer.args.get("rho"))
-        if warning:
+        warnings = [w for w in [run_win_rate_warning(record["rows"], recipe.optimizer.args.get("rho"))] if w]
+        if record["skipped_steps"]:
+            warnings.append(f"{record['skipped_steps']} of {record['steps']} steps were skipped "
+                            "(non-finite loss or gradient; unlearn.on_nonfinite: skip)")
+        for warning in warnings:
             reporter.info(f"[yellow]warning:[/] {warning}")
         export_model(model, tokenizer, tmp / "model")
         evaluation = evaluate_and_report(recipe, model, tokenizer, data_dir, reporter, tmp / "eval.json",
@@ -246,9 +254,10 @@ def run_unlearn(recipe: Recipe, reporter: Reporter, output: Path | None = None) 
             "target_model": str(run.target_dir), "data": str(data_dir),
             "objective": recipe.unlearn.objective, "optimizer": recipe.optimizer.name,
             "method": recipe.unlearn.method, "world_size": dist_ctx.world_size,
-            "steps": record["steps"], "seconds": round(record["seconds"], 2),
+            "steps": record["steps"], "skipped_steps": record["skipped_steps"],
+            "seconds": round(record["seconds"], 2),
             "final": {k: v for k, v in record["last"].items()},
-            "metrics": evaluation["aggregates"], "warnings": [warning] if warning else [],
+            "metrics": evaluation["aggregates"], "warnings": warnings,
         }
         write_json(tmp / "summary.json", summary)
     dist_ctx.barrier()
