@@ -18,7 +18,7 @@ install: $(STAMP)
 
 demo: install
 	$(SOUL) finetune --recipe $(RECIPE)
-	$(SOUL) unlearn --recipe $(RECIPE)
+	$(SOUL) unlearn --recipe $(RECIPE) --overwrite
 
 test: install
 	$(VENV)/bin/pytest
