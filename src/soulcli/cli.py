@@ -228,7 +228,7 @@ def evaluate(
     fail_over: Optional[list[str]] = typer.Option(None, "--fail-over", help="Gate: exit 3 if METRIC > VALUE, e.g. forget_rougeL_recall=0.3 (repeatable)."),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Where to write eval.json (default: RUN_DIR/eval.json)."),
 ) -> None:
-    """Compute TOFU's metrics (forget quality, model utility, ROUGE-L, truth ratio, MIA, ...).
+    """Compute the task's metrics (TOFU: forget quality, model utility, ROUGE-L, truth ratio, MIA, ...).
 
     Writes eval.json (per-item values and generations) and prints a summary table. With
     --fail-under / --fail-over it is a CI gate: exit code 3 names each failed gate.
@@ -251,8 +251,9 @@ def evaluate(
         rcp = common.load() if common.recipe is not None else None
         chosen = tuple(m.strip() for m in metrics.split(",") if m.strip()) if metrics else None
         out = run_evaluate(rcp, rep, run_dir, model, data, reference, chosen, output,
-                           overrides=list(common.sets or []) if common.recipe is None else None)
-        failures = check_gates(out["result"], under, over)
+                           overrides=list(common.sets or []) if common.recipe is None else None,
+                           gates=[name for name, _ in under + over])
+        failures = check_gates(out["result"], under, over, out["suite"])
         return {**out["aggregates"], "null_reasons": null_reasons(out["result"]["metrics"], out["aggregates"]),
                 "eval_json": out["path"], "gate_failures": failures}
 

@@ -17,11 +17,10 @@ from typing import Annotated, Any, Literal, Mapping
 import yaml
 
 from soulcli import schema
-from soulcli.data.synthetic import NumAuthors, QuestionsPerAuthor
-from soulcli.data.template import PromptTemplate
 from soulcli.errors import UserError, did_you_mean
 from soulcli.eval.config import EvalConfig
 from soulcli.schema import NON_NEGATIVE, POSITIVE, Range
+from soulcli.tasks import TASKS, DataConfig, TofuData, get_task
 
 # set by the engine from the recipe's own keys, not through optimizer.args
 OPTIMIZER_COMMON = ("params", "lr", "weight_decay")
@@ -35,19 +34,6 @@ Pos = Annotated[float, POSITIVE]
 PosInt = Annotated[int, POSITIVE]
 NonNeg = Annotated[float, NON_NEGATIVE]
 NonNegInt = Annotated[int, NON_NEGATIVE]
-
-
-@dataclass(frozen=True)
-class DataConfig:
-    """Where the benchmark comes from and how it is tokenised."""
-
-    source: str = "builtin"  # builtin | a local folder of TOFU files | a hub dataset id
-    seed: NonNegInt = 0  # the built-in benchmark's generator seed
-    forget_split: Literal["forget01", "forget05", "forget10"] = "forget10"
-    num_authors: NumAuthors = 100  # built-in benchmark size
-    questions_per_author: QuestionsPerAuthor = 10
-    max_length: Annotated[int, Range(ge=8)] = 128
-    template: PromptTemplate = field(default_factory=PromptTemplate)
 
 
 @dataclass(frozen=True)
@@ -155,13 +141,17 @@ class CompareConfig:
 
 @dataclass(frozen=True)
 class Recipe:
+    """A whole recipe. ``task`` chooses the task (``soulcli.tasks``); ``data`` is that task's own
+    section (the keys every task has plus the task's, e.g. TOFU's ``forget_split``)."""
+
     name: str = "recipe"
+    task: str = "tofu"
     seed: NonNegInt = 0
     cache_dir: str = ".soul"
     output_dir: str | None = None  # default runs/<name>
     device: str = "auto"
     threads: PosInt | None = None
-    data: DataConfig = field(default_factory=DataConfig)
+    data: DataConfig = field(default_factory=TofuData)
     model: ModelConfig = field(default_factory=ModelConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
@@ -210,6 +200,13 @@ def _check_values(recipe: Recipe, errors: list[str]) -> None:
     else:
         schema.check(OBJECTIVES[obj.objective].hyperparameters(), obj.objective_args,
                      "unlearn.objective_args", errors, owner=f"objective '{obj.objective}'")
+    if recipe.eval.metrics is not None:
+        from soulcli.eval import resolve_metrics
+
+        try:
+            resolve_metrics(get_task(recipe.data, recipe.task).suite(recipe.eval), recipe.eval.metrics)
+        except UserError as exc:
+            errors.append(f"eval.metrics: {exc} (task '{recipe.task}')")
     for i, name in enumerate(recipe.compare.optimizers):
         if name not in OPTIMIZERS:
             errors.append(f"compare.optimizers[{i}]: unknown optimizer '{name}'{did_you_mean(name, OPTIMIZERS)}")
@@ -282,7 +279,18 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
 def build_recipe(raw: Mapping[str, Any], source: str = "recipe") -> Recipe:
     """Validate a raw mapping into a :class:`Recipe`, reporting every problem at once."""
     errors: list[str] = []
+    raw = dict(raw)
+    data_raw = raw.pop("data", None)
+    task = raw.get("task", "tofu")
+    data_cls = TASKS[task].Data if isinstance(task, str) and task in TASKS else None
+    if data_cls is None:
+        errors.append(f"task: unknown task {task!r}{did_you_mean(str(task), TASKS)}; choose one of: "
+                      f"{', '.join(sorted(TASKS))}")
+        raw.pop("task", None)
     recipe = schema.build(Recipe, raw, "", errors)
+    data = schema.build(data_cls, data_raw, "data", errors) if data_cls else schema.MISSING
+    if recipe is not schema.MISSING and data is not schema.MISSING:
+        recipe = dataclasses.replace(recipe, data=data)
     if recipe is not schema.MISSING and not errors:
         _check_values(recipe, errors)
     if errors:

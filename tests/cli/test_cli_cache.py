@@ -7,6 +7,7 @@ import json
 import shutil
 from pathlib import Path
 
+from soulcli.data import tofu
 from soulcli.recipe import load_recipe
 from soulcli.workflows import common
 
@@ -77,8 +78,8 @@ def test_imported_tofu_is_keyed_by_its_content(soul, pipeline, tmp_path):
     (moved / "forget10.json").write_text("".join(json.dumps(r) + "\n" for r in rows))
     second, imported = prepare(moved)
     assert imported and second != first
-    assert common.load_split(second, "forget10")[0]["answer"] == "A changed answer."
-    assert common.load_split(first, "forget10")[0]["answer"] != "A changed answer."
+    assert tofu.load_split(second, "forget10")[0]["answer"] == "A changed answer."
+    assert tofu.load_split(first, "forget10")[0]["answer"] != "A changed answer."
 
 
 def test_content_keys_follow_data_and_settings(pipeline, tmp_path):

@@ -7,7 +7,10 @@ import json
 
 import pytest
 
+from soulcli.tasks import Headline, TofuTask
 from soulcli.workflows.compare import select
+
+TOFU = TofuTask.headline
 
 
 def _cell(opt, lr, seed, evals, win=None):
@@ -24,19 +27,28 @@ def test_selection_takes_best_forget_quality_among_settings_that_keep_utility():
         _cell("adamw", 3e-4, 0, [(5, 0.2, 0.80), (10, 0.95, 0.5)]),
         _cell("adamw", 3e-4, 1, [(5, 0.4, 0.78), (10, 0.99, 0.5)]),
     ]
-    (sel,) = select(cells, target_utility=0.88, ratio=0.9)  # floor 0.792
+    (sel,) = select(cells, target_utility=0.88, ratio=0.9, headline=TOFU)  # floor 0.792
     # lr 3e-4 step 5 has mean MU 0.79 < 0.792: not eligible; lr 1e-4 step 5 is
     assert (sel["lr"], sel["step"], sel["meets_utility_rule"]) == (1e-4, 5, True)
     assert sel["forget_quality"]["mean"] == pytest.approx(0.02)
     assert sel["forget_quality"]["min"] == 0.01 and sel["forget_quality"]["max"] == 0.03
     assert sel["forget_quality"]["std"] == pytest.approx(0.01)
     assert sel["seeds"] == [0, 1]
-    (loose,) = select(cells, target_utility=0.88, ratio=0.5)  # floor 0.44: everything eligible
+    (loose,) = select(cells, target_utility=0.88, ratio=0.5, headline=TOFU)  # floor 0.44: everything eligible
     assert (loose["lr"], loose["step"]) == (3e-4, 10)
 
 
+def test_a_lower_is_better_forget_metric_selects_the_lowest():
+    """MUSE-like headline: forget VerbMem, lower is better, utility retain KnowMem."""
+    headline = Headline(forget="forget_quality", forget_higher=False, utility="model_utility",
+                        columns=(("forget_quality", "F"),))
+    cells = [_cell("adamw", 1e-4, 0, [(5, 0.6, 0.85), (10, 0.2, 0.84), (15, 0.05, 0.5)])]
+    (sel,) = select(cells, target_utility=0.88, ratio=0.9, headline=headline)  # floor 0.792
+    assert (sel["step"], sel["forget_quality"]["mean"]) == (10, 0.2)  # 0.05 breaks utility
+
+
 def test_selection_flags_when_no_setting_keeps_utility():
-    (sel,) = select([_cell("signum", 1e-3, 0, [(5, 0.5, 0.1), (10, 0.9, 0.05)])], 0.9, 0.9)
+    (sel,) = select([_cell("signum", 1e-3, 0, [(5, 0.5, 0.1), (10, 0.9, 0.05)])], 0.9, 0.9, TOFU)
     assert sel["meets_utility_rule"] is False and sel["step"] == 5  # best utility among the failing
 
 
@@ -55,7 +67,7 @@ def test_compare_outputs_and_resume(soul, pipeline, tmp_path):
     assert 0 <= sophia["mean_win_rate"] <= 1 and sophia["time_per_step"] > 0
     rows = list(csv.DictReader((out / "results.csv").open()))
     assert len(rows) == 2 + 2 + 1
-    assert "best forget quality with model utility >= 0.9" in first["rule"]
+    assert "highest forget_quality with model_utility >= 0.9" in first["rule"]
     assert {s["optimizer"] for s in first["selected"]} == {"adamw", "sophiag", "influence"}
 
     # resume: finished cells are read back, not recomputed

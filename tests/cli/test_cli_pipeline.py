@@ -22,7 +22,8 @@ def test_prepare_data_writes_every_tofu_split(pipeline):
 def test_finetune_trains_both_models_and_evaluates_the_target(pipeline):
     models = pipeline["finetuned"]["models"]
     assert set(models) == {"target", "retain"}
-    assert models["target"]["split"] == "full" and models["retain"]["split"] == "retain90"
+    assert models["target"]["split"] == "full + general_knowledge"
+    assert models["retain"]["split"] == "retain90 + general_knowledge"
     assert models["target"]["steps"] == 4 * math.ceil((80 + models["target"]["items"] - 80) / 16)
     for m in models.values():  # plain HF folders, loadable without soulcli
         AutoModelForCausalLM.from_pretrained(m["path"])

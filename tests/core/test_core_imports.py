@@ -93,11 +93,11 @@ def test_workflows_layering():
 # the recipe sits above the components whose declared arguments it checks (eval's EvalConfig
 # is its `eval` section)
 LAYERS = {"errors": 0, "schema": 1, "data": 2, "models": 3, "objectives": 3, "optim": 3,
-          "engine": 4, "eval": 4, "recipe": 5, "workflows": 6, "cli": 7}
+          "engine": 4, "eval": 4, "tasks": 5, "recipe": 6, "workflows": 7, "cli": 8}
 
 
 def test_packages_depend_one_way():
-    """cli -> workflows -> recipe -> engine / eval -> objectives, optim, models -> data -> schema
+    """cli -> workflows -> recipe -> tasks -> engine / eval -> objectives, optim, models -> data -> schema
     -> errors; a module imports only lower layers (or its own package)."""
     def layer(module: str) -> int:
         return LAYERS[module.split(".")[1]]

@@ -11,14 +11,9 @@ import pytest
 from scipy import stats
 
 from soulcli.errors import UserError
-from soulcli.eval import (
-    METRICS,
-    EvalConfig,
-    evaluate_model,
-    load_reference,
-    reference_from_result,
-    save_reference,
-)
+from soulcli.eval import EvalConfig, load_reference, reference_from_result, save_reference
+
+from tofu_eval_helpers import tofu_eval, tofu_suite
 
 CFG = EvalConfig(batch_size=4, max_new_tokens=8)
 # What a reference feeds, without the (slow, unneeded) generations.
@@ -29,7 +24,7 @@ REF_CFG = EvalConfig(
 
 @pytest.fixture(scope="module")
 def full_result(model, tokenizer, template, split_factory):
-    return evaluate_model(model, tokenizer, template, split_factory(), CFG)
+    return tofu_eval(model, tokenizer, template, split_factory(), CFG)
 
 
 def _by_hand_metrics(model, splits, score_by_hand, pairwise_auc, k: float) -> dict[str, float]:
@@ -81,9 +76,9 @@ def _by_hand_metrics(model, splits, score_by_hand, pairwise_auc, k: float) -> di
     return out
 
 
-def test_every_metric_is_reported_in_the_eval_json_layout(full_result, splits):
+def test_every_metric_is_reported_in_the_eval_json_layout(full_result, splits, template):
     metrics = full_result["metrics"]
-    assert list(metrics) == list(METRICS)
+    assert list(metrics) == list(tofu_suite(template, CFG))
     assert all("value" in entry for entry in metrics.values())
     for split in ("forget", "retain", "real_authors", "world_facts"):
         for kind in ("prob", "truth_ratio", "rougeL_recall"):
@@ -130,7 +125,7 @@ def test_rouge_uses_the_stored_generations(full_result, splits):
 def test_reference_enables_forget_quality_and_privleak(
     retain_model, model, tokenizer, template, splits, tmp_path
 ):
-    retain_result = evaluate_model(retain_model, tokenizer, template, splits, REF_CFG)
+    retain_result = tofu_eval(retain_model, tokenizer, template, splits, REF_CFG)
     # A reference is JSON: cache it, or use the retain model's eval.json directly.
     cached = load_reference(
         save_reference(tmp_path / "ref.json", reference_from_result(retain_result))
@@ -138,7 +133,7 @@ def test_reference_enables_forget_quality_and_privleak(
     (tmp_path / "eval.json").write_text(json.dumps(retain_result))
     from_eval_json = load_reference(tmp_path / "eval.json")
     assert cached == from_eval_json
-    result = evaluate_model(model, tokenizer, template, splits, REF_CFG, reference=cached)
+    result = tofu_eval(model, tokenizer, template, splits, REF_CFG, reference=cached)
     metrics = result["metrics"]
     ours = metrics["forget_truth_ratio"]["per_item"]
     theirs = retain_result["metrics"]["forget_truth_ratio"]["per_item"]
@@ -154,7 +149,7 @@ def test_reference_enables_forget_quality_and_privleak(
     )
     assert set(metrics["privleak"]["by_attack"]) == {"loss", "zlib", "mink", "minkpp"}
     # The retain model against its own reference: identical distributions, no leak.
-    self_ref = evaluate_model(
+    self_ref = tofu_eval(
         retain_model, tokenizer, template, splits, REF_CFG, reference=retain_result
     )
     assert self_ref["metrics"]["forget_quality"]["value"] == pytest.approx(1.0)
@@ -163,7 +158,7 @@ def test_reference_enables_forget_quality_and_privleak(
 
 def test_reference_from_other_items_is_refused(full_result, model, tokenizer, template, splits):
     splits["forget"] = splits["forget"][1:] + splits["forget"][:1]
-    result = evaluate_model(model, tokenizer, template, splits, REF_CFG, reference=full_result)
+    result = tofu_eval(model, tokenizer, template, splits, REF_CFG, reference=full_result)
     for name in ("forget_quality", "privleak"):
         assert result["metrics"][name]["value"] is None
         assert "different 'forget' split" in result["metrics"][name]["unavailable"]
@@ -180,7 +175,7 @@ def test_each_pair_is_scored_once_and_selection_skips_unneeded_work(
         with_kwargs=True,
     )
     try:
-        result = evaluate_model(model, tokenizer, template, splits, cfg)
+        result = tofu_eval(model, tokenizer, template, splits, cfg)
     finally:
         handle.remove()
     distinct = {(r["question"], r["answer"]) for r in splits["forget"] + splits["holdout"]}
@@ -205,7 +200,7 @@ def test_missing_data_makes_metrics_unavailable_with_a_reason(model, tokenizer, 
     splits["world_facts"] = []
     del splits["retain"][1]["perturbed_answer"]
     cfg = EvalConfig(batch_size=8, max_new_tokens=2)
-    result = evaluate_model(model, tokenizer, template, splits, cfg)["metrics"]
+    result = tofu_eval(model, tokenizer, template, splits, cfg)["metrics"]
     assert result["mia_loss_auc"]["unavailable"] == "no 'holdout' split given"
     assert result["world_facts_prob"]["unavailable"] == "no 'world_facts' split given"
     assert "row 1 has no 'perturbed_answer'" in result["retain_truth_ratio"]["unavailable"]
@@ -216,14 +211,16 @@ def test_missing_data_makes_metrics_unavailable_with_a_reason(model, tokenizer, 
 
 def test_user_mistakes_raise_user_errors(model, tokenizer, template, splits):
     with pytest.raises(UserError, match="did you mean 'forget_prob'"):
-        EvalConfig(metrics=("forget_prb",))
+        tofu_eval(model, tokenizer, template, splits, EvalConfig(metrics=("forget_prb",)))
     with pytest.raises(UserError, match="batch_size.*mink_k"):
         EvalConfig(batch_size=0, mink_k=1.5)
     splits["forget10"] = splits.pop("forget")
     with pytest.raises(UserError, match="unknown evaluation split 'forget10'"):
-        evaluate_model(model, tokenizer, template, splits, CFG)
-    with pytest.raises(UserError, match="neither"):
-        reference_from_result({"metrics": {"forget_prob": {"value": 0.1}}})
+        tofu_eval(model, tokenizer, template, splits, CFG)
+    with pytest.raises(UserError, match="none of the metrics a reference needs"):
+        reference_from_result({"metrics": {"forget_prob": {"value": None}}})
+    with pytest.raises(UserError, match="none of the metrics a reference needs .forget_truth_ratio"):
+        reference_from_result({"metrics": {"forget_prob": {"value": 0.1}}}, ["forget_truth_ratio"])
 
 
 def test_a_peft_wrapped_model_evaluates_like_its_base(
@@ -238,7 +235,7 @@ def test_a_peft_wrapped_model_evaluates_like_its_base(
     wrapped = get_peft_model(copy.deepcopy(model), lora)
     names = ("forget_prob", "forget_rougeL_recall", "mia_minkpp_auc", "exact_memorization")
     cfg = EvalConfig(batch_size=4, max_new_tokens=8, metrics=names)
-    result = evaluate_model(wrapped, tokenizer, template, splits, cfg)["metrics"]
+    result = tofu_eval(wrapped, tokenizer, template, splits, cfg)["metrics"]
     for name in names:
         assert result[name]["value"] == pytest.approx(
             full_result["metrics"][name]["value"], abs=1e-6
@@ -254,7 +251,7 @@ def test_progress_announces_each_stage_then_counts_batches(model, tokenizer, tem
     cfg = EvalConfig(
         batch_size=8, max_new_tokens=2, metrics=("retain_prob", "retain_rougeL_recall")
     )
-    evaluate_model(model, tokenizer, template, splits, cfg, progress=lambda *a: calls.append(a))
+    tofu_eval(model, tokenizer, template, splits, cfg, progress=lambda *a: calls.append(a))
     n = len(splits["retain"])
     assert calls == [
         ("scoring", 0, n),

@@ -8,7 +8,13 @@ import pytest
 import torch
 
 from soulcli.data.template import PromptTemplate
-from soulcli.eval.generation import cut_at_stop, generate_answers
+from soulcli.eval.generation import cut_at_stop, generate_texts
+
+
+def generate_answers(model, tokenizer, template: PromptTemplate, questions, **kw) -> list[str]:
+    """Greedy answers to questions under a template: prompts and stop strings from it."""
+    return generate_texts(model, tokenizer, [template.prompt(q) for q in questions],
+                          stop_strings=template.stop_strings, **kw)
 
 
 def _questions(splits) -> list[str]:

@@ -6,7 +6,11 @@ import pytest
 from rich.console import Console
 
 from soulcli.errors import UserError
+from soulcli.data.template import PromptTemplate
 from soulcli.eval.report import check_gates, parse_gate, render_summary
+from tofu_eval_helpers import tofu_suite
+
+SUITE = tofu_suite(PromptTemplate())
 
 RESULT = {
     "metrics": {
@@ -26,8 +30,9 @@ def test_parse_gate():
         parse_gate("model_utility")
     with pytest.raises(UserError, match="not a number"):
         parse_gate("model_utility=high")
+    assert parse_gate("model_utilty=0.5") == ("model_utilty", 0.5)  # no suite: any name
     with pytest.raises(UserError, match="did you mean 'model_utility'"):
-        parse_gate("model_utilty=0.5")
+        parse_gate("model_utilty=0.5", SUITE)
 
 
 def test_gates_fail_with_messages_naming_the_gate():
@@ -57,12 +62,12 @@ def test_a_gate_on_a_missing_value_fails():
         "gate --fail-under mia_loss_auc=0.1 failed: mia_loss_auc was not computed (add it to the metrics selection)",
     ]
     with pytest.raises(UserError, match="did you mean"):
-        check_gates(RESULT, fail_over=["forget_rouge=0.3"])
+        check_gates(RESULT, fail_over=["forget_rouge=0.3"], suite=SUITE)
 
 
 def test_render_summary_lists_values_and_reasons():
     console = Console(record=True, width=200)
-    render_summary(RESULT, console)
+    render_summary(RESULT, console, SUITE)
     text = console.export_text()
     for fragment in (
         "model_utility",

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from soulcli.errors import UserError
-from soulcli.eval.scoring import length_order, score_pairs
+from soulcli.eval.scoring import Pair, length_order, score_pairs
 
 
 def _pairs(splits) -> list[tuple[str, str]]:
@@ -18,11 +18,15 @@ def _pairs(splits) -> list[tuple[str, str]]:
     return pairs
 
 
+def _qa(template, pairs) -> list[Pair]:
+    return [Pair(template.prompt(q), a) for q, a in pairs]
+
+
 def test_batched_scores_equal_per_item_scores(model, tokenizer, template, splits):
     pairs = _pairs(splits)
     flags = [i % 2 == 0 for i in range(len(pairs))]
-    batched = score_pairs(model, tokenizer, template, pairs, batch_size=6, with_stats=flags)
-    single = score_pairs(model, tokenizer, template, pairs, batch_size=1, with_stats=flags)
+    batched = score_pairs(model, tokenizer, _qa(template, pairs), batch_size=6, with_stats=flags)
+    single = score_pairs(model, tokenizer, _qa(template, pairs), batch_size=1, with_stats=flags)
     assert len({len(s.logprobs) for s in batched}) > 3  # lengths vary: batches are padded
     for b, s, flag in zip(batched, single, flags):
         np.testing.assert_allclose(b.logprobs, s.logprobs, atol=1e-5, rtol=0)
@@ -40,7 +44,7 @@ def test_scores_match_an_independent_forward_pass(
 ):
     pairs = _pairs(splits)[:12]
     scored = score_pairs(
-        model, tokenizer, template, pairs, batch_size=5, with_stats=[True] * len(pairs)
+        model, tokenizer, _qa(template, pairs), batch_size=5, with_stats=[True] * len(pairs)
     )
     for (question, answer), got in zip(pairs, scored):
         logprobs, hits, mu, sigma = score_by_hand(model, question, answer)
@@ -57,7 +61,7 @@ def test_length_order_is_longest_first_and_stable():
 
 def test_scoring_restores_model_mode(model, tokenizer, template):
     model.train()
-    score_pairs(model, tokenizer, template, [("Who wrote Emma?", "Jane Austen")])
+    score_pairs(model, tokenizer, _qa(template, [("Who wrote Emma?", "Jane Austen")]))
     assert model.training
     model.eval()
 
@@ -67,4 +71,16 @@ def test_pad_equal_to_eos_is_refused(model, tokenizer, template):
         tokenizer_object=tokenizer.backend_tokenizer, eos_token="</s>", pad_token="</s>"
     )
     with pytest.raises(UserError, match="pad token"):
-        score_pairs(model, tok, template, [("q", "a")])
+        score_pairs(model, tok, _qa(template, [("q", "a")]))
+
+
+def test_a_raw_text_is_scored_from_its_first_token_without_eos(model, tokenizer, score_by_hand):
+    """An empty prefix and eos=False (MUSE's PrivLeak sequences): BOS + text, every text token
+    after BOS scored, no EOS; equal to scoring the text as an 'answer' to an empty prompt minus
+    that answer's closing EOS."""
+    text = "Ada Quill writes mystery, mostly set in Lisbon."
+    (raw,) = score_pairs(model, tokenizer, [Pair("", text, eos=False)])
+    (closed,) = score_pairs(model, tokenizer, [Pair("", text)])
+    n = len(tokenizer(text, add_special_tokens=False)["input_ids"])
+    assert len(raw.logprobs) == n and len(closed.logprobs) == n + 1
+    np.testing.assert_allclose(raw.logprobs, closed.logprobs[:-1], atol=1e-5, rtol=0)

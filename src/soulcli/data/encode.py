@@ -2,10 +2,12 @@
 
 Conventions every module shares (optimizers' curvature estimators, objectives, evaluation):
 
-* An encoded item is ``[BOS] + prompt tokens + answer tokens + [EOS]``; prompt and answer are
-  tokenised separately so the boundary is exact whatever the tokenizer merges.
-* ``labels`` equal ``input_ids`` on answer tokens and the closing EOS, and are ``-100`` on
-  BOS, prompt and padding: only the answer is trained on or scored.
+* An encoded item is ``[BOS] + prefix tokens + continuation tokens + [EOS]`` (a question's
+  prompt and its answer, a prompt and its continuation); prefix and continuation are tokenised
+  separately so the boundary is exact whatever the tokenizer merges. Raw text for training is
+  cut into chunks, every token a label (:func:`encode_text_chunks`).
+* ``labels`` equal ``input_ids`` on continuation tokens and the closing EOS, and are ``-100``
+  on BOS, prefix and padding: only the answer is trained on or scored.
 * Labels are *unshifted* (Hugging Face convention): ``logits[:, t]`` predicts token ``t + 1``,
   so a loss compares ``logits[:, :-1]`` with ``labels[:, 1:]``.
 * Answer positions: ``answer_mask`` / ``pick_answer_logits`` / ``answer_logprobs`` below are the
@@ -55,24 +57,27 @@ def _ids(tokenizer, texts: Sequence[str]) -> list[list[int]]:
     return tokenizer(list(texts), add_special_tokens=False, split_special_tokens=True)["input_ids"]
 
 
-def encode_qa_batch(
+def encode_pairs(
     tokenizer,
-    template: PromptTemplate,
-    questions: Sequence[str],
-    answers: Sequence[str],
+    prefixes: Sequence[str],
+    continuations: Sequence[str],
     max_length: int = 512,
+    eos: bool | Sequence[bool] = True,
 ) -> list[EncodedItem]:
-    """Encode pairs; the answer (and its EOS) is truncated from the right to fit ``max_length``."""
-    if len(questions) != len(answers):
-        raise ValueError("questions and answers differ in length")
-    prompts = _ids(tokenizer, [template.prompt(q) for q in questions])
-    answer_ids = _ids(tokenizer, list(answers))
+    """Encode (prefix, continuation) pairs: ``[BOS] + prefix + continuation [+ EOS]``, labels on
+    the continuation (and its EOS) only. The continuation is cut from the right to fit
+    ``max_length``; a prefix that leaves no room is a user error. ``eos`` (one flag, or one per
+    pair) appends the EOS: an answer's end is part of it, a raw text's is not."""
+    if len(prefixes) != len(continuations):
+        raise ValueError("prefixes and continuations differ in length")
+    flags = [eos] * len(prefixes) if isinstance(eos, bool) else list(eos)
+    heads = _ids(tokenizer, list(prefixes))
+    tails = _ids(tokenizer, list(continuations))
     bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
-    eos = tokenizer.eos_token_id
     out: list[EncodedItem] = []
-    for p, a in zip(prompts, answer_ids):
+    for p, a, close in zip(heads, tails, flags):
         head = bos + list(p)
-        tail = (list(a) + [eos])[: max(0, max_length - len(head))]
+        tail = (list(a) + ([tokenizer.eos_token_id] if close else []))[: max(0, max_length - len(head))]
         if not tail:
             raise UserError(
                 f"a prompt is {len(head)} tokens, leaving no room for its answer within "
@@ -82,10 +87,40 @@ def encode_qa_batch(
     return out
 
 
-def encode_prompts(tokenizer, template: PromptTemplate, questions: Sequence[str]) -> list[list[int]]:
-    """Prompt ids (with BOS) for generation."""
+def encode_qa_batch(
+    tokenizer,
+    template: PromptTemplate,
+    questions: Sequence[str],
+    answers: Sequence[str],
+    max_length: int = 512,
+) -> list[EncodedItem]:
+    """Question/answer pairs under ``template``: :func:`encode_pairs` of ``template.prompt(q)``
+    and the answer closed by EOS."""
+    if len(questions) != len(answers):
+        raise ValueError("questions and answers differ in length")
+    return encode_pairs(tokenizer, [template.prompt(q) for q in questions], answers, max_length)
+
+
+def encode_text_chunks(tokenizer, texts: Sequence[str], max_length: int) -> list[EncodedItem]:
+    """Raw text for causal-LM training: each text as ``[BOS] + tokens + [EOS]``, cut into
+    consecutive chunks of at most ``max_length`` tokens, every token a label (plain next-token
+    loss over the whole chunk; MUSE trains on its corpora this way, in fixed-length chunks).
+    Chunks do not cross texts, so a passage is never glued to the next one."""
     bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
-    return [bos + list(p) for p in _ids(tokenizer, [template.prompt(q) for q in questions])]
+    out: list[EncodedItem] = []
+    for ids in _ids(tokenizer, list(texts)):
+        seq = bos + list(ids) + [tokenizer.eos_token_id]
+        for start in range(0, len(seq), max_length):
+            chunk = seq[start:start + max_length]
+            if len(chunk) > 1:  # a lone token has nothing to predict
+                out.append(EncodedItem(chunk, list(chunk)))
+    return out
+
+
+def encode_prompt_texts(tokenizer, prompts: Sequence[str]) -> list[list[int]]:
+    """Prompt ids (with BOS) for generation; ``prompts`` are the texts as the model sees them."""
+    bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
+    return [bos + list(p) for p in _ids(tokenizer, list(prompts))]
 
 
 def pad_batch(

@@ -6,7 +6,6 @@ from dataclasses import dataclass
 from typing import Annotated
 
 from soulcli import schema
-from soulcli.eval.registry import resolve_metrics
 from soulcli.schema import POSITIVE, Range
 
 
@@ -15,7 +14,8 @@ class EvalConfig:
     """Knobs of an evaluation (recipe section ``eval``).
 
     ``batch_size``: sequences per forward pass (scoring) and prompts per generation batch.
-    ``max_new_tokens``: cap on each greedy answer. ``mink_k``: fraction of lowest-scoring tokens
+    ``max_new_tokens``: cap on each greedy answer to a question (TOFU's ROUGE; a task's other
+    generations declare their own budgets). ``mink_k``: fraction of lowest-scoring tokens
     that Min-K% and Min-K%++ average. ``metrics``: names or glob patterns to compute (``None``:
     all). ``max_length``: longest scored sequence in tokens, longer answers are cut (``None``:
     the recipe's ``data.max_length``; 512 for a direct ``evaluate_model`` call).
@@ -35,6 +35,4 @@ class EvalConfig:
             object.__setattr__(self, "metrics", (self.metrics,))
         elif self.metrics is not None:
             object.__setattr__(self, "metrics", tuple(self.metrics))
-        schema.check_instance(self, "eval")
-        if self.metrics is not None:
-            resolve_metrics(self.metrics)
+        schema.check_instance(self, "eval")  # metric names are checked against the task's suite

@@ -1,15 +1,24 @@
-"""Batched greedy answers: left-padded prompts, stopping at EOS and at the template's stop strings."""
+"""Batched greedy generation: left-padded prompts, stopping at EOS and at stop strings."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Sequence
 
 import torch
 from transformers import GenerationConfig
 
-from soulcli.data.encode import check_special_tokens, encode_prompts, eval_mode, pad_prompts
-from soulcli.data.template import PromptTemplate
+from soulcli.data.encode import check_special_tokens, encode_prompt_texts, eval_mode, pad_prompts
 from soulcli.eval.scoring import Progress, batches, length_order, model_device
+
+
+@dataclass(frozen=True)
+class Generation:
+    """One greedy generation: the prompt text, its token budget and its stop strings."""
+
+    prompt: str
+    max_new_tokens: int
+    stops: tuple[str, ...] = ()
 
 
 def cut_at_stop(text: str, stop_strings: Sequence[str]) -> str:
@@ -28,17 +37,17 @@ def _new_tokens(row: torch.Tensor, eos_id: int) -> list[int]:
 
 
 @torch.inference_mode()
-def generate_answers(
+def generate_texts(
     model: torch.nn.Module,
     tokenizer,
-    template: PromptTemplate,
-    questions: Sequence[str],
+    prompts: Sequence[str],
     *,
     batch_size: int = 32,
     max_new_tokens: int = 64,
+    stop_strings: Sequence[str] = (),
     progress: Progress | None = None,
 ) -> list[str]:
-    """Greedy answer to each question, in the order given.
+    """Greedy continuation of each prompt text, in the order given.
 
     Prompts are sorted by length and left-padded so every row's last prompt token sits at the
     end of the batch; a row is finished at EOS or once its text contains a stop string, and the
@@ -46,11 +55,12 @@ def generate_answers(
     is cut before the first stop string and stripped of surrounding whitespace.
     """
     check_special_tokens(tokenizer)
-    if not questions:
+    if not prompts:
         return []
-    prompts = encode_prompts(tokenizer, template, questions)
+    texts = list(prompts)
+    prompts = encode_prompt_texts(tokenizer, texts)
     order = length_order([len(p) for p in prompts])
-    stops = [s for s in template.stop_strings if s]
+    stops = [s for s in stop_strings if s]
     config = GenerationConfig(
         do_sample=False,
         num_beams=1,
@@ -61,7 +71,7 @@ def generate_answers(
         stop_strings=stops or None,
     )
     device = model_device(model)
-    answers: list[str] = [""] * len(questions)
+    answers: list[str] = [""] * len(texts)
     with eval_mode(model):
         for chunk in batches(order, batch_size, "generating", progress):
             batch = pad_prompts([prompts[i] for i in chunk], tokenizer.pad_token_id)

@@ -1,95 +1,80 @@
-"""Reference values from the retain model, for forget quality and PrivLeak.
+"""Reference values from the retain / retrain model, for the metrics that compare with it.
 
-Both metrics compare the evaluated model with a model never trained on the forget set:
-forget quality tests its per-item forget truth ratios against the evaluated model's (TOFU),
-PrivLeak scales the membership AUC by the retain model's (MUSE). A reference is a small JSON
-object; an earlier eval.json of the retain model serves as well, since
-:func:`as_reference` extracts the same values from it.
+TOFU's forget quality tests the evaluated model's per-item forget truth ratios against the
+retain model's; MUSE's PrivLeak scales the membership AUC by the retrain model's. A metric
+names the entries it reads (``Metric.reference_needs``); a reference keeps those entries of the
+reference model's evaluation (value and per-item values) with the split fingerprints, so a
+reference computed on other items is refused. An eval.json of the reference model serves as
+well: :func:`as_reference` extracts the same values from it.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterable, Mapping
 
 from soulcli.data.io import write_json
 from soulcli.errors import UserError
-from soulcli.eval.registry import ATTACKS
 
 REFERENCE_FORMAT = "soulcli-eval-reference"
-REFERENCE_VERSION = 1
+REFERENCE_VERSION = 2
 
 
-def fingerprint(rows: Sequence[Mapping[str, Any]]) -> str:
-    """Short hash of a split's questions and answers, to tell whether two evaluations used the
-    same items."""
-    text = json.dumps([[r.get("question"), r.get("answer")] for r in rows], ensure_ascii=False)
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+def _finite(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
-def reference_from_result(result: Mapping[str, Any]) -> dict[str, Any]:
-    """The values a reference needs, taken from ``evaluate_model``'s result for the retain model:
-    the forget set's per-item truth ratios, the membership AUCs, and split fingerprints."""
+def _entry(name: str, entry: Any) -> dict[str, Any] | None:
+    """The reference part of one metric entry (``value``, ``per_item`` when numeric)."""
+    if not isinstance(entry, Mapping) or entry.get("value") is None:
+        return None
+    if not _finite(entry["value"]):
+        raise UserError(f"the reference's {name} is {entry['value']!r}, not a finite number; "
+                        "evaluate the retain model again")
+    out: dict[str, Any] = {"value": float(entry["value"])}
+    per_item = entry.get("per_item")
+    if isinstance(per_item, list) and all(_finite(x) for x in per_item):
+        out["per_item"] = [float(x) for x in per_item]
+    return out
+
+
+def reference_from_result(result: Mapping[str, Any], names: Iterable[str] | None = None) -> dict[str, Any]:
+    """The reference in an evaluation result (``evaluate_model``'s, or an eval.json): the
+    entries named by ``names`` (every computed one when None) and the split fingerprints."""
     metrics = result.get("metrics")
     if not isinstance(metrics, Mapping):
-        raise UserError(
-            "the reference result has no 'metrics'; pass an eval.json written by soul evaluate"
-        )
-    tr = metrics.get("forget_truth_ratio") or {}
-    ratios = tr.get("per_item") if tr.get("value") is not None else None
-    aucs = {}
-    for attack in ATTACKS:
-        value = (metrics.get(f"mia_{attack}_auc") or {}).get("value")
-        if value is not None:
-            aucs[attack] = float(value)
-    if ratios is None and not aucs:
-        raise UserError(
-            "the reference result has neither forget_truth_ratio per item nor any mia_*_auc; "
-            "evaluate the retain model with those metrics selected"
-        )
-    splits = result.get("splits") or {}
-    return {
-        "format": REFERENCE_FORMAT,
-        "version": REFERENCE_VERSION,
-        "forget_truth_ratio": [float(x) for x in ratios] if ratios is not None else None,
-        "mia_auc": aucs,
-        "fingerprints": {
-            name: info["fingerprint"]
-            for name, info in splits.items()
-            if isinstance(info, Mapping) and "fingerprint" in info
-        },
-    }
+        raise UserError("the reference result has no 'metrics'; pass an eval.json written by soul evaluate")
+    wanted = list(metrics) if names is None else list(names)
+    kept = {name: e for name in wanted if (e := _entry(name, metrics.get(name))) is not None}
+    if not kept:
+        raise UserError("the reference result has none of the metrics a reference needs"
+                        f"{' (' + ', '.join(wanted) + ')' if names is not None else ''}; "
+                        "evaluate the retain model with those metrics selected")
+    fingerprints = result.get("fingerprints")  # a reference's own
+    if not isinstance(fingerprints, Mapping):
+        fingerprints = {name: info["fingerprint"] for name, info in (result.get("splits") or {}).items()
+                        if isinstance(info, Mapping) and "fingerprint" in info}
+    return {"format": REFERENCE_FORMAT, "version": REFERENCE_VERSION, "metrics": kept,
+            "fingerprints": dict(fingerprints)}
 
 
 def as_reference(obj: Mapping[str, Any]) -> dict[str, Any]:
     """Accept a reference or a whole evaluation result; return a checked reference."""
     if not isinstance(obj, Mapping):
         raise UserError("a reference must be a JSON object (a reference file or an eval.json)")
-    if "metrics" in obj:
-        return reference_from_result(obj)
     if obj.get("format") != REFERENCE_FORMAT:
-        raise UserError(
-            f'not a reference: expected "format": "{REFERENCE_FORMAT}" or an eval.json with \'metrics\''
-        )
-    ratios = obj.get("forget_truth_ratio")
-    if ratios is not None and not (
-        isinstance(ratios, list)
-        and all(isinstance(x, (int, float)) and math.isfinite(x) for x in ratios)
-    ):
-        raise UserError("the reference's forget_truth_ratio must be a list of finite numbers")
-    aucs = obj.get("mia_auc") or {}
-    if not isinstance(aucs, Mapping) or not all(isinstance(v, (int, float)) for v in aucs.values()):
-        raise UserError("the reference's mia_auc must map attack names to numbers")
-    return {
-        "format": REFERENCE_FORMAT,
-        "version": obj.get("version", REFERENCE_VERSION),
-        "forget_truth_ratio": ratios,
-        "mia_auc": dict(aucs),
-        "fingerprints": dict(obj.get("fingerprints") or {}),
-    }
+        if "metrics" in obj:
+            return reference_from_result(obj)
+        raise UserError(f'not a reference: expected "format": "{REFERENCE_FORMAT}" or an eval.json '
+                        "with 'metrics'")
+    if obj.get("version") != REFERENCE_VERSION:
+        raise UserError(f"reference format version {obj.get('version')!r} is not {REFERENCE_VERSION}; "
+                        "write it again with this soulcli (evaluate the retain model)")
+    if not isinstance(obj.get("metrics"), Mapping):
+        raise UserError("the reference's 'metrics' must map metric names to entries")
+    return reference_from_result(obj)
 
 
 def save_reference(path: str | Path, reference: Mapping[str, Any]) -> Path:
@@ -102,13 +87,10 @@ def load_reference(path: str | Path) -> dict[str, Any]:
     """Read a reference file or a retain model's eval.json."""
     path = Path(path)
     if not path.is_file():
-        raise UserError(
-            f"reference file {path} does not exist; give a reference JSON or the retain model's eval.json"
-        )
+        raise UserError(f"reference file {path} does not exist; give a reference JSON or the retain "
+                        "model's eval.json")
     try:
         obj = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
-        raise UserError(
-            f"reference file {path} is not valid JSON ({exc.msg} at line {exc.lineno})"
-        ) from None
+        raise UserError(f"reference file {path} is not valid JSON ({exc.msg} at line {exc.lineno})") from None
     return as_reference(obj)

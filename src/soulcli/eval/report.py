@@ -17,22 +17,21 @@ from rich.console import Console
 from rich.table import Table
 
 from soulcli.errors import UserError, unknown_name
-from soulcli.eval.registry import METRICS
+from soulcli.eval.metric import Metric
 
 Gate = tuple[str, float]
+Suite = Mapping[str, Metric]
 
 
-def format_value(name: str, value: float | None) -> str:
+def format_value(name: str, value: float | None, suite: Suite | None = None) -> str:
+    """The value as the metric prints it (a p-value in 3 significant digits, a percentage...)."""
     if value is None:
         return "n/a"
-    if name == "forget_quality":
-        return f"{value:.3g}"  # a p-value, often tiny
-    if name == "privleak":
-        return f"{value:+.2f}%"
-    return f"{value:.4f}"
+    metric = (suite or {}).get(name)
+    return metric.formatted(value) if metric is not None else f"{value:.4f}"
 
 
-def render_summary(result: Mapping[str, Any], console: Console) -> None:
+def render_summary(result: Mapping[str, Any], console: Console, suite: Suite | None = None) -> None:
     """Print one row per metric: value, and the description or the reason it is unavailable."""
     table = Table(title="Evaluation", show_lines=False)
     table.add_column("metric", style="bold")
@@ -48,8 +47,8 @@ def render_summary(result: Mapping[str, Any], console: Console) -> None:
                 f"[yellow]unavailable: {entry.get('unavailable', '')}[/yellow]",
             )
         else:
-            info = METRICS.get(name)
-            table.add_row(name, format_value(name, value), info.description if info else "")
+            metric = (suite or {}).get(name)
+            table.add_row(name, format_value(name, value, suite), metric.description if metric else "")
     splits = result.get("splits") or {}
     stats = result.get("stats") or {}
     parts = [f"{name}: {info.get('items')} items" for name, info in splits.items()]
@@ -70,14 +69,15 @@ def null_reasons(metrics: Mapping[str, Mapping[str, Any]], names: Iterable[str])
     return reasons
 
 
-def parse_gate(text: str) -> Gate:
-    """``"model_utility=0.5"`` -> ``("model_utility", 0.5)``; a user error names the fix."""
+def parse_gate(text: str, names: Iterable[str] | None = None) -> Gate:
+    """``"model_utility=0.5"`` -> ``("model_utility", 0.5)``; a user error names the fix. With
+    ``names`` (the task's metrics), a name outside them is refused, with the closest one."""
     name, sep, number = str(text).partition("=")
     name = name.strip()
     if not sep or not name:
         raise UserError(f"gate '{text}' must look like METRIC=THRESHOLD, e.g. model_utility=0.5")
-    if name not in METRICS:
-        raise unknown_name("metric in gate", name, METRICS)
+    if names is not None and name not in (names := list(names)):
+        raise unknown_name("metric in gate", name, names)
     try:
         threshold = float(number)
     except ValueError:
@@ -89,28 +89,23 @@ def parse_gate(text: str) -> Gate:
     return name, threshold
 
 
-def _gates(items: Iterable[str | Gate]) -> list[Gate]:
-    gates = []
-    for item in items:
-        if isinstance(item, str):
-            gates.append(parse_gate(item))
-        else:
-            name, threshold = item
-            gates.append(parse_gate(f"{name}={threshold}"))
-    return gates
+def _gates(items: Iterable[str | Gate], suite: Suite | None) -> list[Gate]:
+    texts = [item if isinstance(item, str) else f"{item[0]}={item[1]}" for item in items]
+    return [parse_gate(text, suite) for text in texts]
 
 
 def check_gates(
     result: Mapping[str, Any],
     fail_under: Iterable[str | Gate] = (),
     fail_over: Iterable[str | Gate] = (),
+    suite: Suite | None = None,
 ) -> list[str]:
     """Messages for every failed gate (empty when all pass), each naming the gate."""
     metrics = result.get("metrics", {})
     failures = []
     for flag, gates, fails in (
-        ("--fail-under", _gates(fail_under), lambda v, t: v < t),
-        ("--fail-over", _gates(fail_over), lambda v, t: v > t),
+        ("--fail-under", _gates(fail_under, suite), lambda v, t: v < t),
+        ("--fail-over", _gates(fail_over, suite), lambda v, t: v > t),
     ):
         for name, threshold in gates:
             gate = f"{flag} {name}={threshold:g}"
@@ -128,6 +123,6 @@ def check_gates(
             elif fails(entry["value"], threshold):
                 relation = "below" if flag == "--fail-under" else "above"
                 failures.append(
-                    f"gate {gate} failed: {name} = {format_value(name, entry['value'])} is {relation} {threshold:g}"
+                    f"gate {gate} failed: {name} = {format_value(name, entry['value'], suite)} is {relation} {threshold:g}"
                 )
     return failures

@@ -1,8 +1,9 @@
-"""Batched teacher-forced scoring: one forward pass per (question, answer) pair, kept per token.
+"""Batched teacher-forced scoring: one forward pass per (prefix, continuation) pair, kept per token.
 
 Every log-probability metric (probability, truth ratio, the membership attacks, extraction
 strength, exact memorisation) is a function of what one teacher-forced pass over
-``prompt(question) + answer + EOS`` yields at each answer token:
+``prefix + continuation [+ EOS]`` (a question's prompt and an answer candidate, a prompt and
+its continuation, a raw text) yields at each continuation token:
 
 * the log-probability of the answer token (fp32, via ``F.cross_entropy``),
 * whether it is the argmax of the next-token distribution,
@@ -24,19 +25,28 @@ import torch.nn.functional as F
 from soulcli.data.encode import (
     answer_mask,
     check_special_tokens,
-    encode_qa_batch,
+    encode_pairs,
     eval_mode,
     pad_batch,
     pick_answer_logits,
 )
-from soulcli.data.template import PromptTemplate
 
 Progress = Callable[[str, int, int], None]
 
 
 @dataclass(frozen=True)
+class Pair:
+    """One teacher-forced sequence: ``prefix`` conditions, ``continuation`` is scored token by
+    token; ``eos`` appends the tokenizer's EOS to the continuation (an answer's end, scored)."""
+
+    prefix: str
+    continuation: str
+    eos: bool = True
+
+
+@dataclass(frozen=True)
 class TokenScores:
-    """Per-answer-token results of one teacher-forced pass (answer tokens include the EOS)."""
+    """Per-continuation-token results of one teacher-forced pass (including the EOS, if any)."""
 
     logprobs: np.ndarray  # float64 [n]: log p(y_t | question, y_<t)
     hits: np.ndarray  # bool [n]: argmax of the next-token distribution == y_t
@@ -133,15 +143,14 @@ def _score_batch(
 def score_pairs(
     model: torch.nn.Module,
     tokenizer,
-    template: PromptTemplate,
-    pairs: Sequence[tuple[str, str]],
+    pairs: Sequence[Pair],
     *,
     batch_size: int = 32,
     max_length: int = 512,
     with_stats: Sequence[bool] | None = None,
     progress: Progress | None = None,
 ) -> list[TokenScores]:
-    """Score each ``(question, answer)`` pair in batches of ``batch_size``, right-padded.
+    """Score each pair in batches of ``batch_size``, right-padded.
 
     ``with_stats[i]`` asks for the Min-K%++ distribution statistics of pair ``i`` (they cost a
     full-vocabulary softmax in float64, so only the pairs that need them pay). Results come back
@@ -151,9 +160,8 @@ def score_pairs(
     if not pairs:
         return []
     flags = list(with_stats) if with_stats is not None else [False] * len(pairs)
-    items = encode_qa_batch(
-        tokenizer, template, [q for q, _ in pairs], [a for _, a in pairs], max_length=max_length
-    )
+    items = encode_pairs(tokenizer, [p.prefix for p in pairs], [p.continuation for p in pairs],
+                         max_length, [p.eos for p in pairs])
     order = length_order([len(it.input_ids) for it in items])
     results: list[TokenScores | None] = [None] * len(pairs)
     with eval_mode(model):

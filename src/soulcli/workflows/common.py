@@ -1,8 +1,8 @@
 """What every workflow needs: runtime set-up, the benchmark, its splits, the cache keys.
 
-Caches are keyed by content, never by where a folder lies: the built-in benchmark by its
-generator's parameters, an imported TOFU folder by a fingerprint of its files, the built-in
-models by the benchmark's content plus the settings that shape them. A moved cache, benchmark
+Caches are keyed by content, never by where a folder lies: a built-in dataset by its
+generator's parameters, an imported folder by a fingerprint of its files (the task's), the
+built-in models by the dataset's content plus the settings that shape them. A moved cache, benchmark
 or run folder is therefore reused, and changed data is rebuilt. Training a missing model is
 not done here but in :mod:`soulcli.workflows.artifacts`, above finetune.
 """
@@ -17,12 +17,12 @@ from pathlib import Path
 
 import torch
 
-from soulcli.data import synthetic, tofu
-from soulcli.data.io import MANIFEST_NAME, files_fingerprint
+from soulcli.data.io import MANIFEST_NAME
 from soulcli.data.template import PromptTemplate
 from soulcli.engine.progress import Reporter
 from soulcli.errors import UserError
 from soulcli.recipe import Recipe
+from soulcli.tasks import Task, get_task
 
 
 def short_hash(obj) -> str:
@@ -52,81 +52,48 @@ def template_of(recipe: Recipe) -> PromptTemplate:
     return recipe.data.template
 
 
-def forget_pct(recipe: Recipe) -> int:
-    return int(recipe.data.forget_split.removeprefix("forget"))
+def task_of(recipe: Recipe) -> Task:
+    """The recipe's task, configured with its ``data`` section."""
+    return get_task(recipe.data, recipe.task)
 
 
-# --------------------------------------------------------------------------- benchmark
+# --------------------------------------------------------------------------- datasets
 
 
-def data_fingerprint(folder: Path) -> str:
-    """The content key of a data folder (a benchmark, or TOFU files to import): a sha256 over
-    its split files, names included, whatever the folder is called or wherever it lies."""
-    return files_fingerprint(folder, tofu.SPLIT_SUFFIXES)
+def data_fingerprint(folder: Path, recipe: Recipe) -> str:
+    """The content key of a dataset folder (built, or files to import): a sha256 over the
+    task's files, names included, whatever the folder is called or wherever it lies."""
+    return task_of(recipe).fingerprint(folder)
 
 
 def write_benchmark(recipe: Recipe, out: Path, reporter: Reporter, *, overwrite: bool = False) -> None:
-    """Build the built-in benchmark, or import the TOFU files ``data.source`` names, into ``out``."""
-    d = recipe.data
-    if d.source == "builtin":
-        reporter.info(f"Building the built-in benchmark ({d.num_authors} authors x "
-                      f"{d.questions_per_author} questions, seed {d.seed}) in {out}")
-        splits = synthetic.generate_benchmark(
-            num_authors=d.num_authors, questions_per_author=d.questions_per_author, seed=d.seed)
-        synthetic.write_benchmark(splits, out, overwrite=overwrite)
+    """Build the task's built-in dataset, or import the files ``data.source`` names, into ``out``."""
+    task = task_of(recipe)
+    if recipe.data.source == "builtin":
+        task.write_builtin(out, reporter.info, overwrite)
     else:
-        reporter.info(f"Importing TOFU data from {d.source} into {out}")
-        tofu.import_tofu(d.source, out, overwrite=overwrite)
+        task.import_source(recipe.data.source, out, reporter.info, overwrite)
 
 
 def benchmark_dir(recipe: Recipe, reporter: Reporter) -> Path:
-    """The benchmark folder the recipe names, built (built-in) or imported on first use.
+    """The dataset folder the recipe names, built (built-in) or imported on first use.
 
-    A soulcli benchmark folder is used where it is. TOFU files are imported into the cache
-    under a fingerprint of their content, so a moved copy is not imported again and edited
-    files are (a hub id, whose files are not at hand, keys by its name).
+    A soulcli dataset folder is used where it is. Files in the task's layout are imported
+    into the cache under a fingerprint of their content, so a moved copy is not imported again
+    and edited files are (a hub id, whose files are not at hand, keys by its name).
     """
+    task = task_of(recipe)
     cache = Path(recipe.cache_dir) / "benchmarks"
-    d = recipe.data
-    if d.source == "builtin":
-        out = cache / f"builtin-v{synthetic.GENERATOR_VERSION}-a{d.num_authors}-q{d.questions_per_author}-s{d.seed}"
+    source = recipe.data.source
+    if source == "builtin":
+        out = cache / task.builtin_name()
     else:
-        path = Path(d.source).expanduser()
+        path = Path(source).expanduser()
         if path.is_dir() and (path / MANIFEST_NAME).is_file():
-            return path  # already a soulcli benchmark folder
-        out = cache / f"imported-{short_hash(data_fingerprint(path) if path.is_dir() else d.source)}"
+            return path  # already a soulcli dataset folder
+        out = cache / f"{task.name}-imported-{short_hash(task.fingerprint(path) if path.is_dir() else source)}"
     if not (out / MANIFEST_NAME).is_file():
         write_benchmark(recipe, out, reporter, overwrite=True)
-    return out
-
-
-def load_split(data_dir: Path, name: str) -> list[dict]:
-    return tofu.load_split(data_dir, name)
-
-
-def maybe_split(data_dir: Path, name: str) -> list[dict] | None:
-    """A split if its file exists (``holdout`` is absent from real TOFU folders)."""
-    return load_split(data_dir, name) if name in tofu.available_splits(data_dir) else None
-
-
-def eval_splits(data_dir: Path, recipe: Recipe) -> dict[str, list[dict]]:
-    """The evaluation sets under the names the evaluation suite expects."""
-    _, forget_perturbed, _ = tofu.forget_split_names(forget_pct(recipe))
-    named = {
-        "forget": forget_perturbed,
-        "retain": "retain_perturbed",
-        "real_authors": "real_authors_perturbed",
-        "world_facts": "world_facts_perturbed",
-        "holdout": "holdout",
-    }
-    out = {}
-    for key, name in named.items():
-        rows = maybe_split(data_dir, name)
-        if rows is not None:
-            out[key] = rows
-    if "forget" not in out:
-        raise UserError(f"{data_dir} has no {forget_perturbed}.json; evaluation needs it "
-                        "(run `soul prepare-data` or point data.source at a full TOFU folder)")
     return out
 
 
@@ -145,7 +112,8 @@ def builtin_models_key(recipe: Recipe, data_dir: Path) -> str:
     finetuning settings, the prompt template and the initialisation seed."""
     m = recipe.model
     return short_hash({
-        "data": data_fingerprint(data_dir),
+        "task": recipe.task,
+        "data": data_fingerprint(data_dir, recipe),
         "arch": [m.base, m.vocab_size, m.hidden_size, m.num_layers, m.num_heads, m.intermediate_size],
         "dtype": m.dtype,
         "finetune": asdict(recipe.finetune),
@@ -158,13 +126,13 @@ def builtin_models_key(recipe: Recipe, data_dir: Path) -> str:
 def builtin_model_paths(recipe: Recipe, data_dir: Path) -> ModelPaths:
     """Cache folders of the built-in models, under :func:`builtin_models_key`."""
     root = Path(recipe.cache_dir) / "models" / builtin_models_key(recipe, data_dir)
-    return ModelPaths(root / "tokenizer", root / "target", root / f"retain-{recipe.data.forget_split}")
+    return ModelPaths(root / "tokenizer", root / "target", root / task_of(recipe).retain_model_name())
 
 
 def reference_stats_key(recipe: Recipe, data_dir: Path) -> str:
     """The content key of the retain model's cached reference values (stored beside it)."""
-    return short_hash([data_fingerprint(data_dir), recipe.data.forget_split, asdict(recipe.data.template),
-                       recipe.data.max_length, recipe.eval.max_new_tokens])
+    return short_hash([data_fingerprint(data_dir, recipe), task_of(recipe).settings(),
+                       recipe.eval.max_new_tokens, recipe.eval.mink_k, "reference-v2"])
 
 
 def objective_cache_key(recipe: Recipe, data_dir: Path, seed: int) -> str:
@@ -172,4 +140,4 @@ def objective_cache_key(recipe: Recipe, data_dir: Path, seed: int) -> str:
     the data, the starting model (the built-in one by its content key, others by name), the
     unlearning settings and the seed."""
     model = builtin_models_key(recipe, data_dir) if recipe.model.source == "builtin" else recipe.model.source
-    return short_hash([data_fingerprint(data_dir), model, repr(recipe.unlearn), seed])
+    return short_hash([data_fingerprint(data_dir, recipe), model, repr(recipe.unlearn), seed])

@@ -1,9 +1,11 @@
 """compare-optimizers: the SOUL experiment (optimizer x objective x learning rate) in one run.
 
 Every cell starts from the same target model, with the same batch plan and seed, and is
-evaluated every ``eval.eval_every`` steps. Per optimizer x objective the setting (learning
-rate, step) with the highest forget quality among those keeping model utility at least
-``compare.utility_ratio`` x the target's is selected (mean over seeds). Finished cells are
+evaluated every ``eval.eval_every`` steps on the task's headline metrics
+(:class:`soulcli.tasks.Headline`). Per optimizer x objective the setting (learning rate, step)
+with the best forget metric (TOFU: the highest forget quality; MUSE: the lowest forget
+VerbMem) among those keeping the utility metric (TOFU: model utility; MUSE: retain KnowMem) at
+least ``compare.utility_ratio`` x the target's is selected (mean over seeds). Finished cells are
 stored in ``cells/`` and never recomputed, so an interrupted comparison resumes (``--overwrite``
 starts it over). A cell whose training diverges (non-finite loss or gradient) is stored as
 diverged, with no evaluations, so it is never selected.
@@ -33,12 +35,11 @@ from soulcli.data.io import atomic_write, open_resumable_dir, output_lock, write
 from soulcli.engine.rundir import versions
 from soulcli.errors import DivergedError
 from soulcli.recipe import Recipe, recipe_to_dict, replace
+from soulcli.tasks import Headline
 from soulcli.workflows import artifacts, common
 from soulcli.workflows.evaluate import eval_config, reference_stats
 from soulcli.workflows.unlearn import PreparedRun, unlearn_model
 
-TRACKED = ("forget_quality", "model_utility", "forget_rougeL_recall", "retain_rougeL_recall",
-           "forget_truth_ratio")
 SECOND_ORDER = {"sophiag", "sophiah", "adahessian", "influence"}
 
 
@@ -108,14 +109,17 @@ def run_cell(recipe: Recipe, cell: Cell, data_dir: Path, target_dir: Path, refer
     common.setup_runtime(r)
     model, tokenizer = load_model(str(target_dir), r.model.dtype, device)
     model = apply_adapter(model, r.model.adapter, r.model.lora)
-    splits = common.eval_splits(data_dir, r)
-    cfg = eval_config(r, TRACKED)
+    task = common.task_of(r)
+    tracked = task.headline.tracked
+    splits = task.eval_splits(data_dir)
+    cfg = eval_config(r, tracked)
+    suite = task.suite(cfg)
     evaluations: list[dict[str, Any]] = []
     total = {"steps": None}
 
     def evaluate(step: int) -> None:
-        res = evaluate_model(model, tokenizer, common.template_of(r), splits, cfg, reference=reference)
-        evaluations.append({"step": step, **{k: res["metrics"][k].get("value") for k in TRACKED}})
+        res = evaluate_model(model, tokenizer, suite, splits, cfg, reference=reference)
+        evaluations.append({"step": step, **{k: res["metrics"][k].get("value") for k in tracked}})
 
     def on_step_end(step: int) -> None:
         if step % eval_every == 0:
@@ -140,9 +144,10 @@ def run_cell(recipe: Recipe, cell: Cell, data_dir: Path, target_dir: Path, refer
     }
 
 
-def select(cells: list[dict], target_utility: float, ratio: float) -> list[dict[str, Any]]:
-    """Per optimizer x objective: the (lr, step) with the best mean forget quality among the
-    settings whose mean model utility is >= ratio x the target's; seeds give the spread."""
+def select(cells: list[dict], target_utility: float, ratio: float, headline: Headline) -> list[dict[str, Any]]:
+    """Per optimizer x objective: the (lr, step) with the best mean forget metric among the
+    settings whose mean utility metric is >= ratio x the target's; seeds give the spread."""
+    sign = 1.0 if headline.forget_higher else -1.0
     groups: dict[tuple[str, str], dict[tuple[Any, int], list[dict]]] = {}
     for c in cells:
         for ev in c["evaluations"]:
@@ -154,13 +159,14 @@ def select(cells: list[dict], target_utility: float, ratio: float) -> list[dict[
     for (objective, optimizer), settings in groups.items():
         best = None
         for (lr, step), evs in settings.items():
-            fq = [e["forget_quality"] for e in evs if e["forget_quality"] is not None]
-            mu = [e["model_utility"] for e in evs if e["model_utility"] is not None]
+            fq = [e[headline.forget] for e in evs if e.get(headline.forget) is not None]
+            mu = [e[headline.utility] for e in evs if e.get(headline.utility) is not None]
             if not fq or not mu:
                 continue
-            cand = {"lr": lr, "step": step, "fq": statistics.mean(fq), "mu": statistics.mean(mu), "evs": evs}
+            cand = {"lr": lr, "step": step, "fq": sign * statistics.mean(fq), "mu": statistics.mean(mu),
+                    "evs": evs}
             eligible = cand["mu"] >= floor
-            # eligible: best forget quality; if none is, the one closest to the utility floor
+            # eligible: best forget metric; if none is, the one closest to the utility floor
             key = (True, cand["fq"], cand["mu"]) if eligible else (False, cand["mu"], cand["fq"])
             if best is None or key > best[0]:
                 best = (key, cand)
@@ -179,7 +185,7 @@ def select(cells: list[dict], target_utility: float, ratio: float) -> list[dict[
         out.append({
             "objective": objective, "optimizer": optimizer, "lr": cand["lr"], "step": cand["step"],
             "meets_utility_rule": best[0][0], "seeds": [e["seed"] for e in evs],
-            **{name: spread(name) for name in TRACKED},
+            **{name: spread(name) for name in headline.tracked},
             "mean_win_rate": spread("mean_win_rate")["mean"],
             "time_per_step": spread("time_per_step")["mean"],
             "peak_memory_mb": spread("peak_memory_mb")["mean"],
@@ -187,10 +193,10 @@ def select(cells: list[dict], target_utility: float, ratio: float) -> list[dict[
     return out
 
 
-def results_csv(cells: list[dict]) -> str:
+def results_csv(cells: list[dict], headline: Headline) -> str:
     buf = io.StringIO()
-    fields = ["objective", "optimizer", "lr", "seed", "step", *TRACKED, "time_per_step", "peak_memory_mb",
-              "mean_win_rate"]
+    fields = ["objective", "optimizer", "lr", "seed", "step", *headline.tracked, "time_per_step",
+              "peak_memory_mb", "mean_win_rate"]
     w = csv.DictWriter(buf, fieldnames=fields)
     w.writeheader()
     for c in cells:
@@ -200,8 +206,18 @@ def results_csv(cells: list[dict]) -> str:
     return buf.getvalue()
 
 
-def plot(cells: list[dict], selected: list[dict], target: dict, out_dir: Path) -> list[str]:
-    """The SOUL teaser (forget quality vs model utility) and the curves over steps."""
+def _label(headline: Headline, name: str) -> str:
+    return dict(headline.columns).get(name, name)
+
+
+def plot(cells: list[dict], selected: list[dict], target: dict, out_dir: Path, headline: Headline) -> list[str]:
+    """The SOUL teaser (forget metric vs utility metric; TOFU: forget quality vs model utility)
+    and the curves over steps."""
+    fk, uk = headline.forget, headline.utility
+    floor_value = 1e-30 if headline.forget_log_scale else None
+
+    def fval(v):
+        return max(v or floor_value, floor_value) if floor_value is not None else v
     import matplotlib
 
     matplotlib.use("Agg")
@@ -215,26 +231,29 @@ def plot(cells: list[dict], selected: list[dict], target: dict, out_dir: Path) -
     colors = {o: plt.get_cmap("tab10")(i % 10) for i, o in enumerate(optimizers)}
     for s in selected:
         so = s["optimizer"] in SECOND_ORDER
-        ax.scatter(s["model_utility"]["mean"], max(s["forget_quality"]["mean"], 1e-30),
+        ax.scatter(s[uk]["mean"], fval(s[fk]["mean"]),
                    marker=markers[s["objective"]], s=80, color=colors[s["optimizer"]],
                    edgecolor="black", linewidth=1.6 if so else 0.6, zorder=3)
-    ax.axvline(target["model_utility"], color="grey", ls="--", lw=1)
+    ax.axvline(target[uk], color="grey", ls="--", lw=1)
     from matplotlib.lines import Line2D
 
     handles = [Line2D([], [], ls="", marker="o", color=colors[o], markeredgecolor="black",
                       label=f"{o} ({'SO' if o in SECOND_ORDER else 'FO'})") for o in optimizers]
     handles += [Line2D([], [], ls="", marker=markers[o], color="white", markeredgecolor="black", label=o)
                 for o in objectives]
-    handles.append(Line2D([], [], color="grey", ls="--", label="target model utility"))
+    handles.append(Line2D([], [], color="grey", ls="--", label=f"target {uk}"))
     ax.legend(handles=handles, loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8)
-    ax.set_yscale("log")
-    ax.set_xlabel("model utility (mean over seeds)")
-    ax.set_ylabel("forget quality (KS p-value, log scale)")
-    ax.set_title("Forget quality vs model utility, selected setting per optimizer x objective", fontsize=9)
+    if headline.forget_log_scale:
+        ax.set_yscale("log")
+    better = "higher" if headline.forget_higher else "lower"
+    ax.set_xlabel(f"{uk} (mean over seeds; higher is better)")
+    ax.set_ylabel(f"{fk} ({better} is better{', log scale' if headline.forget_log_scale else ''})")
+    ax.set_title(f"{fk} vs {uk}, selected setting per optimizer x objective", fontsize=9)
     fig.tight_layout()
-    fig.savefig(out_dir / "fq_vs_mu.png", dpi=130)
+    name = headline.plot_file
+    fig.savefig(out_dir / name, dpi=130)
     plt.close(fig)
-    files.append("fq_vs_mu.png")
+    files.append(name)
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
     # colour = optimizer (as in the teaser), line style and marker = objective
@@ -244,17 +263,18 @@ def plot(cells: list[dict], selected: list[dict], target: dict, out_dir: Path) -
                 and c["lr"] == s["lr"] and c["seed"] == s["seeds"][0]]
         if not runs:
             continue
-        evs = [{"step": 0, **{k: target[k] for k in TRACKED}}] + runs[0]["evaluations"]
+        evs = [{"step": 0, **{k: target[k] for k in headline.tracked}}] + runs[0]["evaluations"]
         steps = [e["step"] for e in evs]
         kind = "SO" if s["optimizer"] in SECOND_ORDER else "FO"
         label = f"{s['optimizer']} ({kind}) / {s['objective']}"
         look = dict(color=colors[s["optimizer"]], ls=styles[s["objective"]], marker=markers[s["objective"]],
                     markersize=4, label=label)
-        axes[0].plot(steps, [max(e["forget_quality"] or 1e-30, 1e-30) for e in evs], **look)
-        axes[1].plot(steps, [e["model_utility"] for e in evs], **look)
-    axes[0].set_yscale("log")
-    axes[0].set_title("forget quality over steps (selected lr, first seed)")
-    axes[1].set_title("model utility over steps")
+        axes[0].plot(steps, [fval(e[fk]) for e in evs], **look)
+        axes[1].plot(steps, [e[uk] for e in evs], **look)
+    if headline.forget_log_scale:
+        axes[0].set_yscale("log")
+    axes[0].set_title(f"{fk} over steps (selected lr, first seed)")
+    axes[1].set_title(f"{uk} over steps")
     for ax in axes:
         ax.set_xlabel("step")
     axes[1].legend(fontsize=7)
@@ -265,7 +285,7 @@ def plot(cells: list[dict], selected: list[dict], target: dict, out_dir: Path) -
     return files
 
 
-def render_table(selected: list[dict], target: dict, rule: str, console) -> None:
+def render_table(selected: list[dict], target: dict, rule: str, console, headline: Headline) -> None:
     from rich.table import Table
 
     def fmt(v: Any, digits: int = 3) -> str:
@@ -273,20 +293,20 @@ def render_table(selected: list[dict], target: dict, rule: str, console) -> None
             return "-"
         return f"{v:.2e}" if isinstance(v, float) and 0 < abs(v) < 1e-2 else f"{v:.{digits}f}"
 
+    fk = headline.forget
+    others = [n for n, _ in headline.columns if n != fk]
     table = Table(title=f"compare-optimizers ({rule})")
-    for col in ("objective", "type", "optimizer", "lr", "step", "FQ mean [min, max]", "MU", "forget R-L",
-                "retain R-L", "win rate", "s/step"):
+    for col in ("objective", "type", "optimizer", "lr", "step", f"{_label(headline, fk)} mean [min, max]",
+                *(_label(headline, n) for n in others), "win rate", "s/step"):
         table.add_column(col)
-    table.add_row("target", "-", "-", "-", "0", fmt(target["forget_quality"]), fmt(target["model_utility"]),
-                  fmt(target["forget_rougeL_recall"]), fmt(target["retain_rougeL_recall"]), "-", "-")
+    table.add_row("target", "-", "-", "-", "0", fmt(target[fk]), *(fmt(target[n]) for n in others), "-", "-")
     for s in sorted(selected, key=lambda s: (s["objective"], s["optimizer"] in SECOND_ORDER, s["optimizer"])):
-        fq = s["forget_quality"]
+        fq = s[fk]
         table.add_row(
             s["objective"], "SO" if s["optimizer"] in SECOND_ORDER else "FO", s["optimizer"],
             "-" if s["lr"] is None else f"{s['lr']:g}", str(s["step"]),
             f"{fmt(fq['mean'])} [{fmt(fq['min'])}, {fmt(fq['max'])}]" + ("" if s["meets_utility_rule"] else " *"),
-            fmt(s["model_utility"]["mean"]), fmt(s["forget_rougeL_recall"]["mean"]),
-            fmt(s["retain_rougeL_recall"]["mean"]), fmt(s["mean_win_rate"]), fmt(s["time_per_step"]))
+            *(fmt(s[n]["mean"]) for n in others), fmt(s["mean_win_rate"]), fmt(s["time_per_step"]))
     console.print(table)
 
 
@@ -314,19 +334,20 @@ def compare_into(recipe: Recipe, reporter: Reporter, out_dir: Path) -> dict[str,
     ref_dir = artifacts.reference_model_path(recipe, reporter, data_dir)
     reference = reference_stats(recipe, ref_dir, data_dir, reporter, device) if ref_dir else None
 
+    task = common.task_of(recipe)
+    headline = task.headline
     target_file = cells_dir / "target.json"
     if target_file.is_file():
         target = json.loads(target_file.read_text())
     else:
         model, tokenizer = load_model(str(target_dir), recipe.model.dtype, device)
-        res = evaluate_model(model, tokenizer, common.template_of(recipe), common.eval_splits(data_dir, recipe),
-                             eval_config(recipe, TRACKED), reference=reference)
-        target = {k: res["metrics"][k].get("value") for k in TRACKED}
+        cfg = eval_config(recipe, headline.tracked)
+        res = evaluate_model(model, tokenizer, task.suite(cfg), task.eval_splits(data_dir), cfg,
+                             reference=reference)
+        target = {k: res["metrics"][k].get("value") for k in headline.tracked}
         write_json(target_file, target)
 
-    from soulcli.data.tofu import forget_split_names
-
-    n_forget = len(common.load_split(data_dir, forget_split_names(common.forget_pct(recipe))[0]))
+    n_forget = len(task.unlearn_sets(data_dir)[0].rows)
     steps = recipe.unlearn.max_steps or recipe.unlearn.epochs * -(-n_forget // recipe.unlearn.batch_size)
     eval_every = recipe.eval.eval_every or max(1, steps // 5)
     c = recipe.compare
@@ -357,23 +378,24 @@ def compare_into(recipe: Recipe, reporter: Reporter, out_dir: Path) -> dict[str,
 
         run_all(cells)
         if staged:
-            tuned = select(results, target["model_utility"], c.utility_ratio)
+            tuned = select(results, target[headline.utility], c.utility_ratio, headline)
             run_all(follow_up_cells(tuned, c.seeds[1:]))
 
     seeds_text = (f"lr chosen on seed {c.seeds[0]}, step by the mean over seeds {list(c.seeds)} at that lr"
                   if staged else f"mean over seeds {list(c.seeds)}")
-    rule = (f"selected per optimizer x objective: best forget quality with model utility >= "
-            f"{c.utility_ratio:g} x target's {target['model_utility']:.3f}; {seeds_text}; "
+    better = "highest" if headline.forget_higher else "lowest"
+    rule = (f"selected per optimizer x objective: {better} {headline.forget} with {headline.utility} >= "
+            f"{c.utility_ratio:g} x target's {target[headline.utility]:.3f}; {seeds_text}; "
             f"* = no setting met the rule, best utility shown")
     pool = at_selected_lr(results, tuned) if staged else results
-    selected = select(pool, target["model_utility"], c.utility_ratio)
+    selected = select(pool, target[headline.utility], c.utility_ratio, headline)
     diverged = [c["id"] for c in results if c.get("diverged")]
-    summary = {"rule": rule, "target": target, "target_model": str(target_dir), "data": str(data_dir),
+    summary = {"rule": rule, "task": recipe.task, "headline": asdict(headline), "target": target, "target_model": str(target_dir), "data": str(data_dir),
                "selected": selected, "diverged": diverged, "cells": results, "recipe": recipe_to_dict(recipe), "versions": versions()}
     write_json(out_dir / "results.json", summary)
-    atomic_write(out_dir / "results.csv", results_csv(results))
-    plots = plot(results, selected, target, out_dir)
+    atomic_write(out_dir / "results.csv", results_csv(results, headline))
+    plots = plot(results, selected, target, out_dir, headline)
     if not reporter.quiet:
-        render_table(selected, target, rule, reporter.console)
+        render_table(selected, target, rule, reporter.console, headline)
         reporter.info(f"Results in {out_dir}: results.json, results.csv, {', '.join(plots)}")
     return {"path": str(out_dir), "rule": rule, "target": target, "selected": selected, "diverged": diverged}

@@ -1,4 +1,4 @@
-"""evaluate: TOFU's metrics for a run folder or any model, against the retain reference.
+"""evaluate: the task's metrics for a run folder or any model, against the retain reference.
 
 Also the closing step of `soul finetune` (:func:`run_finetune_command`): it needs both the
 training (finetune, through artifacts) and the evaluation, so it sits here, above both.
@@ -45,7 +45,8 @@ def reference_stats(recipe: Recipe, reference_model: Path, data_dir: Path, repor
                     device: torch.device) -> dict:
     """The retain model's per-item values, computed once and cached beside that model under a
     content key (:func:`common.reference_stats_key`), so a moved cache keeps them."""
-    from soulcli.eval import evaluate_model, load_reference, reference_from_result, save_reference
+    from soulcli.eval import (evaluate_model, load_reference, reference_from_result, reference_metrics,
+                              save_reference)
     from soulcli.models.loading import load_model
 
     cache = reference_model / f"reference-{common.reference_stats_key(recipe, data_dir)}.json"
@@ -54,12 +55,12 @@ def reference_stats(recipe: Recipe, reference_model: Path, data_dir: Path, repor
     reporter.info(f"Evaluating the retain reference model {reference_model} (cached for later runs)")
     model, tokenizer = load_model(str(reference_model), recipe.model.dtype, device)
     model.eval()
-    splits = common.eval_splits(data_dir, recipe)
-    result = evaluate_model(model, tokenizer, common.template_of(recipe), splits,
-                            eval_config(recipe, ("forget_truth_ratio", "mia_loss_auc", "mia_zlib_auc",
-                                                 "mia_mink_auc", "mia_minkpp_auc")),
+    task = common.task_of(recipe)
+    suite = task.suite(eval_config(recipe))
+    names = reference_metrics(suite)
+    result = evaluate_model(model, tokenizer, suite, task.eval_splits(data_dir), eval_config(recipe, names),
                             progress=_progress(reporter))
-    ref = reference_from_result(result)
+    ref = reference_from_result(result, names)
     save_reference(cache, ref)
     return ref
 
@@ -79,12 +80,14 @@ def evaluate_and_report(recipe: Recipe, model, tokenizer, data_dir: Path, report
     device = next(model.parameters()).device
     if reference is None and reference_model is not None:
         reference = reference_stats(recipe, reference_model, data_dir, reporter, device)
-    splits = common.eval_splits(data_dir, recipe)
+    task = common.task_of(recipe)
+    suite = task.suite(eval_config(recipe))
     model.eval()
-    result = evaluate_model(model, tokenizer, common.template_of(recipe), splits,
-                            eval_config(recipe, metrics), reference=reference, progress=_progress(reporter))
+    result = evaluate_model(model, tokenizer, suite, task.eval_splits(data_dir), eval_config(recipe, metrics),
+                            reference=reference, progress=_progress(reporter))
     result.update({
-        "model": model_label, "data": str(data_dir), "data_fingerprint": common.data_fingerprint(data_dir),
+        "task": recipe.task, "model": model_label, "data": str(data_dir),
+        "data_fingerprint": common.data_fingerprint(data_dir, recipe),
         "reference": str(reference_model) if reference_model else ("given" if reference else None),
         "recipe": recipe_to_dict(recipe), "versions": versions(),
     })
@@ -92,7 +95,7 @@ def evaluate_and_report(recipe: Recipe, model, tokenizer, data_dir: Path, report
         write_json(out_path, result)
     if not reporter.quiet:
         reporter.console.print(f"[bold]{title}[/]")
-        render_summary(result, reporter.console)
+        render_summary(result, reporter.console, suite)
     return {"aggregates": aggregates(result), "result": result}
 
 
@@ -102,13 +105,13 @@ def _load_reference(arg: str | None, recipe: Recipe, reporter: Reporter, data_di
         return artifacts.reference_model_path(recipe, reporter, data_dir), None
     path = Path(arg)
     if path.is_file() and path.suffix == ".json":
-        from soulcli.eval import reference_from_result
+        from soulcli.eval import as_reference
 
         try:
             data = json.loads(path.read_text())
         except json.JSONDecodeError as exc:
             raise UserError(f"--reference {path}: not valid JSON (line {exc.lineno}); pass an eval.json") from None
-        return None, data if "metrics" not in data else reference_from_result(data)
+        return None, as_reference(data)
     from soulcli.models.loading import resolve_model_path
 
     return Path(resolve_model_path(arg)), None
@@ -135,8 +138,12 @@ def earlier_eval(path: Path, fingerprint: str) -> dict | None:
 
 def run_evaluate(recipe: Recipe | None, reporter: Reporter, run_dir: Path | None, model_path: str | None,
                  data: str | None, reference: str | None, metrics: tuple[str, ...] | None,
-                 output: Path | None, overrides: list[str] | None = None) -> dict[str, Any]:
-    """`soul evaluate RUN_DIR` or `soul evaluate --model PATH [--data DIR]`."""
+                 output: Path | None, overrides: list[str] | None = None,
+                 gates: Sequence[str] = ()) -> dict[str, Any]:
+    """`soul evaluate RUN_DIR` or `soul evaluate --model PATH [--data DIR]`; the metric selection
+    and the ``gates``' metric names are checked against the task's suite before any work."""
+    from soulcli.eval import resolve_metrics
+    from soulcli.eval.report import parse_gate
     from soulcli.models.loading import load_model
 
     if run_dir is not None:
@@ -154,12 +161,16 @@ def run_evaluate(recipe: Recipe | None, reporter: Reporter, run_dir: Path | None
         recipe = load_recipe(None, overrides)
     if data is not None:
         recipe = replace(recipe, data={"source": data})
+    suite = common.task_of(recipe).suite(eval_config(recipe))
+    resolve_metrics(suite, metrics)
+    for name in gates:
+        parse_gate(f"{name}=0", suite)
     device = common.setup_runtime(recipe)
     data_dir = common.benchmark_dir(recipe, reporter)
     ref_model, ref_data = _load_reference(reference, recipe, reporter, data_dir, device)
     model, tokenizer = load_model(model_path, recipe.model.dtype, device)
     output = Path(output or Path(model_path) / "eval.json")
-    old = earlier_eval(output, common.data_fingerprint(data_dir))  # before the work
+    old = earlier_eval(output, common.data_fingerprint(data_dir, recipe))  # before the work
     out = evaluate_and_report(recipe, model, tokenizer, data_dir, reporter, None,
                               reference_model=ref_model, reference=ref_data, model_label=model_path,
                               metrics=metrics, title=f"evaluation of {model_path}")
@@ -167,7 +178,7 @@ def run_evaluate(recipe: Recipe | None, reporter: Reporter, run_dir: Path | None
     if old is not None:
         result = {**old, **result, "metrics": {**old["metrics"], **result["metrics"]}}
     write_json(output, result)
-    return {**out, "result": result, "path": str(output)}
+    return {**out, "result": result, "path": str(output), "suite": suite}
 
 
 def run_finetune_command(recipe: Recipe, reporter: Reporter, which: Sequence[str],

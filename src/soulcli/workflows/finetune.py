@@ -1,8 +1,8 @@
-"""finetune: train the target model (on ``full``) and the retain reference (on ``retainXX``).
+"""finetune: train the target model (forget + retain) and the retain / retrain reference (retain
+only), on the sets the task names (:meth:`soulcli.tasks.Task.train_set`).
 
-Both start from the same base (the built-in random-init Llama, or any HF folder / hub id) and
-see the general-knowledge facts too, which stand in for what a pretrained model already knows
-(real authors, world facts). Only answer tokens are in the loss.
+Both start from the same base (the built-in random-init Llama, or any HF folder / hub id). On
+QA records only answer tokens are in the loss; on raw text every token, in chunks.
 
 This module trains; it imports no other workflow but :mod:`common`. Resolving a model (and
 training it here when it is missing) is :mod:`soulcli.workflows.artifacts`' job, and the
@@ -18,15 +18,15 @@ from typing import Sequence
 
 import torch
 
-from soulcli.data.encode import encode_qa_batch, pad_batch
+from soulcli.data.encode import pad_batch
 from soulcli.data.io import atomic_dir, check_writable_dir, write_json, write_jsonl
-from soulcli.data.tofu import forget_split_names
 from soulcli.engine.loop import LoopResult, Training, make_scheduler, train
 from soulcli.engine.progress import Reporter
 from soulcli.engine.rundir import versions
 from soulcli.engine.sampling import epoch_batches
 from soulcli.objectives import ObjectiveOutput
 from soulcli.recipe import Recipe, dump_recipe
+from soulcli.tasks import TrainSet, encode_train_set
 from soulcli.workflows import common
 
 
@@ -38,18 +38,17 @@ def adamw(params, lr: float, weight_decay: float, device: torch.device):
         return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, foreach=True)
 
 
-def train_lm(model, tokenizer, rows: Sequence[dict], recipe: Recipe, reporter: Reporter,
+def train_lm(model, tokenizer, train_set: TrainSet, recipe: Recipe, reporter: Reporter,
              description: str, device: torch.device, seed: int) -> LoopResult:
-    """Supervised finetuning on question/answer rows, answer tokens only in the loss."""
+    """Supervised finetuning on a task's training set (QA: answer tokens only in the loss)."""
     ft = recipe.finetune
-    enc = encode_qa_batch(tokenizer, common.template_of(recipe), [r["question"] for r in rows],
-                          [r["answer"] for r in rows], recipe.data.max_length)
+    enc = encode_train_set(tokenizer, common.template_of(recipe), train_set, recipe.data.max_length)
     plan = epoch_batches(len(enc), ft.batch_size, ft.epochs, seed)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = adamw(params, ft.lr, ft.weight_decay, device)
     sched = make_scheduler(opt, "cosine", len(plan), ft.warmup_steps, ft.min_lr_ratio)
     n_tok = sum(sum(1 for t in e.labels if t != -100) for e in enc)
-    reporter.info(f"{description}: {len(enc)} items, {n_tok} answer tokens per epoch, "
+    reporter.info(f"{description}: {len(enc)} sequences, {n_tok} trained tokens per epoch, "
                   f"{ft.epochs} epochs = {len(plan)} steps of {ft.batch_size}")
 
     batches = ({k: v.to(device) for k, v in pad_batch([enc[i] for i in idx], tokenizer.pad_token_id).items()}
@@ -77,13 +76,7 @@ def _base_model(recipe: Recipe, data_dir: Path, reporter: Reporter, device: torc
     tok_dir = common.builtin_model_paths(recipe, data_dir).tokenizer
     if not (tok_dir / "tokenizer_config.json").is_file():
         reporter.info(f"Training a BPE tokenizer (vocab {m.vocab_size}) on the benchmark text")
-        texts = []
-        for f in sorted(data_dir.glob("*.json")):
-            if f.name == "benchmark.json" or f.name.startswith("."):
-                continue
-            for row in common.load_split(data_dir, f.stem):
-                texts += [v for v in row.values() if isinstance(v, str)]
-                texts += [a for v in row.values() if isinstance(v, list) for a in v if isinstance(a, str)]
+        texts = common.task_of(recipe).texts(data_dir)
         t = common.template_of(recipe)
         texts += [t.question_start, t.question_end, t.answer_start]
         tokenizer = builtin.train_tokenizer(texts, m.vocab_size)
@@ -110,41 +103,38 @@ def run_finetune(recipe: Recipe, reporter: Reporter, which: Sequence[str] = ("ta
     device = common.setup_runtime(recipe)
     data_dir = common.benchmark_dir(recipe, reporter)
     paths = common.builtin_model_paths(recipe, data_dir)
-    _, _, retain_name = forget_split_names(common.forget_pct(recipe))
-    # A random-init model knows nothing: it learns the general facts (which stand in for
-    # pretraining) beside the authors. A pretrained base is finetuned on the split alone, as in TOFU.
-    general = (common.maybe_split(data_dir, "general_knowledge") or []) if recipe.model.base == "builtin" else []
+    task = common.task_of(recipe)
     plans = {
-        "target": ("full", output / "target" if output else paths.target),
-        "retain": (retain_name, output / "retain" if output else paths.retain),
+        "target": output / "target" if output else paths.target,
+        "retain": output / "retain" if output else paths.retain,
     }
     replace_ok = overwrite or output is None
-    todo = [name for name in which if force or not (plans[name][1] / "training.json").is_file()]
+    todo = [name for name in which if force or not (plans[name] / "training.json").is_file()]
     for name in todo:  # before any training
-        check_writable_dir(plans[name][1], overwrite=replace_ok)
+        check_writable_dir(plans[name], overwrite=replace_ok)
     results: dict[str, dict] = {}
     for name in which:
-        split, out_dir = plans[name]
+        out_dir = plans[name]
         if name not in todo:
             record = json.loads((out_dir / "training.json").read_text())
             reporter.info(f"The {name} model is already trained in {out_dir} (reused; --force retrains)")
             results[name] = {**record, "path": str(out_dir), "reused": True}
             continue
         with atomic_dir(out_dir, overwrite=replace_ok, log=reporter.info) as tmp:  # locked while training
-            rows = common.load_split(data_dir, split) + general
+            train_set = task.train_set(data_dir, name, pretrained=recipe.model.base != "builtin")
             model, tokenizer = _base_model(recipe, data_dir, reporter, device)
             n_params = sum(p.numel() for p in model.parameters())
-            reporter.info(f"Finetuning the {name} model ({n_params / 1e6:.2f}M parameters) on "
-                          f"{split}{' + general_knowledge' if general else ''}")
-            result = train_lm(model, tokenizer, rows, recipe, reporter, f"finetune {name}", device,
+            reporter.info(f"Finetuning the {name} model ({n_params / 1e6:.2f}M parameters) on {train_set.name}")
+            result = train_lm(model, tokenizer, train_set, recipe, reporter, f"finetune {name}", device,
                               seed=recipe.seed)
             model.eval()
             record = {
-                "model": name, "split": split, "items": len(rows), "parameters": n_params,
+                "model": name, "task": recipe.task, "split": train_set.name, "items": len(train_set.rows),
+                "parameters": n_params,
                 "steps": result.steps, "seconds": round(result.seconds, 2),
                 "tokens_per_second": round(result.tokens / max(result.seconds, 1e-9), 1),
                 "final_loss": result.last.get("loss"), "data": str(data_dir),
-                "data_fingerprint": common.data_fingerprint(data_dir),
+                "data_fingerprint": common.data_fingerprint(data_dir, recipe),
             }
             export_model(model, tokenizer, tmp)
             (tmp / "resolved_recipe.yaml").write_text(dump_recipe(recipe))

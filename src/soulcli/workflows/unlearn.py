@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from soulcli.data.encode import EncodedItem, encode_qa_batch, pad_batch
+from soulcli.data.encode import EncodedItem, pad_batch
 from soulcli.data.io import atomic_dir, write_json
 from soulcli.engine.distributed import DistContext, DistributedCurvature, init_distributed, wrap_model
 from soulcli.engine.loop import Training, make_scheduler, train
@@ -24,6 +24,8 @@ from soulcli.engine.rundir import JsonlWriter, versions
 from soulcli.engine.sampling import plan_unlearning
 from soulcli.errors import UserError
 from soulcli.recipe import Recipe, dump_recipe
+from soulcli.tasks import TrainSet, encode_train_set
+from soulcli.tasks.base import QA
 from soulcli.workflows import artifacts, common
 
 
@@ -48,43 +50,36 @@ def _batch(items: list[EncodedItem], idx: list[int], pad_id: int, device) -> dic
     return {k: v.to(device) for k, v in b.items()}
 
 
-def forget_alternates(forget_rows: list[dict], perturbed_rows: list[dict], seed: int) -> list[str]:
-    """One plausible wrong answer per forget item (AltPO's alternates): a ``perturbed_answer`` of
-    the row of the forget split's ``_perturbed`` file asking the same question, picked per item."""
-    from soulcli.objectives.refusals import pick_refusal
-
-    by_question = {row["question"]: row["perturbed_answer"] for row in perturbed_rows}
-    out = []
-    for i, row in enumerate(forget_rows):
-        answers = by_question.get(row["question"])
-        if not answers:
-            raise UserError(f"forget item {i} has no perturbed answers in the _perturbed split "
-                            "(AltPO's alternates); give a benchmark whose _perturbed split covers "
-                            "every forget question")
-        out.append(pick_refusal(answers, i, seed))
-    return out
+def _answers_instead(forget: TrainSet, what: str, objective: str) -> None:
+    """Refusal and alternate answers replace a QA record's answer; raw text has none to replace."""
+    if forget.kind != QA:
+        raise UserError(f"objective '{objective}' trains on {what} in place of the forget answers, but "
+                        f"this task's forget set ({forget.name}) is raw text; choose an objective "
+                        "without refusals or alternates (e.g. ga, graddiff, npo, simnpo, rmu)")
 
 
-def build_step_batches(recipe: Recipe, tokenizer, objective, forget_rows: list[dict],
-                       retain_rows: list[dict], device, seed: int, rank: int = 0,
-                       world_size: int = 1, alternates: list[str] | None = None):
-    """Encode the splits and turn the batch plan into one UnlearnBatch per step (``alternates``:
+def build_step_batches(recipe: Recipe, tokenizer, objective, forget_set: TrainSet, retain_set: TrainSet,
+                       device, seed: int, rank: int = 0, world_size: int = 1,
+                       alternates: list[str] | None = None):
+    """Encode the sets and turn the batch plan into one UnlearnBatch per step (``alternates``:
     one answer per forget row, for objectives with ``uses_alternate``)."""
     from soulcli.objectives.base import UnlearnBatch
     from soulcli.objectives.refusals import load_refusals, pick_refusal
 
     u = recipe.unlearn
     template = common.template_of(recipe)
-    enc = lambda rows, answers: encode_qa_batch(  # noqa: E731
-        tokenizer, template, [r["question"] for r in rows], answers, recipe.data.max_length)
-    forget = enc(forget_rows, [r["answer"] for r in forget_rows])
+    enc = lambda ts: encode_train_set(tokenizer, template, ts, recipe.data.max_length)  # noqa: E731
+    instead = lambda answers: enc(TrainSet(forget_set.name, QA, [  # noqa: E731
+        {"question": r["question"], "answer": a} for r, a in zip(forget_set.rows, answers)]))
+    forget = enc(forget_set)
     use_retain = objective.uses_retain and u.retain_weight > 0
-    retain = enc(retain_rows, [r["answer"] for r in retain_rows]) if use_retain else []
+    retain = enc(retain_set) if use_retain else []
     refusal = None
     if objective.uses_refusal:
+        _answers_instead(forget_set, "refusals", u.objective)
         refusals = load_refusals(u.refusals_file)
-        refusal = enc(forget_rows, [pick_refusal(refusals, i, seed) for i in range(len(forget_rows))])
-    alternate = enc(forget_rows, alternates) if objective.uses_alternate and alternates else None
+        refusal = instead([pick_refusal(refusals, i, seed) for i in range(len(forget_set.rows))])
+    alternate = instead(alternates) if objective.uses_alternate and alternates else None
     plan = plan_unlearning(len(forget), len(retain), u.batch_size, u.retain_batch_size or u.batch_size,
                            u.epochs, seed, use_retain, rank, world_size, u.max_steps)
     pad = tokenizer.pad_token_id
@@ -131,23 +126,23 @@ def unlearn_model(run: PreparedRun, reporter: Reporter, on_row=None, on_step_end
     Under torchrun (``run.dist.enabled``) the loss runs through DDP, each rank on its own
     shard of the batch plan, and curvature estimates are reduced across ranks.
     """
-    from soulcli.data.tofu import forget_split_names
     from soulcli.objectives import build_objective
 
     recipe, u = run.recipe, run.recipe.unlearn
-    forget_name, perturbed_name, retain_name = forget_split_names(common.forget_pct(recipe))
-    forget_rows = common.load_split(run.data_dir, forget_name)
-    retain_rows = common.load_split(run.data_dir, retain_name)
+    task = common.task_of(recipe)
+    forget_set, retain_set = task.unlearn_sets(run.data_dir)
     objective = build_objective(u.objective, forget_weight=u.forget_weight, retain_weight=u.retain_weight,
                                 retain_loss=u.retain_loss, **u.objective_args)
-    alternates = (forget_alternates(forget_rows, common.load_split(run.data_dir, perturbed_name), recipe.seed)
-                  if objective.uses_alternate else None)
-    batches = build_step_batches(recipe, run.tokenizer, objective, forget_rows, retain_rows, run.device,
+    alternates = None
+    if objective.uses_alternate:
+        _answers_instead(forget_set, "alternate answers", u.objective)
+        alternates = task.alternates(run.data_dir, forget_set, recipe.seed)
+    batches = build_step_batches(recipe, run.tokenizer, objective, forget_set, retain_set, run.device,
                                  recipe.seed, run.dist.rank, run.dist.world_size, alternates)
     if not batches:
-        raise UserError(f"split '{forget_name}' gives no unlearning steps; check unlearn.epochs/max_steps")
+        raise UserError(f"split '{forget_set.name}' gives no unlearning steps; check unlearn.epochs/max_steps")
     if u.method == "influence":
-        return influence_step(run, reporter, batches, len(forget_rows), retain_rows, on_row)
+        return influence_step(run, reporter, batches, len(forget_set.rows), retain_set, on_row)
 
     if objective.needs_setup:
         reporter.info(f"Caching the starting model's reference quantities for '{u.objective}'")
@@ -163,7 +158,7 @@ def unlearn_model(run: PreparedRun, reporter: Reporter, on_row=None, on_step_end
     o = recipe.optimizer
     every = f", curvature {type(curvature).__name__} every {o.hessian_interval} steps" if curvature else ""
     reporter.info(f"Unlearning with {u.objective} + {o.name} (lr {o.lr:g}{every}): {len(batches)} steps, "
-                  f"{len(forget_rows)} forget items x {u.epochs} epochs")
+                  f"{len(forget_set.rows)} forget items x {u.epochs} epochs")
     training = Training(
         model=wrap_model(run.model, run.dist, run.device), optimizer=opt, forward=objective,
         scheduler=make_scheduler(opt, u.lr_scheduler, len(batches), u.warmup_steps),
@@ -176,7 +171,7 @@ def unlearn_model(run: PreparedRun, reporter: Reporter, on_row=None, on_step_end
 
 
 def influence_step(run: PreparedRun, reporter: Reporter, batches: list, n_forget: int,
-                   retain_rows: list[dict], on_row=None) -> dict[str, Any]:
+                   retain_set: TrainSet, on_row=None) -> dict[str, Any]:
     """The one-shot influence update (``unlearn.method: influence``) on the forget batches of
     one epoch, with curvature from the retain batches."""
     from soulcli.optim.influence import influence_unlearn
@@ -184,8 +179,7 @@ def influence_step(run: PreparedRun, reporter: Reporter, batches: list, n_forget
     recipe, u, inf = run.recipe, run.recipe.unlearn, run.recipe.unlearn.influence
     retain_batches = [b.retain for b in batches if b.retain is not None][: inf.retain_batches]
     if not retain_batches:  # objectives without a retain term still need retain curvature
-        enc = encode_qa_batch(run.tokenizer, common.template_of(recipe), [r["question"] for r in retain_rows],
-                              [r["answer"] for r in retain_rows], recipe.data.max_length)
+        enc = encode_train_set(run.tokenizer, common.template_of(recipe), retain_set, recipe.data.max_length)
         bs = u.retain_batch_size or u.batch_size
         retain_batches = [_batch(enc, list(range(i, min(i + bs, len(enc)))), run.tokenizer.pad_token_id,
                                  run.device) for i in range(0, min(len(enc), bs * inf.retain_batches), bs)]
@@ -251,7 +245,7 @@ def run_unlearn(recipe: Recipe, reporter: Reporter, output: Path | None = None,
                                          title=f"{recipe.name}: after unlearning")
         summary = {
             "name": recipe.name, "run_dir": str(out_dir), "model": str(out_dir / "model"),
-            "target_model": str(run.target_dir), "data": str(data_dir),
+            "target_model": str(run.target_dir), "task": recipe.task, "data": str(data_dir),
             "objective": recipe.unlearn.objective, "optimizer": recipe.optimizer.name,
             "method": recipe.unlearn.method, "world_size": dist_ctx.world_size,
             "steps": record["steps"], "skipped_steps": record["skipped_steps"],

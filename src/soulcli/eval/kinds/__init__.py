@@ -1,0 +1,14 @@
+"""The metric kinds, one module per family; importing this package registers them all in
+:data:`soulcli.eval.metric.METRIC_KINDS`. A task's suite instantiates them by name."""
+
+from soulcli.eval.kinds.aggregate import HarmonicMean, KSTest
+from soulcli.eval.kinds.bleu import GeneratedBleu
+from soulcli.eval.kinds.likelihood import AnswerProb, NormalizedProb, TruthRatio
+from soulcli.eval.kinds.memorization import ExactMemorization, ExtractionStrength
+from soulcli.eval.kinds.mia import MembershipAUC, PrivLeak
+from soulcli.eval.kinds.rouge import GeneratedRouge
+
+__all__ = [
+    "AnswerProb", "ExactMemorization", "GeneratedBleu", "ExtractionStrength", "GeneratedRouge", "HarmonicMean",
+    "KSTest", "MembershipAUC", "NormalizedProb", "PrivLeak", "TruthRatio",
+]
