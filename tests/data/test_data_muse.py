@@ -240,3 +240,15 @@ def test_knowmem_prompt_exact():
 def test_knowmem_answer_cuts_like_muse(generation, answer):
     assert knowmem_answer(generation) == answer
     assert muse.KNOWMEM_STOP == ("\n\n", "\nQuestion", "Question:")
+
+
+def test_import_hub_parquet_without_pandas_fails_before_downloading(monkeypatch, tmp_path):
+    monkeypatch.setattr(tofu, "_list_hub_files", lambda repo_id: ["raw/forget-00000-of-00001.parquet"])
+    monkeypatch.setattr(muse.importlib.util, "find_spec", lambda name: None)
+
+    def download(repo_id, f):
+        raise AssertionError("downloaded")
+
+    monkeypatch.setattr(tofu, "_download_hub_file", download)
+    with pytest.raises(UserError, match="stored as Parquet, which needs pandas and pyarrow"):
+        import_muse("muse-bench/MUSE-News", tmp_path / "out")

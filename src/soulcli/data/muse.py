@@ -57,6 +57,7 @@ MUSE's evaluation conventions (the metrics are implemented elsewhere; these are 
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import re
@@ -306,6 +307,9 @@ def _import_hub(repo_id: str, out, overwrite: bool) -> dict:
         raise UserError(f"{what} for '{repo_id}' ({reason}); download MUSE where there is network "
                         "and pass its local folder instead") from None
     wanted = [f for f in files if f.split("/", 1)[0] in _HUB_PARTS and f.endswith((".json", ".parquet", ".txt"))]
+    if any(f.endswith(".parquet") for f in wanted) and importlib.util.find_spec("pandas") is None:
+        raise UserError(f"the hub dataset '{repo_id}' is stored as Parquet, which needs pandas and pyarrow "
+                        "(pip install pandas pyarrow); or pass a local folder of MUSE's JSON files")
     staging = Path(tempfile.mkdtemp(prefix="soulcli-muse-"))
     try:
         for remote in wanted:
