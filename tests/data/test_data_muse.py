@@ -117,7 +117,7 @@ def test_missing_required_part(folder, relpath, needle):
 def test_missing_holdout_everywhere(folder):
     for p in [*(folder / "raw").glob("holdout.*"), folder / "privleak" / "holdout.json"]:
         p.unlink()
-    assert "neither privleak/holdout nor raw/holdout" in _error(folder)
+    assert "has no privleak/holdout nor raw/holdout" in _error(folder)
 
 
 def test_missing_folder(tmp_path):

@@ -91,6 +91,7 @@ MUSE_SPLIT_FILES: tuple[str, ...] = (
     *(f"knowmem/{s}.json" for s in KNOWMEM_SPLITS),
     *(f"privleak/{s}.json" for s in PRIVLEAK_SPLITS),
 )
+#: The parts a folder may lack (``privleak/holdout`` may be absent only where ``raw/holdout`` is).
 OPTIONAL_FILES: tuple[str, ...] = ("raw/retain2.json", "raw/holdout.json", "privleak/retain.json")
 
 #: Where MUSE's KnowMem evaluation cuts a generated answer (``metrics/knowmem.py``).
@@ -206,14 +207,11 @@ def _records(paths: list[Path], fields: tuple[str, ...]) -> list[dict]:
     return out
 
 
-def _part(folder: Path, part: str, split: str, fields: tuple[str, ...] | None, required: bool):
+def _part(folder: Path, part: str, split: str, fields: tuple[str, ...] | None) -> list | None:
+    """The validated items of ``part/split`` (texts, or records with ``fields``); None if absent."""
     found = _candidates(folder, part, split)
     if not found:
-        if not required:
-            return None
-        looked = f"{split}.json or {split}-*.parquet" + (f" or {split}.txt" if part == "raw" else "")
-        raise UserError(f"{folder} has no {part}/{split} (looked for {part}/{looked}); pass a folder in "
-                        "MUSE's layout (raw/, verbmem/, knowmem/, privleak/) or import one first")
+        return None
     paths = found[0]
     items = _texts(paths) if fields is None else _records(paths, fields)
     if not items:
@@ -226,28 +224,37 @@ def load_muse(folder: str | os.PathLike) -> MuseData:
     """Read and validate the MUSE corpus in ``folder`` (see the module docstring for the layout).
 
     Every problem raises :class:`~soulcli.errors.UserError` in one line naming the file: a
-    missing required part, a file that is not UTF-8, not JSON or not a list, an item that is
-    not a text or a record missing ``prompt``/``gt``/``question``/``answer`` or holding a
-    non-string, an empty part. A missing ``privleak/holdout`` is taken from ``raw/holdout``.
+    missing required part (every part not in :data:`OPTIONAL_FILES`), a file that is not
+    UTF-8, not JSON or not a list, an item that is not a text or a record missing
+    ``prompt``/``gt``/``question``/``answer`` or holding a non-string, an empty part. A
+    missing ``privleak/holdout`` is taken from ``raw/holdout``.
     """
     folder = Path(folder)
     if not folder.is_dir():
         raise UserError(f"MUSE folder {folder} does not exist (or is not a folder); generate the "
                         "built-in corpus or import MUSE into it first")
-    raw = {s: _part(folder, "raw", s, None, s in ("forget", "retain1")) for s in RAW_SPLITS}
-    privleak = {s: _part(folder, "privleak", s, None, s == "forget") for s in PRIVLEAK_SPLITS}
-    if privleak["holdout"] is None:
-        if raw["holdout"] is None:
-            raise UserError(f"{folder} has neither privleak/holdout nor raw/holdout (texts never "
-                            "trained on, for PrivLeak); add one of them")
-        privleak["holdout"] = raw["holdout"]
-    return MuseData(
-        raw={s: v for s, v in raw.items() if v is not None},
-        verbmem=_part(folder, "verbmem", "forget", VERBMEM_FIELDS, True),
-        knowmem={s: _part(folder, "knowmem", s, KNOWMEM_FIELDS, True) for s in KNOWMEM_SPLITS},
-        privleak={s: v for s, v in privleak.items() if v is not None},
-        meta=read_manifest(folder) or {},
-    )
+    parts: dict[str, Any] = {
+        **{f"raw/{s}": _part(folder, "raw", s, None) for s in RAW_SPLITS},
+        "verbmem/forget": _part(folder, "verbmem", "forget", VERBMEM_FIELDS),
+        **{f"knowmem/{s}": _part(folder, "knowmem", s, KNOWMEM_FIELDS) for s in KNOWMEM_SPLITS},
+        **{f"privleak/{s}": _part(folder, "privleak", s, None) for s in PRIVLEAK_SPLITS},
+    }
+    if parts["privleak/holdout"] is None:
+        parts["privleak/holdout"] = parts["raw/holdout"]
+    for name, items in parts.items():
+        if items is None and f"{name}.json" not in OPTIONAL_FILES:
+            split = name.split("/")[1]
+            looked = f"{split}.json or {split}-*.parquet" + (f" or {split}.txt" if name.startswith("raw/") else "")
+            also = " nor raw/holdout (texts never trained on)" if name == "privleak/holdout" else ""
+            raise UserError(f"{folder} has no {name}{also} (looked for {looked}); pass a folder in MUSE's "
+                            "layout (raw/, verbmem/, knowmem/, privleak/) or import one first")
+
+    def group(part: str, splits: tuple[str, ...]) -> dict:
+        return {s: parts[f"{part}/{s}"] for s in splits if parts[f"{part}/{s}"] is not None}
+
+    return MuseData(raw=group("raw", RAW_SPLITS), verbmem=parts["verbmem/forget"],
+                    knowmem=group("knowmem", KNOWMEM_SPLITS), privleak=group("privleak", PRIVLEAK_SPLITS),
+                    meta=read_manifest(folder) or {})
 
 
 def muse_fingerprint(folder: str | os.PathLike) -> str:
