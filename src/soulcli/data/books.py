@@ -21,9 +21,10 @@ and membership (PrivLeak). This module writes a corpus of the same shape
   about retain2); the few-shot sets are :data:`ICL_SHOTS` facts each of the retain1 books, never
   evaluated; ``privleak`` = forget, retain2 and holdout passages (``raw/holdout`` too).
 
-The defaults (24 books of 12 passages) give 288 passages, about 18k words (13.5k trained on),
-72 VerbMem items, 144 + 144 KnowMem questions; ``num_books=4, passages_per_book=4`` is the
-smallest corpus (16 passages) for tests. Generation is deterministic for a seed.
+The defaults (24 books of 12 passages) give 288 passages, 18,590 words (13,967 trained on;
+about 16k tokens of the built-in tokenizer), 72 VerbMem items, 144 + 144 KnowMem questions;
+``num_books=4, passages_per_book=4`` is the smallest corpus (16 passages), for tests.
+Generation is deterministic for a seed.
 """
 
 from __future__ import annotations
