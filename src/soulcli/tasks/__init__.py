@@ -8,9 +8,10 @@ from __future__ import annotations
 
 from soulcli.errors import unknown_name
 from soulcli.tasks.base import DataConfig, Headline, Task, TrainSet, encode_train_set
+from soulcli.tasks.muse import MuseTask, MuseTaskData
 from soulcli.tasks.tofu import TofuData, TofuTask
 
-TASKS: dict[str, type[Task]] = {t.name: t for t in (TofuTask,)}
+TASKS: dict[str, type[Task]] = {t.name: t for t in (TofuTask, MuseTask)}
 
 
 def task_class(name: str) -> type[Task]:
@@ -24,5 +25,5 @@ def get_task(data: DataConfig, name: str) -> Task:
     return task_class(name)(data)
 
 
-__all__ = ["TASKS", "DataConfig", "Headline", "Task", "TofuData", "TofuTask", "TrainSet",
+__all__ = ["TASKS", "DataConfig", "Headline", "MuseTask", "MuseTaskData", "Task", "TofuData", "TofuTask", "TrainSet",
            "encode_train_set", "get_task", "task_class"]
