@@ -2,7 +2,8 @@
 
 User mistakes (soulcli.errors.UserError) and write errors (read-only, full disk, ...) print one
 line on stderr and exit with code 2; a failed evaluation gate exits with code 3; a diverged run
-(soulcli.errors.DivergedError) with code 4; anything else is a bug and keeps its traceback.
+(soulcli.errors.DivergedError) with code 4; Ctrl-C with code 130 (saying how to resume when a
+checkpoint was saved); anything else is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import functools
 import inspect
 import os
+import shlex
 import sys
 import typing
 from dataclasses import dataclass
@@ -19,7 +21,8 @@ from typing import Any, Callable, Optional
 import typer
 from rich.console import Console
 
-from soulcli.errors import DIVERGED_EXIT, GATE_FAILED_EXIT, USER_ERROR_EXIT, DivergedError, UserError
+from soulcli.errors import (DIVERGED_EXIT, GATE_FAILED_EXIT, INTERRUPTED_EXIT, USER_ERROR_EXIT, DivergedError,
+                            Interrupted, UserError)
 
 app = typer.Typer(
     name="soul",
@@ -36,6 +39,7 @@ OutputOpt = typer.Option(None, "--output", "-o", help="Output folder.")
 SeedOpt = typer.Option(None, "--seed", help="Random seed (overrides the recipe's seed).")
 JsonOpt = typer.Option(False, "--json", help="Print the machine-readable result on stdout, and nothing else.")
 QuietOpt = typer.Option(False, "--quiet", "-q", help="No progress or tables, only errors (and --json output).")
+ResumeOpt = typer.Option(False, "--resume", help="Continue from the latest checkpoint of an earlier, killed or interrupted run of this command (written every unlearn.save_every / finetune.save_every steps); same recipe and --set options.")
 OverwriteOpt = typer.Option(False, "--overwrite", help="Replace an earlier soulcli output at --output (a folder with .soulcli.json); other non-empty folders are never replaced.")
 
 
@@ -73,9 +77,13 @@ def _run(json_out: bool, quiet: bool, body: Callable[[Any], Any]) -> None:
         err.print(f"[bold red]error:[/] {exc.filename}: {exc.strerror}; free space, fix the permissions "
                   "or choose another output folder")
         raise typer.Exit(USER_ERROR_EXIT) from None
+    except Interrupted as exc:
+        again = shlex.join(["soul", *sys.argv[1:], *([] if "--resume" in sys.argv else ["--resume"])])
+        err.print(f"{exc}; resume with `{again}`", markup=False)
+        raise typer.Exit(INTERRUPTED_EXIT) from None
     except KeyboardInterrupt:
         err.print("interrupted: no output folder was finalised")
-        raise typer.Exit(130) from None
+        raise typer.Exit(INTERRUPTED_EXIT) from None
     if json_out and result is not None:
         sys.stdout.write(to_json(result) + "\n")
         sys.stdout.flush()
@@ -169,6 +177,7 @@ def finetune(
     force: bool = typer.Option(False, "--force", help="Retrain cached built-in models."),
     output: Optional[Path] = OutputOpt,
     overwrite: bool = OverwriteOpt,
+    resume: bool = ResumeOpt,
 ) -> None:
     """Train the target model (on `full`) and the retain reference model (on `retainXX`).
 
@@ -188,7 +197,7 @@ def finetune(
     if bad or not models:
         Console(stderr=True).print(f"[bold red]error:[/] --which {which}: use target, retain or target,retain")
         raise typer.Exit(USER_ERROR_EXIT)
-    common.run(lambda rep: run_finetune_command(common.load(), rep, models, output, force, overwrite))
+    common.run(lambda rep: run_finetune_command(common.load(), rep, models, output, force, overwrite, resume))
 
 
 @command()
@@ -196,6 +205,7 @@ def unlearn(
     common: Common,
     output: Optional[Path] = OutputOpt,
     overwrite: bool = OverwriteOpt,
+    resume: bool = ResumeOpt,
 ) -> None:
     """Unlearn the forget set from the target model with the recipe's objective and optimizer.
 
@@ -203,7 +213,10 @@ def unlearn(
     they are missing. Writes runs/<recipe name>/ (or --output): model/, resolved_recipe.yaml,
     metrics.jsonl, eval.json, summary.json, versions.json; the folder appears only when complete.
     An existing non-empty folder is refused (exit 2) unless --overwrite is given and soulcli
-    wrote it; a run whose loss or gradient becomes NaN/inf stops with exit code 4, saving nothing.
+    wrote it; a run whose loss or gradient becomes NaN/inf stops with exit code 4, saving nothing
+    (but its last checkpoint). With unlearn.save_every=N a checkpoint is written every N steps
+    beside the output (runs/.NAME.ckpt/); after a kill, or Ctrl-C (which saves one, exit 130),
+    --resume continues it.
 
     [bold]Examples[/]
 
@@ -213,7 +226,7 @@ def unlearn(
     """
     from soulcli.workflows.unlearn import run_unlearn
 
-    common.run(lambda rep: run_unlearn(common.load(), rep, output, overwrite))
+    common.run(lambda rep: run_unlearn(common.load(), rep, output, overwrite, resume))
 
 
 @command()

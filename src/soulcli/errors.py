@@ -1,4 +1,5 @@
-"""The error types the CLI renders as one line: user mistakes (exit 2), a diverged run (exit 4)."""
+"""The error types the CLI renders as one line: user mistakes (exit 2), a diverged run (exit 4),
+an interrupted run that saved a checkpoint (exit 130)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from typing import Iterable
 USER_ERROR_EXIT = 2
 GATE_FAILED_EXIT = 3
 DIVERGED_EXIT = 4
+INTERRUPTED_EXIT = 130  # 128 + SIGINT, the shell's convention
 
 
 class UserError(Exception):
@@ -24,6 +26,16 @@ class DivergedError(Exception):
     The message names the step, the value and what to lower. The CLI prints it as
     ``diverged: <message>`` on stderr and exits with code 4; nothing is saved as a finished run.
     """
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGINT during a run that writes checkpoints: it stopped after a step and saved it.
+
+    The CLI prints the message and how to resume, and exits with code 130.
+    """
+
+    def __init__(self, step: int, checkpoint: str):
+        super().__init__(f"interrupted at step {step}; checkpoint saved to {checkpoint}")
 
 
 def did_you_mean(name: str, choices: Iterable[str]) -> str:

@@ -77,6 +77,9 @@ class FinetuneConfig:
     batch_size: PosInt = 32
     weight_decay: NonNeg = 0.01
     max_grad_norm: Pos = 1.0
+    # steps between checkpoints (0: none); `soul finetune --resume` continues the latest one
+    # (README, "Checkpoints and resume")
+    save_every: NonNegInt = 0
 
 
 @dataclass(frozen=True)
@@ -123,6 +126,9 @@ class UnlearnConfig:
     # (no optimizer update; the count is in summary.json's skipped_steps)
     on_nonfinite: Literal["stop", "skip"] = "stop"
     log_every: PosInt = 1
+    # steps between checkpoints (0: none); `soul unlearn --resume` continues the latest one
+    # (README, "Checkpoints and resume")
+    save_every: NonNegInt = 0
     influence: InfluenceConfig = field(default_factory=InfluenceConfig)
 
 

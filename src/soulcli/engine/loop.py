@@ -7,22 +7,27 @@ estimator's after-backward part (the empirical Fisher reads ``p.grad``); optimiz
 diagnostics; scheduler; a metrics row. A non-finite loss (checked before the curvature sample,
 which would carry it into the optimizer's state) or gradient norm stops the run with
 :class:`~soulcli.errors.DivergedError`, or, with ``on_nonfinite="skip"``, drops that step's
-update and counts it. The curvature calls are explicit lines through the
-small :class:`~soulcli.optim.curvature.CurvatureEstimator` protocol, as in the Sophia
-authors' nanoGPT loop.
+update and counts it. With checkpoints on, every ``save_every`` steps the run's whole state is
+written (:mod:`soulcli.engine.checkpoint`) so that ``--resume`` continues it bit for bit. The
+curvature calls are explicit lines through the small
+:class:`~soulcli.optim.curvature.CurvatureEstimator` protocol, as in the Sophia authors'
+nanoGPT loop.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any, Callable, Iterable, Protocol
 
 import torch
 
+from soulcli.engine import checkpoint
+from soulcli.engine.checkpoint import Checkpoints
 from soulcli.engine.progress import Reporter
-from soulcli.errors import DivergedError
+from soulcli.errors import DivergedError, Interrupted
 from soulcli.optim.curvature import CurvatureEstimator, Part
 
 
@@ -47,10 +52,13 @@ class Training:
     max_grad_norm: float | None = None
     log_every: int = 1
     on_nonfinite: str = "stop"  # stop: raise DivergedError; skip: no update for that step
+    checkpoints: Checkpoints | None = None  # write / resume checkpoints (engine.checkpoint)
 
 
 @dataclass
 class LoopResult:
+    """What the loop has done (also the record a checkpoint carries)."""
+
     steps: int
     seconds: float
     tokens: int
@@ -77,9 +85,10 @@ def make_scheduler(optimizer, kind: str, total_steps: int, warmup_steps: int = 0
 
 
 def _update(run: Training, out: StepOutput, params: list[torch.nn.Parameter],
-            step: int) -> tuple[float, dict[str, float]] | None:
+            step: int, kept: str) -> tuple[float, dict[str, float]] | None:
     """The step's update from its forward output: (grad norm, diagnostics), or None when the
-    loss or the gradient is not finite and ``run.on_nonfinite`` is ``skip``."""
+    loss or the gradient is not finite and ``run.on_nonfinite`` is ``skip`` (``kept``: what
+    a divergence leaves on disk)."""
     opt, curvature = run.optimizer, run.curvature
 
     def finite(name: str, value: float) -> bool:
@@ -87,8 +96,8 @@ def _update(run: Training, out: StepOutput, params: list[torch.nn.Parameter],
             return True
         if run.on_nonfinite == "stop":
             raise DivergedError(
-                f"the {name} became {value} at step {step} (lr {opt.param_groups[0]['lr']:g}); nothing "
-                "was saved: lower the learning rate (or max_grad_norm), or set on_nonfinite: skip")
+                f"the {name} became {value} at step {step} (lr {opt.param_groups[0]['lr']:g}); {kept}: "
+                "lower the learning rate (or max_grad_norm), or set on_nonfinite: skip")
         return False
 
     if not finite("loss", float(out.loss.detach())):
@@ -115,41 +124,62 @@ def train(run: Training, batches: Iterable[Any], num_steps: int, reporter: Repor
           description: str, on_row: Callable[[dict[str, Any]], None] | None = None,
           on_step_end: Callable[[int], None] | None = None) -> LoopResult:
     """Take one step per batch (``num_steps`` of them); ``on_row`` gets each logged row,
-    ``on_step_end`` the number of steps done (the model is put back in train mode after)."""
-    model, opt = run.model, run.optimizer
+    ``on_step_end`` the number of steps done (the model is put back in train mode after).
+
+    With ``run.checkpoints`` a run resumed from a checkpoint skips the batches it took (the
+    checkpoint's rows go to ``on_row`` first), one is written every ``every`` steps, and a
+    SIGINT stops the run after the current step with a checkpoint of it
+    (:class:`~soulcli.errors.Interrupted`).
+    """
+    model, opt, ckpt = run.model, run.optimizer, run.checkpoints
     params = [p for p in model.parameters() if p.requires_grad]
     model.train()
-    rows: list[dict[str, Any]] = []
-    tokens, skipped, last, start = 0, 0, {}, time.perf_counter()
-    with reporter.task(description, num_steps) as task:
-        for step, batch in enumerate(batches):
+    done = LoopResult(0, 0.0, 0, {}, [])
+    if ckpt is not None and ckpt.resume_from is not None:
+        done = LoopResult(**checkpoint.load(ckpt.resume_from, model, opt, run.scheduler, run.curvature))
+        reporter.info(f"Resuming from {ckpt.resume_from} (step {done.steps} of {num_steps})")
+        for row in done.rows if on_row is not None else ():
+            on_row(row)
+    kept, start = "nothing was saved", time.perf_counter() - done.seconds
+    with reporter.task(description, num_steps) as task, checkpoint.deferred_sigint(
+            ckpt is not None and ckpt.every > 0) as sigint:
+        task.update(done.steps)
+        for step, batch in enumerate(itertools.islice(batches, done.steps, None), done.steps):
             t0 = time.perf_counter()
             lr = opt.param_groups[0]["lr"]
             out = run.forward(model, batch)
-            update = _update(run, out, params, step + 1)
+            update = _update(run, out, params, step + 1, kept)
             opt.zero_grad(set_to_none=True)
             if run.scheduler is not None:
                 run.scheduler.step()
-            tokens += sum(int(data["attention_mask"].sum()) for data, _ in out.logits)
+            done.tokens += sum(int(data["attention_mask"].sum()) for data, _ in out.logits)
             loss, terms = float(out.loss.detach()), out.terms
             del out  # the step's graph and logits
-            skipped += update is None
-            if update is None and skipped == 1:
+            done.skipped += update is None
+            if update is None and done.skipped == 1:
                 reporter.info(f"[yellow]warning:[/] step {step + 1} skipped: non-finite loss or gradient "
                               "(no update; every skipped step is counted in the run's summary)")
             grad_norm, diag = update or (math.nan, {"skipped": 1})
-            last = {"step": step + 1, "loss": loss, **terms, "lr": lr, "grad_norm": grad_norm,
-                    **diag, "step_seconds": time.perf_counter() - t0,
-                    "seconds": time.perf_counter() - start}
+            done.last = {"step": step + 1, "loss": loss, **terms, "lr": lr, "grad_norm": grad_norm,
+                         **diag, "step_seconds": time.perf_counter() - t0,
+                         "seconds": time.perf_counter() - start}
             if (step + 1) % run.log_every == 0 or step + 1 == num_steps:
-                rows.append(last)
+                done.rows.append(done.last)
                 if on_row is not None:
-                    on_row(last)
+                    on_row(done.last)
             task.update(1, loss=loss, **{k: v for k, v in terms.items() if isinstance(v, float)})
             if on_step_end is not None:
                 on_step_end(step + 1)
                 model.train()
+            done.steps, done.seconds = step + 1, time.perf_counter() - start
+            if ckpt is not None and ((ckpt.every and (step + 1) % ckpt.every == 0) or sigint.is_set()):
+                saved = checkpoint.save(ckpt, step + 1, num_steps, model, opt, run.scheduler,
+                                        run.curvature, asdict(done))
+                kept = f"the checkpoint of step {step + 1} is kept in {saved}"
+                if sigint.is_set():
+                    raise Interrupted(step + 1, str(saved))
     if not all(bool(torch.isfinite(p).all()) for p in params):  # a finite step can still overflow
-        raise DivergedError("the parameters are not finite after the last step; nothing was saved: "
+        raise DivergedError(f"the parameters are not finite after the last step; {kept}: "
                             "lower the learning rate")
-    return LoopResult(num_steps, time.perf_counter() - start, tokens, last, rows, skipped)
+    done.seconds = time.perf_counter() - start
+    return done

@@ -173,7 +173,15 @@ class RuleOptimizer(torch.optim.Optimizer):
         """Bytes held by the optimizer state tensors (each storage counted once)."""
         return state_bytes(self)
 
+    def state_dict(self) -> dict[str, Any]:
+        # the diagnostics cadence and figures not yet read travel too, so a resumed run logs
+        # the same rows (torch's load_state_dict ignores the extra key)
+        return {**super().state_dict(),
+                "diagnostics": {"steps_done": self._steps_done, "pending": dict(self._pending)}}
+
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        diagnostics = state_dict.get("diagnostics", {"steps_done": 0, "pending": {}})
+        self._steps_done, self._pending = diagnostics["steps_done"], dict(diagnostics["pending"])
         # torch casts floating state to the parameter dtype; keep the saved fp32 values instead
         saved = state_dict["state"]
         saved_ids = [i for g in state_dict["param_groups"] for i in g["params"]]

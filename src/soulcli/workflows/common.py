@@ -107,6 +107,19 @@ class ModelPaths:
     retain: Path
 
 
+def shaping(section) -> dict:
+    """A recipe section's fields but ``save_every``: checkpoints change no number, so they
+    are left out of every cache key."""
+    return {k: v for k, v in asdict(section).items() if k != "save_every"}
+
+
+def checkpoint_key(recipe: Recipe, part: str) -> str:
+    """The key a run's checkpoints carry: the resolved recipe (``save_every`` aside) and which
+    part of the command they belong to, so ``--resume`` refuses another recipe's or seed's."""
+    raw = {**asdict(recipe), "unlearn": shaping(recipe.unlearn), "finetune": shaping(recipe.finetune)}
+    return short_hash([raw, part])
+
+
 def builtin_models_key(recipe: Recipe, data_dir: Path) -> str:
     """The content key of the built-in models: the benchmark's content, the architecture, the
     finetuning settings, the prompt template and the initialisation seed."""
@@ -116,7 +129,7 @@ def builtin_models_key(recipe: Recipe, data_dir: Path) -> str:
         "data": data_fingerprint(data_dir, recipe),
         "arch": [m.base, m.vocab_size, m.hidden_size, m.num_layers, m.num_heads, m.intermediate_size],
         "dtype": m.dtype,
-        "finetune": asdict(recipe.finetune),
+        "finetune": shaping(recipe.finetune),
         "max_length": recipe.data.max_length,
         "template": asdict(recipe.data.template),
         "seed": recipe.data.seed,
@@ -140,4 +153,4 @@ def objective_cache_key(recipe: Recipe, data_dir: Path, seed: int) -> str:
     the data, the starting model (the built-in one by its content key, others by name), the
     unlearning settings and the seed."""
     model = builtin_models_key(recipe, data_dir) if recipe.model.source == "builtin" else recipe.model.source
-    return short_hash([data_fingerprint(data_dir, recipe), model, repr(recipe.unlearn), seed])
+    return short_hash([data_fingerprint(data_dir, recipe), model, shaping(recipe.unlearn), seed])

@@ -182,12 +182,13 @@ def run_evaluate(recipe: Recipe | None, reporter: Reporter, run_dir: Path | None
 
 
 def run_finetune_command(recipe: Recipe, reporter: Reporter, which: Sequence[str],
-                         output: Path | None = None, force: bool = False, overwrite: bool = False) -> dict:
+                         output: Path | None = None, force: bool = False, overwrite: bool = False,
+                         resume: bool = False) -> dict:
     """`soul finetune`: train (or reuse), then evaluate the target against the retain model."""
     from soulcli.models.loading import load_model
 
     results = run_finetune(recipe, reporter, which, output, force=force or output is not None,
-                           overwrite=overwrite)
+                           overwrite=overwrite, resume=resume)
     if "target" not in results:
         return {"models": results}
     device = common.setup_runtime(recipe)

@@ -20,10 +20,13 @@ import torch
 
 from soulcli.data.encode import pad_batch
 from soulcli.data.io import atomic_dir, check_writable_dir, write_json, write_jsonl
+from soulcli.engine import checkpoint
+from soulcli.engine.checkpoint import Checkpoints
 from soulcli.engine.loop import LoopResult, Training, make_scheduler, train
 from soulcli.engine.progress import Reporter
 from soulcli.engine.rundir import versions
 from soulcli.engine.sampling import epoch_batches
+from soulcli.errors import UserError
 from soulcli.objectives import ObjectiveOutput
 from soulcli.recipe import Recipe, dump_recipe
 from soulcli.tasks import TrainSet, encode_train_set
@@ -39,8 +42,10 @@ def adamw(params, lr: float, weight_decay: float, device: torch.device):
 
 
 def train_lm(model, tokenizer, train_set: TrainSet, recipe: Recipe, reporter: Reporter,
-             description: str, device: torch.device, seed: int) -> LoopResult:
-    """Supervised finetuning on a task's training set (QA: answer tokens only in the loss)."""
+             description: str, device: torch.device, seed: int,
+             checkpoints: Checkpoints | None = None) -> LoopResult:
+    """Supervised finetuning on a task's training set (QA: answer tokens only in the loss;
+    ``checkpoints``: where to write them, and the one to resume; engine.checkpoint)."""
     ft = recipe.finetune
     enc = encode_train_set(tokenizer, common.template_of(recipe), train_set, recipe.data.max_length)
     plan = epoch_batches(len(enc), ft.batch_size, ft.epochs, seed)
@@ -54,7 +59,7 @@ def train_lm(model, tokenizer, train_set: TrainSet, recipe: Recipe, reporter: Re
     batches = ({k: v.to(device) for k, v in pad_batch([enc[i] for i in idx], tokenizer.pad_token_id).items()}
                for idx in plan)
     training = Training(model, opt, forward=nll_forward, scheduler=sched, max_grad_norm=ft.max_grad_norm,
-                        log_every=10)
+                        log_every=10, checkpoints=checkpoints)
     return train(training, batches, len(plan), reporter, description)
 
 
@@ -90,13 +95,16 @@ def _base_model(recipe: Recipe, data_dir: Path, reporter: Reporter, device: torc
 
 
 def run_finetune(recipe: Recipe, reporter: Reporter, which: Sequence[str] = ("target", "retain"),
-                 output: Path | None = None, force: bool = True, overwrite: bool = False) -> dict[str, dict]:
+                 output: Path | None = None, force: bool = True, overwrite: bool = False,
+                 resume: bool = False) -> dict[str, dict]:
     """Train the requested models; each is saved (atomically) with its training record.
 
     With ``force=False`` a model already in its folder is reused, not retrained. Under
     ``output``, OUTPUT/target and OUTPUT/retain are checked before any training: an existing
     non-empty one is replaced only with ``overwrite`` and only if soulcli wrote it (a cached
-    built-in model, being soulcli's own, is always replaceable).
+    built-in model, being soulcli's own, is always replaceable). With ``finetune.save_every``
+    each model's training writes checkpoints beside its folder; ``resume`` continues those of
+    the models that have one (at least one must).
     """
     from soulcli.models.loading import export_model
 
@@ -112,6 +120,13 @@ def run_finetune(recipe: Recipe, reporter: Reporter, which: Sequence[str] = ("ta
     todo = [name for name in which if force or not (plans[name] / "training.json").is_file()]
     for name in todo:  # before any training
         check_writable_dir(plans[name], overwrite=replace_ok)
+    resumable = {name for name in todo if checkpoint.latest(checkpoint.checkpoint_dir(plans[name]))}
+    if resume and not resumable:
+        raise UserError(f"--resume: no checkpoint of the {' or '.join(which)} model to continue; "
+                        "run without --resume (set finetune.save_every to write checkpoints)")
+    checkpoints = {name: checkpoint.prepare(plans[name], recipe.finetune.save_every,
+                                            common.checkpoint_key(recipe, f"finetune {name}"),
+                                            resume and name in resumable) for name in todo}
     results: dict[str, dict] = {}
     for name in which:
         out_dir = plans[name]
@@ -126,7 +141,7 @@ def run_finetune(recipe: Recipe, reporter: Reporter, which: Sequence[str] = ("ta
             n_params = sum(p.numel() for p in model.parameters())
             reporter.info(f"Finetuning the {name} model ({n_params / 1e6:.2f}M parameters) on {train_set.name}")
             result = train_lm(model, tokenizer, train_set, recipe, reporter, f"finetune {name}", device,
-                              seed=recipe.seed)
+                              seed=recipe.seed, checkpoints=checkpoints[name])
             model.eval()
             record = {
                 "model": name, "task": recipe.task, "split": train_set.name, "items": len(train_set.rows),
@@ -140,6 +155,8 @@ def run_finetune(recipe: Recipe, reporter: Reporter, which: Sequence[str] = ("ta
             (tmp / "resolved_recipe.yaml").write_text(dump_recipe(recipe))
             write_json(tmp / "training.json", {**record, "versions": versions()})
             write_jsonl(tmp / "metrics.jsonl", result.rows)
+        if checkpoints[name] is not None:
+            checkpoint.clear(checkpoints[name])
         reporter.info(f"Saved the {name} model to {out_dir} ({result.seconds:.0f}s, "
                       f"{record['tokens_per_second']:.0f} tokens/s, final loss {record['final_loss']:.4f})")
         results[name] = {**record, "path": str(out_dir)}

@@ -17,6 +17,8 @@ import torch
 
 from soulcli.data.encode import EncodedItem, pad_batch
 from soulcli.data.io import atomic_dir, write_json
+from soulcli.engine import checkpoint
+from soulcli.engine.checkpoint import Checkpoints
 from soulcli.engine.distributed import DistContext, DistributedCurvature, init_distributed, wrap_model
 from soulcli.engine.loop import Training, make_scheduler, train
 from soulcli.engine.progress import Reporter
@@ -120,8 +122,10 @@ def build_optimizer_for(recipe: Recipe, model):
     return opt, curvature
 
 
-def unlearn_model(run: PreparedRun, reporter: Reporter, on_row=None, on_step_end=None) -> dict[str, Any]:
+def unlearn_model(run: PreparedRun, reporter: Reporter, on_row=None, on_step_end=None,
+                  checkpoints: Checkpoints | None = None) -> dict[str, Any]:
     """Unlearn ``run.model`` in place; returns the training record (steps, seconds, last row, rows).
+    ``checkpoints``: where to write checkpoints, and the one to resume (engine.checkpoint).
 
     Under torchrun (``run.dist.enabled``) the loss runs through DDP, each rank on its own
     shard of the batch plan, and curvature estimates are reduced across ranks.
@@ -163,7 +167,7 @@ def unlearn_model(run: PreparedRun, reporter: Reporter, on_row=None, on_step_end
         model=wrap_model(run.model, run.dist, run.device), optimizer=opt, forward=objective,
         scheduler=make_scheduler(opt, u.lr_scheduler, len(batches), u.warmup_steps),
         curvature=curvature, hessian_interval=o.hessian_interval, max_grad_norm=u.max_grad_norm,
-        log_every=u.log_every, on_nonfinite=u.on_nonfinite)
+        log_every=u.log_every, on_nonfinite=u.on_nonfinite, checkpoints=checkpoints)
     result = train(training, batches, len(batches), reporter, "unlearn", on_row, on_step_end)
     run.model.eval()
     return {"steps": result.steps, "seconds": result.seconds, "last": result.last, "rows": result.rows,
@@ -203,11 +207,13 @@ def run_win_rate_warning(rows: list[dict], rho: float | None) -> str | None:
 
 
 def run_unlearn(recipe: Recipe, reporter: Reporter, output: Path | None = None,
-                overwrite: bool = False) -> dict[str, Any] | None:
+                overwrite: bool = False, resume: bool = False) -> dict[str, Any] | None:
     """The whole `soul unlearn` command; returns the summary written to summary.json.
 
     The output folder is checked and locked before any work (a non-empty one is refused unless
     ``overwrite`` and soulcli wrote it); it appears only when the run finished with finite values.
+    With ``unlearn.save_every`` checkpoints are written beside it (and removed once it is in
+    place); ``resume`` continues the latest one.
     """
     from soulcli.models.loading import export_model
     from soulcli.workflows.evaluate import evaluate_and_report
@@ -215,6 +221,8 @@ def run_unlearn(recipe: Recipe, reporter: Reporter, output: Path | None = None,
     device = common.setup_runtime(recipe)
     dist_ctx, device = init_distributed(device)
     out_dir = Path(output or recipe.output_dir or Path("runs") / recipe.name)
+    checkpoints = checkpoint.prepare(out_dir, recipe.unlearn.save_every, common.checkpoint_key(recipe, "unlearn"),
+                                     resume, dist_ctx.enabled)
     if not dist_ctx.is_main:  # other ranks train their shard; rank 0 builds, writes, evaluates
         reporter = Reporter(reporter.console, quiet=True)
         dist_ctx.barrier()  # rank 0 builds any missing benchmark / models first
@@ -230,7 +238,7 @@ def run_unlearn(recipe: Recipe, reporter: Reporter, output: Path | None = None,
         write_json(tmp / "versions.json", versions())
         writer = JsonlWriter(tmp / "metrics.jsonl")
         try:
-            record = unlearn_model(run, reporter, on_row=writer)
+            record = unlearn_model(run, reporter, on_row=writer, checkpoints=checkpoints)
         finally:
             writer.close()
         warnings = [w for w in [run_win_rate_warning(record["rows"], recipe.optimizer.args.get("rho"))] if w]
@@ -254,6 +262,8 @@ def run_unlearn(recipe: Recipe, reporter: Reporter, output: Path | None = None,
             "metrics": evaluation["aggregates"], "warnings": warnings,
         }
         write_json(tmp / "summary.json", summary)
+    if checkpoints is not None:
+        checkpoint.clear(checkpoints)
     dist_ctx.barrier()
     reporter.info(f"Run saved to {out_dir}")
     return summary
