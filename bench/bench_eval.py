@@ -116,20 +116,12 @@ def random_builtin_model(splits: dict[str, list[dict]]):
 
 
 def load_splits(data: Path, forget: str) -> dict[str, list[dict]]:
-    """The evaluation splits of a benchmark folder (TOFU file names), read by soulcli.data."""
-    from soulcli.data.tofu import available_splits, load_split
+    """The evaluation splits of a benchmark folder, as the TOFU task reads them."""
+    from soulcli.tasks import TofuData, TofuTask
 
-    present = set(available_splits(data))
-    names = {
-        "forget": f"{forget}_perturbed",
-        "retain": "retain_perturbed",
-        "real_authors": "real_authors_perturbed",
-        "world_facts": "world_facts_perturbed",
-        "holdout": "holdout",
-    }
-    splits = {key: load_split(data, name) for key, name in names.items() if name in present}
+    splits = TofuTask(TofuData(forget_split=forget)).eval_splits(data)
     for key, rows in splits.items():
-        print(f"{key}: {names[key]} ({len(rows)} rows)")
+        print(f"{key}: {len(rows)} rows")
     return splits
 
 
@@ -171,16 +163,19 @@ def main(argv: list[str] | None = None) -> int:
         model, tokenizer = random_builtin_model(splits)
     model.to(args.device).eval()
     template = PromptTemplate()
+    from soulcli.tasks import TofuData, TofuTask
+
+    suite = TofuTask(TofuData(template=template)).suite(EvalConfig(max_new_tokens=args.max_new_tokens))
     batched_cfg = EvalConfig(batch_size=args.batch_size, max_new_tokens=args.max_new_tokens)
     single_cfg = EvalConfig(batch_size=1, max_new_tokens=args.max_new_tokens)
 
     evaluate_model(
-        model, tokenizer, template, {k: v[:2] for k, v in splits.items()}, single_cfg
+        model, tokenizer, suite, {k: v[:2] for k, v in splits.items()}, single_cfg
     )  # warm-up
     t0 = time.perf_counter()
-    batched = evaluate_model(model, tokenizer, template, splits, batched_cfg)
+    batched = evaluate_model(model, tokenizer, suite, splits, batched_cfg)
     t1 = time.perf_counter()
-    single = evaluate_model(model, tokenizer, template, splits, single_cfg)
+    single = evaluate_model(model, tokenizer, suite, splits, single_cfg)
     t2 = time.perf_counter()
 
     same_generations = all(
@@ -211,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from rich.console import Console
 
-    render_summary(batched, Console())
+    render_summary(batched, Console(), suite)
     print(
         f"batched {bench['seconds_batched']:.2f} s, one at a time {bench['seconds_one_at_a_time']:.2f} s: "
         f"{bench['speedup']:.1f}x faster; {batched['stats']['pairs_scored']} pairs scored, "
