@@ -74,3 +74,42 @@ def test_a_muse_folder_is_imported_and_a_malformed_one_refused(soul, tmp_path):
     assert res.exit_code == 2 and "Traceback" not in res.output
     errors = [line for line in res.output.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "verbmem/forget.json item 1: missing field(s) gt" in errors[0]
+
+
+def test_compare_optimizers_tabulates_and_plots_the_muse_headline(soul, muse_run, tmp_path):
+    out = tmp_path / "cmp"
+    res = soul.json("compare-optimizers", "--optimizers", "adamw,sophiag", "--objectives", "graddiff",
+                    "--lr-grid", "1e-3", "--set", "compare.include_influence=false", "--output", str(out),
+                    recipe=MICRO_MUSE)
+    assert (out / "verbmem_vs_knowmem.png").is_file() and (out / "curves.png").is_file()
+    assert "lowest forget_verbmem_rougeL with retain_knowmem_rougeL >= 0.9" in res["rule"]
+    header = (out / "results.csv").read_text().splitlines()[0].split(",")
+    assert {"forget_verbmem_rougeL", "retain_knowmem_rougeL", "privleak", "forget_leak_bleu"} <= set(header)
+    assert {s["optimizer"] for s in res["selected"]} == {"adamw", "sophiag"}
+    assert all(s["forget_verbmem_rougeL"]["mean"] is not None for s in res["selected"])
+
+
+PINNED_MUSE = Path(__file__).resolve().parents[1] / "assets" / "pinned_micro_muse.json"
+
+
+def test_first_losses_and_final_metrics_match_the_stored_values(muse_run):
+    """The micro MUSE run's finetune and unlearning losses and final metrics, pinned like
+    test_cli_pinned.py's (same tolerances; SOUL_PIN_REFRESH=1 rewrites the file)."""
+    from test_cli_pinned import ATOL, REFRESH, RTOL, _close, _rows
+
+    target = Path(muse_run["finetuned"]["models"]["target"]["path"])
+    metrics = json.loads((muse_run["run"] / "summary.json").read_text())["metrics"]
+    got = {"rows": _rows(muse_run["run"] / "metrics.jsonl"),
+           "finetune_rows": [{k: r[k] for k in ("step", "loss")} for r in _rows(target / "metrics.jsonl")],
+           "aggregates": {k: metrics[k] for k in NAMES}}
+    if REFRESH:
+        PINNED_MUSE.write_text(json.dumps(got, indent=1) + "\n")
+        pytest.skip(f"refreshed {PINNED_MUSE}")
+    want = json.loads(PINNED_MUSE.read_text())
+    assert len(want["rows"]) == 4 and want["rows"][0]["loss"] != want["rows"][-1]["loss"]
+    for key in ("rows", "finetune_rows"):
+        assert len(got[key]) == len(want[key])
+        for g, w in zip(got[key], want[key]):
+            assert g.keys() == w.keys()
+            assert all(_close(g[k], w[k], RTOL, 0.0) for k in w), (key, g, w)
+    assert all(_close(got["aggregates"][k], v, 0.0, ATOL) for k, v in want["aggregates"].items()), got
