@@ -96,14 +96,19 @@ class Common:
     json_out: bool
     quiet: bool
 
-    def load(self, extra: list[str] | None = None):
-        """The recipe (defaults when no file), with --set, the extra overrides and --seed."""
+    def load(self, reporter, extra: list[str] | None = None):
+        """The recipe (defaults when no file), with --set, the extra overrides and --seed;
+        its notes (e.g. optimizer args dropped by --set optimizer.name) go to ``reporter``."""
         from soulcli.recipe import load_recipe
 
         overrides = list(self.sets or []) + list(extra or [])
         if self.seed is not None:
             overrides.append(f"seed={self.seed}")
-        return load_recipe(self.recipe, overrides)
+        notes: list[str] = []
+        recipe = load_recipe(self.recipe, overrides, notes)
+        for note in notes:
+            reporter.info(f"note: {note}")
+        return recipe
 
     def run(self, body: Callable[[Any], Any]) -> None:
         _run(self.json_out, self.quiet, body)
@@ -159,7 +164,7 @@ def prepare_data(
     from soulcli.workflows.prepare import run_prepare
 
     extra = [f"data.source={source}"] if source else []
-    common.run(lambda rep: run_prepare(common.load(extra), rep, output, overwrite))
+    common.run(lambda rep: run_prepare(common.load(rep, extra), rep, output, overwrite))
 
 
 @command()
@@ -188,7 +193,7 @@ def finetune(
     if bad or not models:
         Console(stderr=True).print(f"[bold red]error:[/] --which {which}: use target, retain or target,retain")
         raise typer.Exit(USER_ERROR_EXIT)
-    common.run(lambda rep: run_finetune_command(common.load(), rep, models, output, force, overwrite))
+    common.run(lambda rep: run_finetune_command(common.load(rep), rep, models, output, force, overwrite))
 
 
 @command()
@@ -209,11 +214,11 @@ def unlearn(
 
       soul unlearn --recipe recipes/tofu_sophia.yaml
 
-      soul unlearn --recipe recipes/tofu_sophia.yaml --set optimizer.name=adamw --set optimizer.args={}
+      soul unlearn --recipe recipes/tofu_sophia.yaml --set optimizer.name=adamw
     """
     from soulcli.workflows.unlearn import run_unlearn
 
-    common.run(lambda rep: run_unlearn(common.load(), rep, output, overwrite))
+    common.run(lambda rep: run_unlearn(common.load(rep), rep, output, overwrite))
 
 
 @command()
@@ -248,7 +253,7 @@ def evaluate(
 
         under = [parse_gate(g) for g in fail_under or []]
         over = [parse_gate(g) for g in fail_over or []]
-        rcp = common.load() if common.recipe is not None else None
+        rcp = common.load(rep) if common.recipe is not None else None
         chosen = tuple(m.strip() for m in metrics.split(",") if m.strip()) if metrics else None
         out = run_evaluate(rcp, rep, run_dir, model, data, reference, chosen, output,
                            overrides=list(common.sets or []) if common.recipe is None else None)
@@ -292,7 +297,7 @@ def compare_optimizers(
             extra.append(f"compare.{key}=[{value}]")
     if seed_policy:
         extra.append(f"compare.seed_policy={seed_policy}")
-    common.run(lambda rep: run_compare(common.load(extra), rep, output, overwrite))
+    common.run(lambda rep: run_compare(common.load(rep, extra), rep, output, overwrite))
 
 
 def main() -> None:

@@ -106,7 +106,7 @@ def run_cell(recipe: Recipe, cell: Cell, data_dir: Path, target_dir: Path, refer
 
     r = cell_recipe(recipe, cell)
     common.setup_runtime(r)
-    model, tokenizer = load_model(str(target_dir), r.model.dtype, device)
+    model, tokenizer = load_model(str(target_dir), r.model.dtype, device, r.model.trust_remote_code)
     model = apply_adapter(model, r.model.adapter, r.model.lora)
     splits = common.eval_splits(data_dir, r)
     cfg = eval_config(r, TRACKED)
@@ -318,7 +318,8 @@ def compare_into(recipe: Recipe, reporter: Reporter, out_dir: Path) -> dict[str,
     if target_file.is_file():
         target = json.loads(target_file.read_text())
     else:
-        model, tokenizer = load_model(str(target_dir), recipe.model.dtype, device)
+        model, tokenizer = load_model(str(target_dir), recipe.model.dtype, device,
+                                       recipe.model.trust_remote_code)
         res = evaluate_model(model, tokenizer, common.template_of(recipe), common.eval_splits(data_dir, recipe),
                              eval_config(recipe, TRACKED), reference=reference)
         target = {k: res["metrics"][k].get("value") for k in TRACKED}
