@@ -368,7 +368,11 @@ def build_recipe(raw: Mapping[str, Any], source: str = "recipe") -> Recipe:
     """Validate a raw mapping into a :class:`Recipe`, reporting every problem at once."""
     errors: list[str] = []
     recipe = schema.build(Recipe, raw, "", errors)
-    if recipe is not schema.MISSING and not errors:
+    if recipe is schema.MISSING and isinstance(raw, Mapping):
+        # the sections that are valid on their own (defaults for the others) still get the
+        # checks below, so an unknown key elsewhere does not hide e.g. an unknown optimizer
+        recipe = Recipe(**schema.check(schema.params_of(Recipe), raw, "", []))
+    if recipe is not schema.MISSING:
         _check_values(recipe, errors)
     if errors:
         raise RecipeError(source, errors)
