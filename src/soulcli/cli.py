@@ -18,6 +18,7 @@ from typing import Any, Callable, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from soulcli.errors import DIVERGED_EXIT, GATE_FAILED_EXIT, USER_ERROR_EXIT, DivergedError, UserError
 
@@ -61,8 +62,8 @@ def _run(json_out: bool, quiet: bool, body: Callable[[Any], Any]) -> None:
     try:
         _quiet_libraries()
         result = body(reporter)
-    except UserError as exc:
-        err.print(f"[bold red]error:[/] {exc}", markup=True)
+    except UserError as exc:  # one line, whatever a message quotes (a file's text, a name)
+        err.print("[bold red]error:[/] " + escape(" ".join(str(exc).split())), markup=True)
         raise typer.Exit(USER_ERROR_EXIT) from None
     except DivergedError as exc:
         err.print(f"[bold red]diverged:[/] {exc}", markup=True)

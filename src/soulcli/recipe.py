@@ -54,6 +54,7 @@ Pos = Annotated[float, POSITIVE]
 PosInt = Annotated[int, POSITIVE]
 NonNeg = Annotated[float, NON_NEGATIVE]
 NonNegInt = Annotated[int, NON_NEGATIVE]
+Seed = Annotated[int, Range(ge=0, lt=2**32)]  # what every generator takes (numpy's limit)
 
 
 @dataclass(frozen=True)
@@ -61,7 +62,7 @@ class DataConfig:
     """Where the benchmark comes from and how it is tokenised."""
 
     source: str = "builtin"  # builtin | a local folder of TOFU files | a hub dataset id
-    seed: NonNegInt = 0  # the built-in benchmark's generator seed
+    seed: Seed = 0  # the built-in benchmark's generator seed
     forget_split: Literal["forget01", "forget05", "forget10"] = "forget10"
     num_authors: NumAuthors = 100  # built-in benchmark size
     questions_per_author: QuestionsPerAuthor = 10
@@ -167,7 +168,7 @@ class CompareConfig:
     optimizers: tuple[str, ...] = ("adamw", "signum", "sophiag")
     objectives: tuple[str, ...] = ("graddiff",)
     lr_grid: tuple[Pos, ...] = ()
-    seeds: tuple[NonNegInt, ...] = (0,)
+    seeds: tuple[Seed, ...] = (0,)
     utility_ratio: Annotated[float, Range(gt=0, le=1)] = 0.9
     include_influence: bool = True
     # "all": every lr runs every seed; "selected": the lr grid runs on the first seed, the rule
@@ -178,11 +179,11 @@ class CompareConfig:
 @dataclass(frozen=True)
 class Recipe:
     name: str = "recipe"
-    seed: NonNegInt = 0
+    seed: Seed = 0
     cache_dir: str = ".soul"
     output_dir: str | None = None  # default runs/<name>
     device: str = "auto"
-    threads: PosInt | None = None
+    threads: Annotated[int, Range(gt=0, le=4096)] | None = None  # torch takes a C int
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)

@@ -44,15 +44,9 @@ class Range:
 
     def problem(self, value: float) -> str | None:
         """Why ``value`` is out of range (None when it is inside)."""
-        parts = []
-        if self.gt is not None:
-            parts.append(f"> {self.gt:g}")
-        if self.ge is not None:
-            parts.append(f">= {self.ge:g}")
-        if self.lt is not None:
-            parts.append(f"< {self.lt:g}")
-        if self.le is not None:
-            parts.append(f"<= {self.le:g}")
+        parts = [f"{op} {bound if isinstance(bound, int) else f'{bound:g}'}"
+                 for op, bound in ((">", self.gt), (">=", self.ge), ("<", self.lt), ("<=", self.le))
+                 if bound is not None]
         ok = ((self.gt is None or value > self.gt) and (self.ge is None or value >= self.ge)
               and (self.lt is None or value < self.lt) and (self.le is None or value <= self.le))
         return None if ok else "must be " + " and ".join(parts)

@@ -72,7 +72,7 @@ def check_model_folder(where: str, trust_remote_code: bool = False) -> None:
                 raise UserError(f"{file} has no model_type; re-save the model with save_pretrained")
             if model_type not in CONFIG_MAPPING_NAMES:
                 raise UserError(f"model folder '{folder}': transformers does not know model_type "
-                                f"'{model_type}' (custom code or a newer transformers); {TRUST_HINT}, "
+                                f"{model_type!r} (custom code or a newer transformers); {TRUST_HINT}, "
                                 "or upgrade transformers")
 
 
@@ -84,7 +84,8 @@ def _from_pretrained(what: str, name: str, load: Callable[[], Any]) -> Any:
 
     try:
         return load()
-    except (OSError, ValueError, TypeError, RuntimeError, SafetensorError, StrictDataclassError) as exc:
+    except (OSError, ValueError, TypeError, RuntimeError, AssertionError, SafetensorError,
+            StrictDataclassError) as exc:  # AssertionError: torch's checks of the config's sizes
         detail = " ".join(str(exc).split())[:200]
         if "trust_remote_code" in detail:
             raise UserError(f"{what} '{name}' needs its own code to load; {TRUST_HINT}") from None
@@ -127,8 +128,14 @@ def load_model(name: str, dtype: str = "float32", device: str | torch.device = "
     where = resolve_model_path(name)
     check_model_folder(where, trust_remote_code)
     tokenizer = load_tokenizer(where, trust_remote_code)
-    model = _from_pretrained("model", name, lambda: AutoModelForCausalLM.from_pretrained(
-        where, dtype=DTYPES[dtype], trust_remote_code=trust_remote_code))
+    model, info = _from_pretrained("model", name, lambda: AutoModelForCausalLM.from_pretrained(
+        where, dtype=DTYPES[dtype], trust_remote_code=trust_remote_code, output_loading_info=True))
+    unfit = sorted(info.get("missing_keys") or []) + sorted(info.get("unexpected_keys") or [])
+    if unfit:  # transformers would go on with freshly initialised (or dropped) weights
+        raise UserError(f"the weights of model '{name}' do not fit its config.json "
+                        f"({len(info.get('missing_keys') or [])} missing, "
+                        f"{len(info.get('unexpected_keys') or [])} unexpected, e.g. {unfit[0]}); "
+                        "re-save the model with save_pretrained")
     ensure_pad_token(tokenizer, model)
     return model.to(device), tokenizer
 
