@@ -288,7 +288,7 @@ def compare_optimizers(
 
     [bold]Example[/]
 
-      soul compare-optimizers --recipe recipes/tofu_sophia.yaml --optimizers adamw,signum,sophiag --objectives graddiff,npo --lr-grid 1e-5,3e-5,1e-4 --output runs/compare
+      soul compare-optimizers --recipe recipes/tofu_sophia.yaml --optimizers adamw,sophiag --objectives graddiff --lr-grid 3e-5,1e-4 --output runs/compare
     """
     from soulcli.workflows.compare import run_compare
 
