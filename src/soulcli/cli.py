@@ -20,6 +20,7 @@ from typing import Any, Callable, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from soulcli.errors import (DIVERGED_EXIT, GATE_FAILED_EXIT, INTERRUPTED_EXIT, USER_ERROR_EXIT, DivergedError,
                             Interrupted, UserError)
@@ -65,8 +66,8 @@ def _run(json_out: bool, quiet: bool, body: Callable[[Any], Any]) -> None:
     try:
         _quiet_libraries()
         result = body(reporter)
-    except UserError as exc:
-        err.print(f"[bold red]error:[/] {exc}", markup=True)
+    except UserError as exc:  # one line, whatever a message quotes (a file's text, a name)
+        err.print("[bold red]error:[/] " + escape(" ".join(str(exc).split())), markup=True)
         raise typer.Exit(USER_ERROR_EXIT) from None
     except DivergedError as exc:
         err.print(f"[bold red]diverged:[/] {exc}", markup=True)
@@ -104,14 +105,19 @@ class Common:
     json_out: bool
     quiet: bool
 
-    def load(self, extra: list[str] | None = None):
-        """The recipe (defaults when no file), with --set, the extra overrides and --seed."""
+    def load(self, reporter, extra: list[str] | None = None):
+        """The recipe (defaults when no file), with --set, the extra overrides and --seed;
+        its notes (e.g. optimizer args dropped by --set optimizer.name) go to ``reporter``."""
         from soulcli.recipe import load_recipe
 
         overrides = list(self.sets or []) + list(extra or [])
         if self.seed is not None:
             overrides.append(f"seed={self.seed}")
-        return load_recipe(self.recipe, overrides)
+        notes: list[str] = []
+        recipe = load_recipe(self.recipe, overrides, notes)
+        for note in notes:
+            reporter.info(f"note: {note}")
+        return recipe
 
     def run(self, body: Callable[[Any], Any]) -> None:
         _run(self.json_out, self.quiet, body)
@@ -167,7 +173,7 @@ def prepare_data(
     from soulcli.workflows.prepare import run_prepare
 
     extra = [f"data.source={source}"] if source else []
-    common.run(lambda rep: run_prepare(common.load(extra), rep, output, overwrite))
+    common.run(lambda rep: run_prepare(common.load(rep, extra), rep, output, overwrite))
 
 
 @command()
@@ -197,7 +203,7 @@ def finetune(
     if bad or not models:
         Console(stderr=True).print(f"[bold red]error:[/] --which {which}: use target, retain or target,retain")
         raise typer.Exit(USER_ERROR_EXIT)
-    common.run(lambda rep: run_finetune_command(common.load(), rep, models, output, force, overwrite, resume))
+    common.run(lambda rep: run_finetune_command(common.load(rep), rep, models, output, force, overwrite, resume))
 
 
 @command()
@@ -222,11 +228,11 @@ def unlearn(
 
       soul unlearn --recipe recipes/tofu_sophia.yaml
 
-      soul unlearn --recipe recipes/tofu_sophia.yaml --set optimizer.name=adamw --set optimizer.args={}
+      soul unlearn --recipe recipes/tofu_sophia.yaml --set optimizer.name=adamw
     """
     from soulcli.workflows.unlearn import run_unlearn
 
-    common.run(lambda rep: run_unlearn(common.load(), rep, output, overwrite, resume))
+    common.run(lambda rep: run_unlearn(common.load(rep), rep, output, overwrite, resume))
 
 
 @command()
@@ -261,7 +267,7 @@ def evaluate(
 
         under = [parse_gate(g) for g in fail_under or []]
         over = [parse_gate(g) for g in fail_over or []]
-        rcp = common.load() if common.recipe is not None else None
+        rcp = common.load(rep) if common.recipe is not None else None
         chosen = tuple(m.strip() for m in metrics.split(",") if m.strip()) if metrics else None
         out = run_evaluate(rcp, rep, run_dir, model, data, reference, chosen, output,
                            overrides=list(common.sets or []) if common.recipe is None else None,
@@ -296,7 +302,7 @@ def compare_optimizers(
 
     [bold]Example[/]
 
-      soul compare-optimizers --recipe recipes/tofu_sophia.yaml --optimizers adamw,signum,sophiag --objectives graddiff,npo --lr-grid 1e-5,3e-5,1e-4 --output runs/compare
+      soul compare-optimizers --recipe recipes/tofu_sophia.yaml --optimizers adamw,sophiag --objectives graddiff --lr-grid 3e-5,1e-4 --output runs/compare
     """
     from soulcli.workflows.compare import run_compare
 
@@ -306,7 +312,7 @@ def compare_optimizers(
             extra.append(f"compare.{key}=[{value}]")
     if seed_policy:
         extra.append(f"compare.seed_policy={seed_policy}")
-    common.run(lambda rep: run_compare(common.load(extra), rep, output, overwrite))
+    common.run(lambda rep: run_compare(common.load(rep, extra), rep, output, overwrite))
 
 
 def main() -> None:

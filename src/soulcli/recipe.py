@@ -5,11 +5,30 @@ Every problem in a recipe is reported at once, each with its YAML path (``optimi
 mapping before validation, so they are typed by the same schema. Per-optimizer and
 per-objective keys (``optimizer.args``, ``unlearn.objective_args``) are checked against the
 real signature of what they configure.
+
+Files are read with a safe loader (plain data; ``!!python/...`` tags are errors) that also
+refuses a key given twice. :func:`load_recipe` makes paths absolute, so a recipe means the same
+from any folder and ``resolved_recipe.yaml`` records where everything was:
+
+* keys holding paths (:data:`PATH_KEYS`): ``cache_dir``, ``output_dir``,
+  ``unlearn.refusals_file`` are always paths; ``data.source``, ``model.source``, ``model.base``
+  and ``model.reference`` are paths unless they are ``builtin`` / ``none`` or look like a hub id:
+  a value is a path when it starts with ``.``, ``/`` or ``~``, or names something that exists
+  relative to the folder it is resolved against (so ``org/name`` is a hub id unless that
+  folder holds ``org/name``);
+* a value written in the recipe file resolves against the recipe file's folder;
+* a ``--set`` value, like every command-line flag (``-o``, ``--data``, ``--model``), and the
+  default ``cache_dir`` (``.soul``), resolve against the current directory.
+
+``--set optimizer.name=X`` (or ``unlearn.objective=X``) drops the file's ``optimizer.args``
+(``unlearn.objective_args``) keys that X does not take, with a note; in the file itself a key
+the optimizer does not take stays an error.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal, Mapping
@@ -19,7 +38,7 @@ import yaml
 from soulcli import schema
 from soulcli.errors import UserError, did_you_mean
 from soulcli.eval.config import EvalConfig
-from soulcli.schema import NON_NEGATIVE, POSITIVE, Range
+from soulcli.schema import NON_NEGATIVE, POSITIVE, Range, Seed
 from soulcli.tasks import TASKS, DataConfig, TofuData, get_task
 
 # set by the engine from the recipe's own keys, not through optimizer.args
@@ -62,6 +81,9 @@ class ModelConfig:
     num_heads: PosInt = 4
     intermediate_size: PosInt = 512
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    # run Python files shipped with a model folder / hub repo (config.json's auto_map);
+    # off: such a model is refused (exit 2) instead of executed
+    trust_remote_code: bool = False
     adapter: Literal["full", "lora"] = "full"
     lora: LoraConfig = field(default_factory=LoraConfig)
 
@@ -137,7 +159,7 @@ class CompareConfig:
     optimizers: tuple[str, ...] = ("adamw", "signum", "sophiag")
     objectives: tuple[str, ...] = ("graddiff",)
     lr_grid: tuple[Pos, ...] = ()
-    seeds: tuple[NonNegInt, ...] = (0,)
+    seeds: tuple[Seed, ...] = (0,)
     utility_ratio: Annotated[float, Range(gt=0, le=1)] = 0.9
     include_influence: bool = True
     # "all": every lr runs every seed; "selected": the lr grid runs on the first seed, the rule
@@ -152,11 +174,11 @@ class Recipe:
 
     name: str = "recipe"
     task: str = "tofu"
-    seed: NonNegInt = 0
+    seed: Seed = 0
     cache_dir: str = ".soul"
     output_dir: str | None = None  # default runs/<name>
     device: str = "auto"
-    threads: PosInt | None = None
+    threads: Annotated[int, Range(gt=0, le=4096)] | None = None  # torch takes a C int
     data: DataConfig = field(default_factory=TofuData)
     model: ModelConfig = field(default_factory=ModelConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
@@ -240,18 +262,44 @@ def parse_override(text: str) -> tuple[list[str], Any]:
         raise UserError(f"--set '{text}': the key is empty; write e.g. --set optimizer.lr=1e-4")
     try:
         value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError:
+    except (yaml.YAMLError, RecursionError):
         value = raw
     return key.split("."), value
 
 
-def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Put each ``--set`` value into a copy of the raw mapping (creating sections as needed)."""
+# --------------------------------------------------------------------------- paths
+
+#: Recipe keys naming a file or folder; the first three may also be a keyword or a hub id.
+PATH_KEYS: tuple[tuple[str, ...], ...] = (
+    ("data", "source"), ("model", "source"), ("model", "base"), ("model", "reference"),
+    ("unlearn", "refusals_file"), ("cache_dir",), ("output_dir",))
+_ALWAYS_PATHS = {("unlearn", "refusals_file"), ("cache_dir",), ("output_dir",)}
+_KEYWORDS = ("builtin", "none")
+
+
+def _resolved(at: tuple[str, ...], value: Any, base: Path) -> Any:
+    """``value`` (the raw value of key ``at``, a section's mapping included) with its paths
+    made absolute against ``base``; what is not a path (a keyword, a hub id) is kept."""
+    if isinstance(value, dict):
+        return {k: _resolved((*at, str(k)), v, base) for k, v in value.items()}
+    if at not in PATH_KEYS or not isinstance(value, str) or not value or value in _KEYWORDS:
+        return value
+    local = Path(value).expanduser()
+    if at in _ALWAYS_PATHS or value.startswith((".", "/", "~")) or (base / local).exists():
+        return os.path.abspath(base / local)
+    return value  # e.g. the hub id org/name
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str], base: Path | None = None) -> dict[str, Any]:
+    """Put each ``--set`` value into a copy of the raw mapping (creating sections as needed);
+    with ``base``, a path value (see :data:`PATH_KEYS`) is made absolute against it."""
     import copy
 
     out = copy.deepcopy(raw)
     for text in overrides:
         parts, value = parse_override(text)
+        if base is not None:
+            value = _resolved(tuple(parts), value, base)
         node = out
         for part in parts[:-1]:
             if not isinstance(node.get(part), dict):
@@ -261,7 +309,35 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
     return out
 
 
+# --------------------------------------------------------------------------- reading
+
+
+class _DuplicateKey(yaml.constructor.ConstructorError):
+    pass
+
+
+class UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` (plain data only: a ``!!python/...`` tag is an error) that refuses
+    a key given twice in one mapping, where PyYAML would silently keep the last one."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        first: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=True)
+            try:
+                line = first.setdefault(key, key_node.start_mark.line)
+            except TypeError:  # an unhashable key: the base class says so
+                continue
+            if line != key_node.start_mark.line:
+                raise _DuplicateKey(None, None, f"key '{key}' is given twice (also at line "
+                                    f"{line + 1}); keep one", key_node.start_mark)
+        return super().construct_mapping(node, deep)
+
+
 def read_yaml(path: str | Path) -> dict[str, Any]:
+    """The raw mapping of a recipe file (safe YAML, no duplicate keys), or one UserError."""
     path = Path(path)
     if not path.is_file():
         hint = ""
@@ -269,11 +345,20 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
             hint = "; shipped recipes: " + ", ".join(sorted(str(p) for p in Path("recipes").glob("*.yaml")))
         raise UserError(f"recipe file '{path}' does not exist; pass an existing YAML file to --recipe{hint}")
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.load(path.read_text(encoding="utf-8"), Loader=UniqueKeyLoader)  # noqa: S506 (safe)
+    except UnicodeDecodeError:
+        raise UserError(f"recipe '{path}' is not UTF-8 text; save it as a UTF-8 YAML file") from None
+    except OSError as exc:
+        raise UserError(f"could not read recipe '{path}' ({exc.strerror}); check its permissions") from None
+    except RecursionError:
+        raise UserError(f"recipe '{path}' is nested too deeply to be a recipe; write its sections "
+                        "(data:, model:, ...) with plain values") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or "invalid YAML"
+        problem = " ".join(str(getattr(exc, "problem", None) or exc or "invalid YAML").split())
+        if isinstance(exc, _DuplicateKey):
+            raise UserError(f"recipe '{path}'{where.replace(' at', '')}: {problem}") from None
         raise UserError(f"recipe '{path}' is not valid YAML{where}: {problem}; fix the syntax there") from None
     if raw is None:
         return {}
@@ -295,21 +380,63 @@ def build_recipe(raw: Mapping[str, Any], source: str = "recipe") -> Recipe:
         raw.pop("task", None)
     recipe = schema.build(Recipe, raw, "", errors)
     data = schema.build(data_cls, data_raw, "data", errors) if data_cls else schema.MISSING
+    if recipe is schema.MISSING and isinstance(raw, Mapping):
+        # the sections that are valid on their own (defaults for the others) still get the
+        # checks below, so an unknown key elsewhere does not hide e.g. an unknown optimizer
+        recipe = Recipe(**schema.check(schema.params_of(Recipe), raw, "", []))
     if recipe is not schema.MISSING and data is not schema.MISSING:
         recipe = dataclasses.replace(recipe, data=data)
-    if recipe is not schema.MISSING and not errors:
+    if recipe is not schema.MISSING:
         _check_values(recipe, errors)
     if errors:
         raise RecipeError(source, errors)
     return recipe
 
 
-def load_recipe(path: str | Path | None, overrides: list[str] | None = None) -> Recipe:
-    """Read ``path`` (or the defaults when None), apply ``--set`` overrides, validate."""
-    raw = read_yaml(path) if path is not None else {}
-    if path is not None and "name" not in raw:
-        raw["name"] = Path(path).stem
-    raw = apply_overrides(raw, overrides or [])
+def _drop_foreign_args(raw: dict[str, Any], set_keys: set[tuple[str, ...]], notes: list[str]) -> None:
+    """After ``--set optimizer.name=X`` (or ``unlearn.objective=X``), drop the recipe file's
+    ``optimizer.args`` (``unlearn.objective_args``) keys that X does not take, with a note:
+    switching optimizer on the command line must not fail on the old one's ``rho``. Keys that
+    came from ``--set`` themselves stay (and are checked)."""
+    from soulcli.objectives import OBJECTIVES, objective_hparams
+    from soulcli.optim import OPTIMIZERS, optimizer_hparams
+
+    for section, name_key, args_key, registry, declared in (
+            ("optimizer", "name", "args", OPTIMIZERS, optimizer_hparams),
+            ("unlearn", "objective", "objective_args", OBJECTIVES, objective_hparams)):
+        node = raw.get(section)
+        if (section, name_key) not in set_keys or not isinstance(node, dict):
+            continue
+        name, args = node.get(name_key), node.get(args_key)
+        if not isinstance(name, str) or name not in registry or not isinstance(args, dict):
+            continue
+        if (section, args_key) in set_keys:
+            continue
+        known = declared(name)
+        dropped = [k for k in args if k not in known and (section, args_key, str(k)) not in set_keys]
+        if dropped:
+            node[args_key] = {k: v for k, v in args.items() if k not in dropped}
+            notes.append(f"{section}.{name_key}={name} (from --set) does not take "
+                         f"{', '.join(f'{section}.{args_key}.{k}' for k in dropped)}: dropped")
+
+
+def load_recipe(path: str | Path | None, overrides: list[str] | None = None,
+                notes: list[str] | None = None) -> Recipe:
+    """Read ``path`` (or the defaults when None), apply ``--set`` overrides, validate.
+
+    Paths become absolute (see the module docstring for the rule); a note for the user (e.g.
+    optimizer args dropped after ``--set optimizer.name=...``) is appended to ``notes``.
+    """
+    overrides = overrides or []
+    raw: dict[str, Any] = {}
+    if path is not None:
+        raw = _resolved((), read_yaml(path), Path(path).resolve().parent)
+        raw.setdefault("name", Path(path).stem)
+    raw = apply_overrides(raw, overrides, base=Path.cwd())
+    if "cache_dir" not in raw:  # the default, like a flag, is relative to the current directory
+        raw["cache_dir"] = os.path.abspath(Recipe.cache_dir)
+    _drop_foreign_args(raw, {tuple(parse_override(o)[0]) for o in overrides},
+                       notes if notes is not None else [])
     return build_recipe(raw, source=str(path) if path else "the default recipe")
 
 

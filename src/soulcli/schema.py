@@ -25,7 +25,7 @@ import math
 import types
 import typing
 from dataclasses import dataclass
-from typing import Any, Literal, Mapping
+from typing import Annotated, Any, Literal, Mapping
 
 from soulcli.errors import UserError, did_you_mean
 
@@ -44,15 +44,9 @@ class Range:
 
     def problem(self, value: float) -> str | None:
         """Why ``value`` is out of range (None when it is inside)."""
-        parts = []
-        if self.gt is not None:
-            parts.append(f"> {self.gt:g}")
-        if self.ge is not None:
-            parts.append(f">= {self.ge:g}")
-        if self.lt is not None:
-            parts.append(f"< {self.lt:g}")
-        if self.le is not None:
-            parts.append(f"<= {self.le:g}")
+        parts = [f"{op} {bound if isinstance(bound, int) else f'{bound:g}'}"
+                 for op, bound in ((">", self.gt), (">=", self.ge), ("<", self.lt), ("<=", self.le))
+                 if bound is not None]
         ok = ((self.gt is None or value > self.gt) and (self.ge is None or value >= self.ge)
               and (self.lt is None or value < self.lt) and (self.le is None or value <= self.le))
         return None if ok else "must be " + " and ".join(parts)
@@ -62,6 +56,7 @@ POSITIVE = Range(gt=0)
 NON_NEGATIVE = Range(ge=0)
 AT_LEAST_ONE = Range(ge=1)
 FRACTION = Range(ge=0, lt=1)  # e.g. an EMA coefficient
+Seed = Annotated[int, Range(ge=0, lt=2**32)]  # what every generator takes (numpy's limit)
 
 
 @dataclass(frozen=True)

@@ -112,7 +112,8 @@ def test_value_rules():
     ({"optimizer": {"lr": float("nan")}}, "optimizer.lr: must be a finite number, got nan"),
     ({"unlearn": {"max_grad_norm": -1}}, "unlearn.max_grad_norm: must be > 0, got -1"),
     ({"unlearn": {"log_every": 0}}, "unlearn.log_every: must be > 0, got 0"),
-    ({"threads": -1}, "threads: must be > 0, got -1"),
+    ({"threads": -1}, "threads: must be > 0 and <= 4096, got -1"),
+    ({"threads": 10**30}, f"threads: must be > 0 and <= 4096, got {10**30}"),
     ({"model": {"num_heads": 0}}, "model.num_heads: must be > 0, got 0"),
     ({"data": {"num_authors": 1}}, "data.num_authors: must be >= 2, got 1"),
     ({"optimizer": {"name": "sophiag", "args": {"rho": 0}}}, "optimizer.args.rho: must be > 0, got 0"),
@@ -167,3 +168,97 @@ def test_name_defaults_to_file_stem(tmp_path):
     p.write_text("seed: 3\n")
     r = load_recipe(p)
     assert r.name == "my_run" and r.seed == 3 and isinstance(r, Recipe)
+
+
+def test_a_duplicate_key_is_an_error_naming_the_key_and_both_lines(tmp_path):
+    p = tmp_path / "dup.yaml"
+    p.write_text("optimizer:\n  lr: 1.0e-4\n  name: adamw\n  lr: 3.0e-4\n")
+    with pytest.raises(UserError) as err:
+        read_yaml(p)
+    assert str(err.value) == (f"recipe '{p}' line 4, column 3: key 'lr' is given twice (also at line 2); "
+                              "keep one")
+    p.write_text("seed: 1\nunlearn: {epochs: 2}\nseed: 2\n")
+    with pytest.raises(UserError, match=r"line 3, column 1: key 'seed' is given twice \(also at line 1\)"):
+        read_yaml(p)
+    # the same key in two sections, and a YAML merge key overriding, are not duplicates
+    p.write_text("base: &b {lr: 1}\noptimizer:\n  <<: *b\n  lr: 2\nunlearn: {lr: 3}\n")
+    assert read_yaml(p)["optimizer"] == {"lr": 2}
+
+
+def test_yaml_is_loaded_safely_and_binary_or_deep_files_are_one_line(tmp_path):
+    p = tmp_path / "evil.yaml"
+    p.write_text("name: !!python/object/apply:os.system ['echo pwned']\n")
+    with pytest.raises(UserError) as err:
+        read_yaml(p)
+    assert str(err.value).startswith(f"recipe '{p}' is not valid YAML at line 1, column 7: could not "
+                                     "determine a constructor for the tag 'tag:yaml.org,2002:python/object/apply:os.system'")
+    p.write_bytes(b"\xff\xfe\x00\x81seed: 1\n")
+    with pytest.raises(UserError, match="is not UTF-8 text; save it as a UTF-8 YAML file"):
+        read_yaml(p)
+    p.write_text("a: " + "[" * 5000 + "]" * 5000 + "\n")
+    with pytest.raises(UserError, match="nested too deeply"):
+        read_yaml(p)
+
+
+def test_paths_in_the_file_resolve_against_its_folder_and_set_values_against_cwd(tmp_path, monkeypatch):
+    folder = tmp_path / "recipes"
+    (folder / "models" / "base").mkdir(parents=True)
+    (folder / "org").mkdir()  # exists, but org/other does not: org/other stays a hub id
+    p = folder / "r.yaml"
+    p.write_text("cache_dir: cache\noutput_dir: ../out\n"
+                 "data: {source: ./tofu}\n"
+                 "model: {source: org/other, base: models/base, reference: none}\n"
+                 "unlearn: {refusals_file: refusals.txt}\n")
+    elsewhere = tmp_path / "work"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    r = load_recipe(p)
+    assert r.cache_dir == str(folder / "cache") and r.output_dir == str(tmp_path / "out")
+    assert r.data.source == str(folder / "tofu")
+    assert r.model.source == "org/other" and r.model.reference == "none"
+    assert r.model.base == str(folder / "models" / "base")
+    assert r.unlearn.refusals_file == str(folder / "refusals.txt")
+    r = load_recipe(p, ["cache_dir=c2", "data.source=locuslab/TOFU", "model={source: ./m}",
+                        "model.reference=~/ret"])
+    assert r.cache_dir == str(elsewhere / "c2") and r.data.source == "locuslab/TOFU"
+    assert r.model.reference == str(Path("~/ret").expanduser()) and r.model.source == str(elsewhere / "m")
+    assert r.model.base == "builtin"  # the --set section replaced the file's model section
+    # no file: the default cache is the current directory's .soul; the resolved recipe records it
+    d = load_recipe(None)
+    assert d.cache_dir == str(elsewhere / ".soul") and d.data.source == "builtin"
+    assert f"cache_dir: {elsewhere / '.soul'}" in dump_recipe(d)
+
+
+def test_set_optimizer_name_drops_the_files_foreign_args_with_a_note(tmp_path):
+    p = tmp_path / "r.yaml"
+    p.write_text("optimizer: {name: sophiag, args: {rho: 10.0, bs: 480, diagnostics_every: 1, betas: [0.9, 0.99]}}\n"
+                 "unlearn: {objective: npo, objective_args: {beta: 0.2}}\n")
+    notes: list[str] = []
+    r = load_recipe(p, ["optimizer.name=adamw", "unlearn.objective=graddiff"], notes)
+    assert r.optimizer.name == "adamw" and r.optimizer.args == {"diagnostics_every": 1, "betas": [0.9, 0.99]}
+    assert r.unlearn.objective_args == {}
+    assert notes == [
+        "optimizer.name=adamw (from --set) does not take optimizer.args.rho, optimizer.args.bs: dropped",
+        "unlearn.objective=graddiff (from --set) does not take unlearn.objective_args.beta: dropped"]
+    # keys given with --set themselves are kept, and checked
+    with pytest.raises(RecipeError) as err:
+        load_recipe(p, ["optimizer.name=adamw", "optimizer.args.rho=3"])
+    assert err.value.problems == ["optimizer.args.rho: unknown key of optimizer 'adamw' (valid: betas, diagnostics_every, eps)"]
+    # wrong args written in the file stay an error
+    p.write_text("optimizer: {name: adamw, args: {rho: 10.0}}\n")
+    with pytest.raises(RecipeError, match="optimizer.args.rho: unknown key of optimizer 'adamw'"):
+        load_recipe(p, [], notes)
+    assert len(notes) == 2
+
+
+def test_every_problem_at_once_when_an_unknown_key_is_among_them():
+    with pytest.raises(RecipeError) as err:
+        build_recipe({"modle": {}, "optimizer": {"name": "sophia", "lr": -1},
+                      "unlearn": {"objective": "npo", "objective_args": {"betaa": 1}},
+                      "model": {"hidden_size": 33, "num_heads": 2}, "seed": "x"})
+    assert sorted(err.value.problems) == sorted([
+        "modle: unknown key (did you mean 'model'?)",
+        "optimizer.lr: must be > 0, got -1",
+        "seed: expected an integer, got 'x'",
+        "model.hidden_size: must be a multiple of model.num_heads",
+        "unlearn.objective_args.betaa: unknown key of objective 'npo' (did you mean 'beta'?)"])

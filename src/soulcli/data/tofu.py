@@ -222,7 +222,11 @@ def read_records(path: str | os.PathLike) -> tuple[list[Any], list[str]]:
         raise UserError(f"{path} is not UTF-8 text ({exc.reason}); save it as UTF-8") from None
     except OSError as exc:
         raise UserError(f"could not read {path} ({exc.strerror})") from None
-    return _parse_json_text(path, text)
+    try:
+        return _parse_json_text(path, text)
+    except RecursionError:
+        raise UserError(f"{path}: JSON nested too deeply to hold records; expected one JSON object "
+                        "per line (or a single JSON array of objects)") from None
 
 
 def validate_records(path: Path, name: str, records: list[Any], where: list[str]) -> list[dict]:

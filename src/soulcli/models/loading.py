@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -37,16 +38,69 @@ def resolve_model_path(name: str, marker: str = "config.json") -> str:
     )
 
 
-def load_tokenizer(name: str):
+TRUST_HINT = "set model.trust_remote_code: true in the recipe (only for a model whose code you trust)"
+
+
+def check_model_folder(where: str, trust_remote_code: bool = False) -> None:
+    """Refuse a local model folder that would run its own Python code (an ``auto_map`` in
+    config.json or tokenizer_config.json, or a ``model_type`` transformers does not know)
+    unless ``trust_remote_code``; a config.json that is not a JSON object is refused too.
+    A hub id is checked by transformers itself (it is always called with the flag given)."""
+    folder = Path(where)
+    if not folder.is_dir():
+        return
+    for name in ("config.json", "tokenizer_config.json"):
+        file = folder / name
+        if not file.is_file():
+            continue
+        try:
+            config = json.loads(file.read_text(encoding="utf-8"))
+        except (ValueError, OSError) as exc:  # UnicodeDecodeError and JSONDecodeError included
+            raise UserError(f"{file} is not valid JSON ({exc.__class__.__name__}); re-save the "
+                            "model with save_pretrained") from None
+        if not isinstance(config, dict):
+            raise UserError(f"{file} must hold a JSON object, got {type(config).__name__}; "
+                            "re-save the model with save_pretrained")
+        if "auto_map" in config and not trust_remote_code:
+            raise UserError(f"model folder '{folder}' ships its own code ({name} has auto_map), "
+                            f"which soulcli does not run by default; {TRUST_HINT}")
+        if name == "config.json" and not trust_remote_code:
+            from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
+
+            model_type = config.get("model_type")
+            if not isinstance(model_type, str):
+                raise UserError(f"{file} has no model_type; re-save the model with save_pretrained")
+            if model_type not in CONFIG_MAPPING_NAMES:
+                raise UserError(f"model folder '{folder}': transformers does not know model_type "
+                                f"{model_type!r} (custom code or a newer transformers); {TRUST_HINT}, "
+                                "or upgrade transformers")
+
+
+def _from_pretrained(what: str, name: str, load: Callable[[], Any]) -> Any:
+    """``load()`` (a transformers ``from_pretrained``), its failures on a bad folder or an
+    unreachable hub as one UserError line."""
+    from huggingface_hub.errors import StrictDataclassError
+    from safetensors import SafetensorError
+
+    try:
+        return load()
+    except (OSError, ValueError, TypeError, RuntimeError, AssertionError, SafetensorError,
+            StrictDataclassError) as exc:  # AssertionError: torch's checks of the config's sizes
+        detail = " ".join(str(exc).split())[:200]
+        if "trust_remote_code" in detail:
+            raise UserError(f"{what} '{name}' needs its own code to load; {TRUST_HINT}") from None
+        raise UserError(f"could not load a {what} from '{name}' ({exc.__class__.__name__}: {detail}); "
+                        "check the folder (written by save_pretrained?), or the network for a hub id") from None
+
+
+def load_tokenizer(name: str, trust_remote_code: bool = False):
+    """The tokenizer of a model folder or hub id; custom tokenizer code only when trusted."""
     from transformers import AutoTokenizer
 
     where = resolve_model_path(name, "tokenizer_config.json")
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(where)
-    except OSError as exc:
-        raise UserError(f"could not load a tokenizer from '{name}' ({exc.__class__.__name__}); "
-                        "check the path, or the network for a hub id") from None
-    return tokenizer
+    check_model_folder(where, trust_remote_code)
+    return _from_pretrained("tokenizer", name, lambda: AutoTokenizer.from_pretrained(
+        where, trust_remote_code=trust_remote_code))
 
 
 def ensure_pad_token(tokenizer, model=None) -> None:
@@ -65,17 +119,23 @@ def ensure_pad_token(tokenizer, model=None) -> None:
             model.generation_config.pad_token_id = tokenizer.pad_token_id
 
 
-def load_model(name: str, dtype: str = "float32", device: str | torch.device = "cpu"):
-    """Load ``(model, tokenizer)`` from a folder or hub id, with a safe pad token."""
+def load_model(name: str, dtype: str = "float32", device: str | torch.device = "cpu",
+               trust_remote_code: bool = False):
+    """Load ``(model, tokenizer)`` from a folder or hub id, with a safe pad token; a model
+    that needs its own code is refused unless ``trust_remote_code`` (model.trust_remote_code)."""
     from transformers import AutoModelForCausalLM
 
     where = resolve_model_path(name)
-    tokenizer = load_tokenizer(where)
-    try:
-        model = AutoModelForCausalLM.from_pretrained(where, dtype=DTYPES[dtype])
-    except OSError as exc:
-        raise UserError(f"could not load a model from '{name}' ({exc.__class__.__name__}); "
-                        "check the path, or the network for a hub id") from None
+    check_model_folder(where, trust_remote_code)
+    tokenizer = load_tokenizer(where, trust_remote_code)
+    model, info = _from_pretrained("model", name, lambda: AutoModelForCausalLM.from_pretrained(
+        where, dtype=DTYPES[dtype], trust_remote_code=trust_remote_code, output_loading_info=True))
+    unfit = sorted(info.get("missing_keys") or []) + sorted(info.get("unexpected_keys") or [])
+    if unfit:  # transformers would go on with freshly initialised (or dropped) weights
+        raise UserError(f"the weights of model '{name}' do not fit its config.json "
+                        f"({len(info.get('missing_keys') or [])} missing, "
+                        f"{len(info.get('unexpected_keys') or [])} unexpected, e.g. {unfit[0]}); "
+                        "re-save the model with save_pretrained")
     ensure_pad_token(tokenizer, model)
     return model.to(device), tokenizer
 

@@ -28,7 +28,7 @@ from soulcli.data.template import PromptTemplate
 from soulcli.errors import UserError
 from soulcli.eval.config import EvalConfig
 from soulcli.eval.metric import Metric
-from soulcli.schema import NON_NEGATIVE, Range
+from soulcli.schema import Range, Seed
 
 QA, TEXT = "qa", "text"  # record kinds: question-answer rows, raw-text rows ({"text": ...})
 
@@ -38,7 +38,7 @@ class DataConfig:
     """The keys every task's ``data`` section has."""
 
     source: str = "builtin"  # builtin | a local folder in the task's layout | a hub dataset id
-    seed: Annotated[int, NON_NEGATIVE] = 0  # the built-in dataset's generator seed
+    seed: Seed = 0  # the built-in dataset's generator seed
     max_length: Annotated[int, Range(ge=8)] = 128  # longest training / scored sequence, tokens
     template: PromptTemplate = field(default_factory=PromptTemplate)
 

@@ -107,7 +107,7 @@ def run_cell(recipe: Recipe, cell: Cell, data_dir: Path, target_dir: Path, refer
 
     r = cell_recipe(recipe, cell)
     common.setup_runtime(r)
-    model, tokenizer = load_model(str(target_dir), r.model.dtype, device)
+    model, tokenizer = load_model(str(target_dir), r.model.dtype, device, r.model.trust_remote_code)
     model = apply_adapter(model, r.model.adapter, r.model.lora)
     task = common.task_of(r)
     tracked = task.headline.tracked
@@ -340,7 +340,8 @@ def compare_into(recipe: Recipe, reporter: Reporter, out_dir: Path) -> dict[str,
     if target_file.is_file():
         target = json.loads(target_file.read_text())
     else:
-        model, tokenizer = load_model(str(target_dir), recipe.model.dtype, device)
+        model, tokenizer = load_model(str(target_dir), recipe.model.dtype, device,
+                                      recipe.model.trust_remote_code)
         cfg = eval_config(recipe, headline.tracked)
         res = evaluate_model(model, tokenizer, task.suite(cfg), task.eval_splits(data_dir), cfg,
                              reference=reference)

@@ -53,7 +53,8 @@ def reference_stats(recipe: Recipe, reference_model: Path, data_dir: Path, repor
     if cache.is_file():
         return load_reference(cache)
     reporter.info(f"Evaluating the retain reference model {reference_model} (cached for later runs)")
-    model, tokenizer = load_model(str(reference_model), recipe.model.dtype, device)
+    model, tokenizer = load_model(str(reference_model), recipe.model.dtype, device,
+                                  recipe.model.trust_remote_code)
     model.eval()
     task = common.task_of(recipe)
     suite = task.suite(eval_config(recipe))
@@ -168,7 +169,7 @@ def run_evaluate(recipe: Recipe | None, reporter: Reporter, run_dir: Path | None
     device = common.setup_runtime(recipe)
     data_dir = common.benchmark_dir(recipe, reporter)
     ref_model, ref_data = _load_reference(reference, recipe, reporter, data_dir, device)
-    model, tokenizer = load_model(model_path, recipe.model.dtype, device)
+    model, tokenizer = load_model(model_path, recipe.model.dtype, device, recipe.model.trust_remote_code)
     output = Path(output or Path(model_path) / "eval.json")
     old = earlier_eval(output, common.data_fingerprint(data_dir, recipe))  # before the work
     out = evaluate_and_report(recipe, model, tokenizer, data_dir, reporter, None,
@@ -196,7 +197,7 @@ def run_finetune_command(recipe: Recipe, reporter: Reporter, which: Sequence[str
     data_dir = common.benchmark_dir(recipe, reporter)
     reference = Path(results["retain"]["path"]) if "retain" in results else (
         artifacts.reference_model_path(recipe, reporter, data_dir) if output is None else None)
-    model, tokenizer = load_model(str(target), recipe.model.dtype, device)
+    model, tokenizer = load_model(str(target), recipe.model.dtype, device, recipe.model.trust_remote_code)
     evaluation = evaluate_and_report(recipe, model, tokenizer, data_dir, reporter, target / "eval.json",
                                      reference_model=reference, model_label=str(target),
                                      title="target model after finetuning")

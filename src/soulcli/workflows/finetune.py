@@ -77,7 +77,7 @@ def _base_model(recipe: Recipe, data_dir: Path, reporter: Reporter, device: torc
 
     m = recipe.model
     if m.base != "builtin":
-        return load_model(m.base, m.dtype, device)
+        return load_model(m.base, m.dtype, device, m.trust_remote_code)
     tok_dir = common.builtin_model_paths(recipe, data_dir).tokenizer
     if not (tok_dir / "tokenizer_config.json").is_file():
         reporter.info(f"Training a BPE tokenizer (vocab {m.vocab_size}) on the benchmark text")
