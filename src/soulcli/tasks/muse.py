@@ -152,15 +152,15 @@ class MuseTask(Task):
         leak = PromptPairing("prompt", "gt")
         metrics: list[Metric] = [
             GeneratedRouge("forget_verbmem_rougeL", "verbmem_forget", PromptPairing("prompt", "gt"),
-                           d.verbmem_max_new_tokens, "f1", stem=False,
+                           d.verbmem_max_new_tokens, variant="f1", stem=False,
                            reference_tokens=d.verbmem_max_new_tokens, higher_is_better=False,
                            description="VerbMem: ROUGE-L F1 of the continuation of forget prompts"),
             GeneratedRouge("forget_knowmem_rougeL", "knowmem_forget", knowmem, d.knowmem_max_new_tokens,
-                           "f1", stops=muse.KNOWMEM_STOP, answer=muse.knowmem_answer, stem=False,
+                           variant="f1", stops=muse.KNOWMEM_STOP, answer=muse.knowmem_answer, stem=False,
                            higher_is_better=False,
                            description="KnowMem: ROUGE-L F1 of few-shot answers to forget questions"),
             GeneratedRouge("retain_knowmem_rougeL", "knowmem_retain", knowmem, d.knowmem_max_new_tokens,
-                           "f1", stops=muse.KNOWMEM_STOP, answer=muse.knowmem_answer, stem=False,
+                           variant="f1", stops=muse.KNOWMEM_STOP, answer=muse.knowmem_answer, stem=False,
                            higher_is_better=True,
                            description="KnowMem on retain questions (MUSE's utility)"),
             MembershipAUC("mia_mink_auc", "mink", "privleak_forget", "privleak_holdout", TextPairing(),
@@ -169,7 +169,7 @@ class MuseTask(Task):
                      "MUSE PrivLeak (%) of the Min-K% AUC relative to the retrain model's"),
             GeneratedBleu("forget_leak_bleu", "leak_forget", leak, d.leak_max_new_tokens,
                           description="SOUL leakage: BLEU of continuations of forget passages"),
-            GeneratedRouge("forget_leak_rougeL", "leak_forget", leak, d.leak_max_new_tokens, "f1", stem=False,
+            GeneratedRouge("forget_leak_rougeL", "leak_forget", leak, d.leak_max_new_tokens, variant="f1", stem=False,
                            higher_is_better=False,
                            description="SOUL leakage: ROUGE-L F1 of continuations of forget passages"),
         ]

@@ -164,10 +164,10 @@ class TofuTask(Task):
                 TruthRatio(f"{split}_truth_ratio", split, qa, true, PERTURBED,
                            "forget" if forget else "other",
                            f"{label}: truth ratio, {'mean min(TR, 1/TR)' if forget else 'mean max(0, 1 - TR)'}"),
-                GeneratedRouge(f"{split}_rougeL_recall", split, qa, cfg.max_new_tokens, "recall",
-                               tuple(template.stop_strings), None,
-                               f"{label}: ROUGE-L recall of the greedy answer",
-                               higher_is_better=not forget),
+                GeneratedRouge(f"{split}_rougeL_recall", split, qa, cfg.max_new_tokens,
+                               stops=tuple(template.stop_strings),
+                               description=f"{label}: ROUGE-L recall of the greedy answer",
+                               higher_is_better=not forget, variant="recall"),
             ]
         metrics.append(KSTest("forget_quality", "forget_truth_ratio", "forget",
                               "KS-test p-value, forget truth ratios vs the retain model's"))

@@ -28,24 +28,20 @@ class RougeL:
         return float(getattr(self._scorer.score(reference, generation)["rougeL"], self.variant))
 
 
-@metric_kind
 @dataclass
-class GeneratedRouge(Metric):
-    """ROUGE-L (``variant``: recall | f1) of the greedy continuation of each record's prompt,
-    at most ``max_new_tokens`` tokens, cut at ``stops``, then passed through ``answer``; the
-    reference is cut to its first ``reference_tokens`` tokens when set (MUSE's VerbMem)."""
+class GenerationMetric(Metric):
+    """A metric of the greedy continuation of each record's prompt (at most ``max_new_tokens``
+    tokens, cut at ``stops``, then passed through ``answer``) against the record's
+    continuation, cut to its first ``reference_tokens`` tokens when set (MUSE's VerbMem)."""
 
-    kind = "generated_rouge"
     name: str
     split: str
     pairing: Pairing
     max_new_tokens: int
-    variant: str = "recall"
     stops: tuple[str, ...] = ()
     answer: Callable[[str], str] | None = None  # post-processing of the generated text
     description: str = ""
     higher_is_better: bool | None = None
-    stem: bool = True
     reference_tokens: int | None = None
 
     @property
@@ -56,11 +52,28 @@ class GeneratedRouge(Metric):
         return [req.generate(Generation(self.pairing.prompt(row), self.max_new_tokens, self.stops))
                 for row in data[self.split]]
 
+    def score(self, reference: str, generation: str) -> float:
+        raise NotImplementedError
+
     def compute(self, plan, res, done, reference, data):
-        score = RougeL(self.variant, self.stem)
         generations, refs = generations_and_references(self, plan, res, data)
-        per_item = [score(ref, gen) for ref, gen in zip(refs, generations)]
+        per_item = [self.score(ref, gen) for ref, gen in zip(refs, generations)]
         return {"value": mean(per_item), "per_item": per_item, "generations": generations}
+
+
+@metric_kind
+@dataclass
+class GeneratedRouge(GenerationMetric):
+    """ROUGE-L (``variant``: recall | f1; ``stem``: Porter stemming) of the generations."""
+
+    kind = "generated_rouge"
+    variant: str = "recall"
+    stem: bool = True
+
+    def score(self, reference: str, generation: str) -> float:
+        if not hasattr(self, "_rouge"):
+            self._rouge = RougeL(self.variant, self.stem)
+        return self._rouge(reference, generation)
 
 
 def generations_and_references(metric, plan, res, data) -> tuple[list[str], list[str]]:
