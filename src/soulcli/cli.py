@@ -179,7 +179,7 @@ def prepare_data(
 @command()
 def finetune(
     common: Common,
-    which: str = typer.Option("target,retain", "--which", help="Models to train: target (on full), retain (on retainXX), or both."),
+    which: str = typer.Option("target,retain", "--which", help="Models to train: target (forget + retain), retain (the retain / retrain model: retain only), or both."),
     force: bool = typer.Option(False, "--force", help="Retrain cached built-in models."),
     output: Optional[Path] = OutputOpt,
     overwrite: bool = OverwriteOpt,
