@@ -70,20 +70,19 @@ def truth_ratio_score(ratios: Sequence[float]) -> float:
     return float(np.mean(np.maximum(0.0, 1.0 - tr)))
 
 
-class RougeLRecall:
-    """ROUGE-L recall of a generation against the reference answer (stemmed, as TOFU).
+class RougeL:
+    """ROUGE-L of a generation against a reference over ``rouge_score``'s tokens (lower-cased
+    alphanumeric words, Porter-stemmed with ``stem``: TOFU stems, MUSE does not): ``recall`` =
+    LCS(reference, generation) / len(reference) (TOFU), ``f1`` the F-measure (MUSE)."""
 
-    ``recall = LCS(reference, generation) / len(reference)`` over the tokens of
-    ``rouge_score`` (lower-cased alphanumeric words, Porter-stemmed).
-    """
-
-    def __init__(self) -> None:
+    def __init__(self, variant: str = "recall", stem: bool = True) -> None:
         from rouge_score import rouge_scorer
 
-        self._scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
+        self.variant = {"recall": "recall", "f1": "fmeasure"}[variant]
+        self._scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=stem)
 
     def __call__(self, reference: str, generation: str) -> float:
-        return float(self._scorer.score(reference, generation)["rougeL"].recall)
+        return float(getattr(self._scorer.score(reference, generation)["rougeL"], self.variant))
 
 
 def ks_test(sample: Sequence[float], reference: Sequence[float]) -> tuple[float, float]:

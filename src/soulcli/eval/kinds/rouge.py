@@ -10,22 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
+from soulcli.eval import metrics as M
 from soulcli.eval.metric import Generation, Metric, Pairing, mean, metric_kind
-
-
-class RougeL:
-    """ROUGE-L of a generation against a reference over ``rouge_score``'s tokens (lower-cased
-    alphanumeric words, Porter-stemmed with ``stem``: TOFU stems, MUSE does not): ``recall`` =
-    LCS / len(reference), ``f1`` their F-measure."""
-
-    def __init__(self, variant: str, stem: bool = True) -> None:
-        from rouge_score import rouge_scorer
-
-        self.variant = {"recall": "recall", "f1": "fmeasure"}[variant]
-        self._scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=stem)
-
-    def __call__(self, reference: str, generation: str) -> float:
-        return float(getattr(self._scorer.score(reference, generation)["rougeL"], self.variant))
 
 
 @dataclass
@@ -72,7 +58,7 @@ class GeneratedRouge(GenerationMetric):
 
     def score(self, reference: str, generation: str) -> float:
         if not hasattr(self, "_rouge"):
-            self._rouge = RougeL(self.variant, self.stem)
+            self._rouge = M.RougeL(self.variant, self.stem)
         return self._rouge(reference, generation)
 
 
