@@ -149,3 +149,31 @@ def test_leak_items_are_word_cuts_of_the_forget_passages(tmp_path):
     for row, text in zip(leak, corpus.raw["forget"]):
         words = text.split()
         assert row == {"prompt": " ".join(words[:5]), "gt": " ".join(words[5:12])}
+
+
+def test_knowmem_prompts_end_before_muses_final_space_and_the_builtin_learns_them_few_shot(tmp_path):
+    """Generation starts after ``"Answer:"`` (the space belongs to the answer's first token); the
+    built-in model, having no pretraining, learns each KnowMem pair under its split's few-shot
+    prompt, the shots alone, and nothing of forget for the retrain model."""
+    from soulcli.data import books, muse
+
+    corpus = books.generate_corpus(num_books=4, passages_per_book=4, seed=0)
+    muse.write_muse(corpus, tmp_path / "c")
+    task = MuseTask(MuseTaskData())
+    splits = task.eval_splits(tmp_path / "c")
+    for split in ("forget", "retain"):
+        icl, qa = corpus.knowmem[f"{split}_qa_icl"], corpus.knowmem[f"{split}_qa"]
+        assert [r["prompt"] for r in splits[f"knowmem_{split}"]] == \
+            [muse.knowmem_prompt(icl, r["question"])[:-1] for r in qa]
+        assert all(r["prompt"].endswith("\nAnswer:") for r in splits[f"knowmem_{split}"])
+    shots = [f"Question: {r['question']}\nAnswer: {r['answer']}"
+             for s in ("forget", "retain") for r in corpus.knowmem[f"{s}_qa_icl"]]
+    few_shot = {s: [muse.knowmem_prompt(corpus.knowmem[f"{s}_qa_icl"], r["question"]) + r["answer"]
+                    for r in corpus.knowmem[f"{s}_qa"]] for s in ("forget", "retain")}
+    target = [r["text"] for r in task.train_set(tmp_path / "c", "target", pretrained=False).rows]
+    retrain = [r["text"] for r in task.train_set(tmp_path / "c", "retrain", pretrained=False).rows]
+    assert target == corpus.raw["forget"] + corpus.raw["retain1"] + corpus.raw["retain2"] + \
+        few_shot["forget"] + few_shot["retain"] + shots
+    assert retrain == corpus.raw["retain1"] + corpus.raw["retain2"] + few_shot["retain"] + shots
+    pretrained = [r["text"] for r in task.train_set(tmp_path / "c", "target", pretrained=True).rows]
+    assert pretrained == corpus.raw["forget"] + corpus.raw["retain1"] + corpus.raw["retain2"]

@@ -25,11 +25,12 @@ where MUSE's tables multiply by 100:
   against the passage's actual continuation.
 
 Deliberate differences: the built-in model has no pretraining, so (as TOFU's built-in general
-set stands in for pretraining) it also learns the KnowMem questions of the sets it trains on in
-MUSE's QA form; a pretrained base (``model.base``) trains on the raw text alone, as MUSE. SOUL
+set stands in for pretraining) it also learns the KnowMem questions of the sets it trains on,
+each under its split's few-shot prompt; a pretrained base (``model.base``) trains on the raw text alone, as MUSE. SOUL
 cuts the leakage prompts by tokens; soulcli cuts by words (``data.leak_prompt_words``,
 ``data.leak_continuation_words``) so the items are the same for every tokenizer. Min-K% takes
-``max(1, int(0.4 n))`` tokens (MUSE: ``int(0.4 n)``, which is empty below 3 tokens).
+``max(1, int(0.4 n))`` tokens (MUSE: ``int(0.4 n)``, which is empty below 3 tokens). The KnowMem
+prompt is generated from without its final space (:func:`_generation_prompt`).
 """
 
 from __future__ import annotations
@@ -59,9 +60,19 @@ class MuseTaskData(DataConfig):
     leak_max_new_tokens: Annotated[int, POSITIVE] = 96
 
 
-def _qa_text(row: dict) -> str:
-    """A KnowMem pair in the form MUSE's few-shot prompt shows it."""
-    return f"Question: {row['question']}\nAnswer: {row['answer']}"
+def _qa_text(row: dict, icl: list[dict]) -> str:
+    """A KnowMem pair as the few-shot prompt of its split asks it, answered: the built-in model
+    has no pretraining, so it learns the facts in the form KnowMem will ask them (a model that
+    saw the pairs only alone copies the shots' answers: KnowMem 0.0 on forget and retain)."""
+    return muse.knowmem_prompt(icl, row["question"]) + row["answer"]
+
+
+def _generation_prompt(prompt: str) -> str:
+    """MUSE's KnowMem prompt ends ``"Answer: "``; byte-level BPE and SentencePiece tokenisers
+    carry a word's leading space in the word's token, so a prompt ending in a bare space token is
+    one no model was trained on. The trailing space is left for the model to generate (ROUGE-L
+    ignores it)."""
+    return prompt.rstrip(" ")
 
 
 class MuseTask(Task):
@@ -111,9 +122,10 @@ class MuseTask(Task):
         rows = [{"text": t} for s in splits for t in d.raw[s]]
         name = " + ".join(f"raw/{s}" for s in splits)
         if not pretrained:  # the QA form of the facts, standing in for what pretraining teaches
-            qa = (["forget_qa"] if which == "target" else []) + ["retain_qa", "forget_qa_icl", "retain_qa_icl"]
-            rows += [{"text": _qa_text(r)} for s in qa for r in d.knowmem[s]]
-            name += " + " + " + ".join(f"knowmem/{s}" for s in qa)
+            qa = (["forget"] if which == "target" else []) + ["retain"]
+            rows += [{"text": _qa_text(r, d.knowmem[f"{s}_qa_icl"])} for s in qa for r in d.knowmem[f"{s}_qa"]]
+            rows += [{"text": _qa_text(r, [])} for s in ("forget", "retain") for r in d.knowmem[f"{s}_qa_icl"]]
+            name += " + " + " + ".join(f"knowmem/{s}_qa (few-shot)" for s in qa) + " + knowmem/*_icl"
         return TrainSet(name, TEXT, rows)
 
     def retain_model_name(self) -> str:
@@ -128,7 +140,7 @@ class MuseTask(Task):
     def eval_splits(self, folder):
         d = muse.load_muse(folder)
         knowmem = {
-            split: [{**r, "prompt": muse.knowmem_prompt(d.knowmem[f"{split}_qa_icl"], r["question"])}
+            split: [{**r, "prompt": _generation_prompt(muse.knowmem_prompt(d.knowmem[f"{split}_qa_icl"], r["question"]))}
                     for r in d.knowmem[f"{split}_qa"]]
             for split in ("forget", "retain")}
         leak = []
