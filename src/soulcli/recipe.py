@@ -122,7 +122,9 @@ class OptimizerConfig:
 class InfluenceConfig:
     method: Literal["diag_fisher", "woodbury", "lissa"] = "diag_fisher"
     damping: NonNeg = 1e-3
-    scale: Pos = 1.0
+    # None: n_forget_tokens / n_retain_tokens of the sets unlearned (the Newton step on summed
+    # losses, soulcli.optim.influence); a number overrides it
+    scale: Pos | None = None
     retain_batches: PosInt = 8
 
 

@@ -46,3 +46,29 @@ def test_influence_method(soul, pipeline, tmp_path):
     out = soul.json("unlearn", "--set", "unlearn.method=influence", "--output", str(run))
     rows = _rows(run)
     assert len(rows) == 1 and out["method"] == "influence" and out["steps"] == 1
+
+
+def test_influence_scale_defaults_to_forget_over_retain_answer_tokens(soul, pipeline, tmp_path):
+    """The default scale is the sum-weighted Newton step's: learned forget tokens / retain tokens
+    of the sets unlearned, counted independently here from the tokenizer's own encodings."""
+    from transformers import PreTrainedTokenizerFast
+
+    from soulcli.data.tofu import load_split
+
+    target = pipeline["finetuned"]["models"]["target"]["path"]
+    tok = PreTrainedTokenizerFast.from_pretrained(target)
+
+    def answer_tokens(split):  # answer + EOS after [BOS] + prompt, as learned within max_length 64
+        n = 0
+        for r in load_split(pipeline["prepared"]["path"], split):
+            head = 1 + len(tok(f"Question: {r['question']}\nAnswer: ", add_special_tokens=False).input_ids)
+            n += min(len(tok(r["answer"], add_special_tokens=False).input_ids) + 1, 64 - head)
+        return n
+
+    run = tmp_path / "run"
+    soul.json("unlearn", "--set", "unlearn.method=influence", "--output", str(run))
+    want = answer_tokens("forget10") / answer_tokens("retain90")
+    assert _rows(run)[0]["scale"] == pytest.approx(want, rel=1e-12)
+    soul.json("unlearn", "--set", "unlearn.method=influence", "--set", "unlearn.influence.scale=0.5",
+              "--output", str(tmp_path / "fixed"))
+    assert _rows(tmp_path / "fixed")[0]["scale"] == 0.5

@@ -8,7 +8,8 @@ For a quadratic retain objective this lands exactly on the minimiser without the
 if theta minimises ``L_r + L_f`` then ``grad L_r(theta) = -grad L_f(theta)`` and one Newton
 step on ``L_r`` gives ``theta + H_r^-1 grad L_f(theta)``. Here ``L_forget`` and ``H_r`` are
 per-token means over the forget and retain batches, so the sum-weighted Newton step has
-``scale = n_forget_tokens / n_retain_tokens``; ``scale`` is left to the caller (default 1).
+``scale = n_forget_tokens / n_retain_tokens``, which `soul unlearn` derives from the sets it unlearns
+(``unlearn.influence.scale`` unset); this function takes it from the caller (default 1).
 
 Three ways to apply ``(H_r + damping I)^-1``, each with its closed form below:
 

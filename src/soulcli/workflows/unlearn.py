@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from soulcli.data.encode import EncodedItem, pad_batch
+from soulcli.data.encode import IGNORE_INDEX, EncodedItem, pad_batch
 from soulcli.data.io import atomic_dir, write_json
 from soulcli.engine import checkpoint
 from soulcli.engine.checkpoint import Checkpoints
@@ -146,7 +146,7 @@ def unlearn_model(run: PreparedRun, reporter: Reporter, on_row=None, on_step_end
     if not batches:
         raise UserError(f"split '{forget_set.name}' gives no unlearning steps; check unlearn.epochs/max_steps")
     if u.method == "influence":
-        return influence_step(run, reporter, batches, len(forget_set.rows), retain_set, on_row)
+        return influence_step(run, reporter, batches, forget_set, retain_set, on_row)
 
     if objective.needs_setup:
         reporter.info(f"Caching the starting model's reference quantities for '{u.objective}'")
@@ -174,25 +174,38 @@ def unlearn_model(run: PreparedRun, reporter: Reporter, on_row=None, on_step_end
             "tokens_per_second": result.tokens / max(result.seconds, 1e-9), "skipped_steps": result.skipped}
 
 
-def influence_step(run: PreparedRun, reporter: Reporter, batches: list, n_forget: int,
+def _label_tokens(items) -> int:
+    return sum(sum(1 for t in it.labels if t != IGNORE_INDEX) for it in items)
+
+
+def influence_step(run: PreparedRun, reporter: Reporter, batches: list, forget_set: TrainSet,
                    retain_set: TrainSet, on_row=None) -> dict[str, Any]:
     """The one-shot influence update (``unlearn.method: influence``) on the forget batches of
-    one epoch, with curvature from the retain batches."""
+    one epoch, with curvature from the retain batches. ``unlearn.influence.scale`` defaults to
+    the ratio of the forget set's learned tokens to the retain set's: the influence step on the
+    summed losses the target was trained on (soulcli.optim.influence)."""
     from soulcli.optim.influence import influence_unlearn
 
     recipe, u, inf = run.recipe, run.recipe.unlearn, run.recipe.unlearn.influence
+    template = common.template_of(recipe)
+    enc = encode_train_set(run.tokenizer, template, retain_set, recipe.data.max_length)
+    scale = inf.scale
+    if scale is None:  # the sum-weighted Newton step: forget over retain answer tokens
+        scale = _label_tokens(encode_train_set(run.tokenizer, template, forget_set, recipe.data.max_length))
+        scale /= max(1, _label_tokens(enc))
     retain_batches = [b.retain for b in batches if b.retain is not None][: inf.retain_batches]
     if not retain_batches:  # objectives without a retain term still need retain curvature
-        enc = encode_train_set(run.tokenizer, common.template_of(recipe), retain_set, recipe.data.max_length)
         bs = u.retain_batch_size or u.batch_size
         retain_batches = [_batch(enc, list(range(i, min(i + bs, len(enc)))), run.tokenizer.pad_token_id,
                                  run.device) for i in range(0, min(len(enc), bs * inf.retain_batches), bs)]
+    n_forget = len(forget_set.rows)
     forget_batches = [b.forget for b in batches[: max(1, -(-n_forget // u.batch_size))]]
-    reporter.info(f"Influence unlearning ({inf.method}, damping {inf.damping}) on {n_forget} forget items")
+    reporter.info(f"Influence unlearning ({inf.method}, damping {inf.damping}, scale {scale:.4g}"
+                  f"{'' if inf.scale is not None else ' = forget / retain tokens'}) on {n_forget} forget items")
     t0 = time.perf_counter()
     diag = influence_unlearn(run.model, forget_batches, retain_batches, method=inf.method,
-                             damping=inf.damping, scale=inf.scale)
-    row = {"step": 1, **{k: float(v) for k, v in diag.items()}, "seconds": time.perf_counter() - t0}
+                             damping=inf.damping, scale=scale)
+    row = {"step": 1, **{k: float(v) for k, v in diag.items()}, "scale": scale, "seconds": time.perf_counter() - t0}
     if on_row:
         on_row(row)
     return {"steps": 1, "seconds": row["seconds"], "last": row, "rows": [row], "skipped_steps": 0}
