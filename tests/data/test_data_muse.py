@@ -244,7 +244,7 @@ def test_knowmem_answer_cuts_like_muse(generation, answer):
 
 def test_import_hub_parquet_without_pandas_fails_before_downloading(monkeypatch, tmp_path):
     monkeypatch.setattr(tofu, "_list_hub_files", lambda repo_id: ["raw/forget-00000-of-00001.parquet"])
-    monkeypatch.setattr(muse.importlib.util, "find_spec", lambda name: None)
+    monkeypatch.setattr(tofu.importlib.util, "find_spec", lambda name: None)
 
     def download(repo_id, f):
         raise AssertionError("downloaded")

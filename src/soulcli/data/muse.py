@@ -57,7 +57,6 @@ MUSE's evaluation conventions (the metrics are implemented elsewhere; these are 
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import re
@@ -302,31 +301,11 @@ def write_muse(data: MuseData, out: str | os.PathLike, *, overwrite: bool = Fals
 
 
 def _import_hub(repo_id: str, out, overwrite: bool) -> dict:
-    try:
-        files = tofu._list_hub_files(repo_id)
-    except ImportError:
-        raise UserError(f"importing '{repo_id}' needs huggingface_hub (pip install huggingface_hub); "
-                        "or pass a local folder in MUSE's layout") from None
-    except Exception as exc:  # offline, DNS, HTTP errors, unknown repository
-        kind = type(exc).__name__
-        what = "no such dataset on the Hugging Face hub" if "NotFound" in kind else "could not reach the Hugging Face hub"
-        reason = " ".join(f"{kind}: {exc}".split())[:200]
-        raise UserError(f"{what} for '{repo_id}' ({reason}); download MUSE where there is network "
-                        "and pass its local folder instead") from None
-    wanted = [f for f in files if f.split("/", 1)[0] in _HUB_PARTS and f.endswith((".json", ".parquet", ".txt"))]
-    if any(f.endswith(".parquet") for f in wanted) and importlib.util.find_spec("pandas") is None:
-        raise UserError(f"the hub dataset '{repo_id}' is stored as Parquet, which needs pandas and pyarrow "
-                        "(pip install pandas pyarrow); or pass a local folder of MUSE's JSON files")
     staging = Path(tempfile.mkdtemp(prefix="soulcli-muse-"))
     try:
-        for remote in wanted:
-            try:
-                local = tofu._download_hub_file(repo_id, remote)
-            except Exception as exc:
-                raise UserError(f"could not download {remote} from the hub dataset '{repo_id}' "
-                                f"({type(exc).__name__}); retry, or pass a local MUSE folder") from None
-            (staging / remote).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(local, staging / remote)
+        wanted = tofu.fetch_hub_files(
+            repo_id, lambda f: f.split("/", 1)[0] in _HUB_PARTS and f.endswith((".json", ".parquet", ".txt")),
+            staging, "a local folder in MUSE's layout")
         data = load_muse(staging)
         return write_muse(data, out, overwrite=overwrite, meta={
             "generator": "soulcli.import_muse", "source": {"type": "hub", "repo_id": repo_id, "files": wanted}})

@@ -22,6 +22,7 @@ pandas is installed. soulcli always writes JSON lines.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import re
@@ -385,6 +386,37 @@ def _download_hub_file(repo_id: str, filename: str) -> str:
     import huggingface_hub
 
     return huggingface_hub.hf_hub_download(repo_id, filename, repo_type="dataset")
+
+
+def fetch_hub_files(repo_id: str, keep, staging: Path, what: str) -> list[str]:
+    """Download the files of the hub dataset ``repo_id`` that ``keep(path)`` accepts into
+    ``staging`` (paths kept); returns them. Every failure is one :class:`UserError` line: no
+    huggingface_hub, offline / unknown repository (``what`` names the local alternative),
+    Parquet without pandas, a broken download."""
+    try:
+        files = _list_hub_files(repo_id)
+    except ImportError:
+        raise UserError(f"importing '{repo_id}' needs huggingface_hub (pip install huggingface_hub); "
+                        f"or pass {what}") from None
+    except Exception as exc:  # offline, DNS, HTTP errors, unknown repository
+        kind = type(exc).__name__
+        found = "no such dataset on the Hugging Face hub" if "NotFound" in kind else "could not reach the Hugging Face hub"
+        reason = " ".join(f"{kind}: {exc}".split())[:200]
+        raise UserError(f"{found} for '{repo_id}' ({reason}); download it where there is network "
+                        f"and pass {what} instead") from None
+    wanted = [f for f in files if keep(f)]
+    if any(f.endswith(".parquet") for f in wanted) and importlib.util.find_spec("pandas") is None:
+        raise UserError(f"the hub dataset '{repo_id}' is stored as Parquet, which needs pandas and pyarrow "
+                        f"(pip install pandas pyarrow); or pass {what}")
+    for remote in wanted:
+        try:
+            local = _download_hub_file(repo_id, remote)
+        except Exception as exc:
+            raise UserError(f"could not download {remote} from the hub dataset '{repo_id}' "
+                            f"({type(exc).__name__}); retry, or pass {what}") from None
+        (staging / remote).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(local, staging / remote)
+    return wanted
 
 
 def _hub_file_for(name: str, files: list[str]) -> str | None:

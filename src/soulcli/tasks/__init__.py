@@ -10,8 +10,9 @@ from soulcli.errors import unknown_name
 from soulcli.tasks.base import DataConfig, Headline, Task, TrainSet, encode_train_set
 from soulcli.tasks.muse import MuseTask, MuseTaskData
 from soulcli.tasks.tofu import TofuData, TofuTask
+from soulcli.tasks.wmdp import WmdpTask, WmdpTaskData
 
-TASKS: dict[str, type[Task]] = {t.name: t for t in (TofuTask, MuseTask)}
+TASKS: dict[str, type[Task]] = {t.name: t for t in (TofuTask, MuseTask, WmdpTask)}
 
 
 def task_class(name: str) -> type[Task]:
@@ -26,4 +27,4 @@ def get_task(data: DataConfig, name: str) -> Task:
 
 
 __all__ = ["TASKS", "DataConfig", "Headline", "MuseTask", "MuseTaskData", "Task", "TofuData", "TofuTask", "TrainSet",
-           "encode_train_set", "get_task", "task_class"]
+           "WmdpTask", "WmdpTaskData", "encode_train_set", "get_task", "task_class"]

@@ -78,11 +78,13 @@ def evaluate_and_report(recipe: Recipe, model, tokenizer, data_dir: Path, report
     from soulcli.eval import evaluate_model
     from soulcli.eval.report import render_summary
 
+    from soulcli.eval import reference_metrics
+
     device = next(model.parameters()).device
-    if reference is None and reference_model is not None:
-        reference = reference_stats(recipe, reference_model, data_dir, reporter, device)
     task = common.task_of(recipe)
     suite = task.suite(eval_config(recipe))
+    if reference is None and reference_model is not None and reference_metrics(suite):
+        reference = reference_stats(recipe, reference_model, data_dir, reporter, device)
     model.eval()
     result = evaluate_model(model, tokenizer, suite, task.eval_splits(data_dir), eval_config(recipe, metrics),
                             reference=reference, progress=_progress(reporter))

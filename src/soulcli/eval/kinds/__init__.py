@@ -3,12 +3,13 @@
 
 from soulcli.eval.kinds.aggregate import HarmonicMean, KSTest
 from soulcli.eval.kinds.bleu import GeneratedBleu
+from soulcli.eval.kinds.choice import ChoiceAccuracy
 from soulcli.eval.kinds.likelihood import AnswerProb, NormalizedProb, TruthRatio
 from soulcli.eval.kinds.memorization import ExactMemorization, ExtractionStrength
 from soulcli.eval.kinds.mia import MembershipAUC, PrivLeak
 from soulcli.eval.kinds.rouge import GeneratedRouge
 
 __all__ = [
-    "AnswerProb", "ExactMemorization", "GeneratedBleu", "ExtractionStrength", "GeneratedRouge", "HarmonicMean",
+    "AnswerProb", "ChoiceAccuracy", "ExactMemorization", "GeneratedBleu", "ExtractionStrength", "GeneratedRouge", "HarmonicMean",
     "KSTest", "MembershipAUC", "NormalizedProb", "PrivLeak", "TruthRatio",
 ]
