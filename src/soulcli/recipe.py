@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal, Mapping
@@ -86,6 +87,9 @@ class ModelConfig:
     trust_remote_code: bool = False
     adapter: Literal["full", "lora"] = "full"
     lora: LoraConfig = field(default_factory=LoraConfig)
+    # full-parameter unlearning: train only the parameters whose names match one of these
+    # regexes (re.search; empty: all), e.g. RMU's ["layers\\.(0|1|2)\\.mlp\\.down_proj\\.weight"]
+    trainable: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -198,6 +202,14 @@ def _check_values(recipe: Recipe, errors: list[str]) -> None:
     what each optimizer / objective declares, by the same schema)."""
     if recipe.model.hidden_size % recipe.model.num_heads:
         errors.append("model.hidden_size: must be a multiple of model.num_heads")
+    for i, pattern in enumerate(recipe.model.trainable):
+        try:
+            re.compile(pattern)
+        except re.error as exc:
+            errors.append(f"model.trainable[{i}]: {pattern!r} is not a regular expression ({exc})")
+    if recipe.model.trainable and recipe.model.adapter == "lora":
+        errors.append("model.trainable: selects parameters for model.adapter: full; with LoRA choose "
+                      "the adapted modules with model.lora.target_modules")
 
     from soulcli.objectives import OBJECTIVES
     from soulcli.optim import CURVATURE_ESTIMATORS, OPTIMIZERS

@@ -100,6 +100,36 @@ def test_sophiag_with_hutchinson_rejected_up_front():
     assert build_recipe({"optimizer": {"name": "sophiah", "curvature": "hutchinson"}})
 
 
+def test_trainable_patterns_are_regexes_for_full_parameter_runs():
+    with pytest.raises(RecipeError) as err:
+        build_recipe({"model": {"trainable": ["layers\\.(0", "ok"], "adapter": "lora"}})
+    assert err.value.problems[0].startswith("model.trainable[0]: 'layers\\\\.(0' is not a regular expression")
+    assert err.value.problems[1].startswith("model.trainable: selects parameters for model.adapter: full")
+    assert len(err.value.problems) == 2
+
+
+def test_trainable_freezes_every_parameter_no_pattern_matches():
+    """RMU's selection (WMDP: the down-projections of layers l-2..l) on a tiny Llama: exactly the
+    matched tensors keep requires_grad; a pattern matching nothing is one line naming it."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from soulcli.models.loading import apply_adapter
+
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=50, hidden_size=16, intermediate_size=32,
+                                         num_hidden_layers=4, num_attention_heads=2))
+    apply_adapter(model, "full", None, [r"layers\.(0|1)\.mlp\.down_proj\.weight", r"^model\.norm\.weight$"])
+    trained = sorted(n for n, p in model.named_parameters() if p.requires_grad)
+    assert trained == ["model.layers.0.mlp.down_proj.weight", "model.layers.1.mlp.down_proj.weight",
+                       "model.norm.weight"]
+    with pytest.raises(UserError) as err:
+        apply_adapter(model, "full", None, [r"layers\.9\."])
+    assert str(err.value) == ("model.trainable: 'layers\\\\.9\\\\.' matches no parameter; the model has e.g. "
+                              "model.embed_tokens.weight, model.layers.0.self_attn.q_proj.weight, "
+                              "model.layers.0.self_attn.k_proj.weight")
+    fresh = LlamaForCausalLM(model.config)
+    assert apply_adapter(fresh, "full", None, ()) is fresh and all(p.requires_grad for p in fresh.parameters())
+
+
 def test_value_rules():
     with pytest.raises(RecipeError) as err:
         build_recipe({"optimizer": {"lr": -1}, "unlearn": {"batch_size": 0}})

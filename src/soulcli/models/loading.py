@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import torch
 
@@ -140,9 +141,14 @@ def load_model(name: str, dtype: str = "float32", device: str | torch.device = "
     return model.to(device), tokenizer
 
 
-def apply_adapter(model, adapter: str, lora: Any | None = None):
-    """Full-parameter training returns the model as is; ``lora`` wraps it with peft LoRA."""
+def apply_adapter(model, adapter: str, lora: Any | None = None, trainable: Sequence[str] = ()):
+    """Full-parameter training returns the model with the parameters matching ``trainable``
+    (regexes searched in the parameter names; empty: all) left trainable, the rest frozen, as
+    open-unlearning's ``trainable_params_regex`` and WMDP's RMU (which updates the
+    ``mlp.down_proj`` weights of layers l-2..l) choose them; ``lora`` wraps it with peft LoRA."""
     if adapter == "full":
+        if trainable:
+            _freeze_except(model, trainable)
         return model
     from peft import LoraConfig, get_peft_model
 
@@ -158,6 +164,17 @@ def apply_adapter(model, adapter: str, lora: Any | None = None):
         target_modules=list(lora.target_modules), task_type="CAUSAL_LM",
     )
     return get_peft_model(model, config)
+
+
+def _freeze_except(model, patterns: Sequence[str]) -> None:
+    compiled = [re.compile(p) for p in patterns]  # the recipe checked they compile
+    names = [n for n, _ in model.named_parameters()]
+    unmatched = [p.pattern for p in compiled if not any(p.search(n) for n in names)]
+    if unmatched:
+        raise UserError(f"model.trainable: {', '.join(map(repr, unmatched))} matches no parameter; "
+                        f"the model has e.g. {', '.join(names[:3])}")
+    for name, param in model.named_parameters():
+        param.requires_grad_(any(p.search(name) for p in compiled))
 
 
 def export_model(model, tokenizer, out_dir: Path) -> None:

@@ -108,7 +108,7 @@ def run_cell(recipe: Recipe, cell: Cell, data_dir: Path, target_dir: Path, refer
     r = cell_recipe(recipe, cell)
     common.setup_runtime(r)
     model, tokenizer = load_model(str(target_dir), r.model.dtype, device, r.model.trust_remote_code)
-    model = apply_adapter(model, r.model.adapter, r.model.lora)
+    model = apply_adapter(model, r.model.adapter, r.model.lora, r.model.trainable)
     task = common.task_of(r)
     tracked = task.headline.tracked
     splits = task.eval_splits(data_dir)

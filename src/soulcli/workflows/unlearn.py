@@ -104,7 +104,7 @@ def prepare_model(recipe: Recipe, reporter: Reporter, device,
 
     data_dir, target_dir = artifacts.target_model_path(recipe, reporter)
     model, tokenizer = load_model(str(target_dir), recipe.model.dtype, device, recipe.model.trust_remote_code)
-    model = apply_adapter(model, recipe.model.adapter, recipe.model.lora)
+    model = apply_adapter(model, recipe.model.adapter, recipe.model.lora, recipe.model.trainable)
     return PreparedRun(recipe, model, tokenizer, data_dir, target_dir, device, dist or DistContext())
 
 
