@@ -68,3 +68,16 @@ def test_evaluate_uses_the_recorded_inputs_and_refuses_changed_ones(soul, pipeli
     shutil.rmtree(target)
     line = _error_line(soul("evaluate", str(run), recipe=None))
     assert f"the run's target folder {target.resolve()} is gone" in line and "--target PATH" in line
+
+
+def test_a_damaged_provenance_record_is_one_line(tmp_path):
+    import pytest
+
+    from soulcli.errors import UserError
+    from soulcli.workflows import provenance
+
+    assert provenance.verified(tmp_path, load_recipe(MICRO), set()) is None  # an older run: none
+    for text in ("[1]", '{"data": 3}', '{"data": {"path": "x"}, "target": null, "reference": null}', "{"):
+        (tmp_path / "provenance.json").write_text(text)
+        with pytest.raises(UserError, match="is not a provenance record; restore it"):
+            provenance.verified(tmp_path, load_recipe(MICRO), set())

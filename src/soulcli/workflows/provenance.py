@@ -59,8 +59,10 @@ def verified(run_dir: Path, recipe: Recipe, given: set[str],
         return None
     try:
         recorded = json.loads(file.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        raise UserError(f"{file} is not valid JSON; re-run `soul unlearn` or restore the file") from None
+        if not all(recorded[r] is None or {"path", "fingerprint"} <= set(recorded[r]) for r in ROLES):
+            raise ValueError
+    except (OSError, ValueError, TypeError, KeyError):
+        raise UserError(f"{file} is not a provenance record; restore it or re-run `soul unlearn`") from None
     out: dict[str, Path | None] = {}
     for role in ROLES:
         entry = recorded.get(role)
