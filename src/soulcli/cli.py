@@ -242,6 +242,7 @@ def evaluate(
     model: Optional[str] = typer.Option(None, "--model", "-m", help="Evaluate this model folder / hub id instead of a run."),
     data: Optional[str] = typer.Option(None, "--data", help="Benchmark folder (default: the recipe's data.source)."),
     reference: Optional[str] = typer.Option(None, "--reference", help="Retain reference: a model folder or an earlier eval.json (default: the built-in retain model)."),
+    target: Optional[str] = typer.Option(None, "--target", help="Where RUN's target model lies now, if it moved (checked to be the same files)."),
     metrics: Optional[str] = typer.Option(None, "--metrics", help="Comma-separated metric names (default: all)."),
     fail_under: Optional[list[str]] = typer.Option(None, "--fail-under", help="Gate: exit 3 if METRIC < VALUE, e.g. model_utility=0.5 (repeatable)."),
     fail_over: Optional[list[str]] = typer.Option(None, "--fail-over", help="Gate: exit 3 if METRIC > VALUE, e.g. forget_rougeL_recall=0.3 (repeatable)."),
@@ -271,7 +272,7 @@ def evaluate(
         chosen = tuple(m.strip() for m in metrics.split(",") if m.strip()) if metrics else None
         out = run_evaluate(rcp, rep, run_dir, model, data, reference, chosen, output,
                            overrides=list(common.sets or []) if common.recipe is None else None,
-                           gates=[name for name, _ in under + over])
+                           gates=[name for name, _ in under + over], target=target)
         failures = check_gates(out["result"], under, over, out["suite"])
         return {**out["aggregates"], "null_reasons": null_reasons(out["result"]["metrics"], out["aggregates"]),
                 "eval_json": out["path"], "gate_failures": failures}

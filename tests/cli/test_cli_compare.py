@@ -61,7 +61,7 @@ def test_compare_outputs_and_resume(soul, pipeline, tmp_path):
         assert (out / name).is_file(), name
     results = json.loads((out / "results.json").read_text())
     ids = sorted(c["id"] for c in results["cells"])
-    assert ids == ["ga-influence-oneshot-s0", "graddiff-adamw-lr1e-03-s0", "graddiff-sophiag-lr1e-03-s0"]
+    assert ids == ["ga-influence-oneshot-s0", "graddiff-adamw-lr0.001-s0", "graddiff-sophiag-lr0.001-s0"]
     sophia = next(c for c in results["cells"] if c["optimizer"] == "sophiag")
     assert [e["step"] for e in sophia["evaluations"]] == [1, 2]
     assert 0 <= sophia["mean_win_rate"] <= 1 and sophia["time_per_step"] > 0
@@ -71,7 +71,7 @@ def test_compare_outputs_and_resume(soul, pipeline, tmp_path):
     assert {s["optimizer"] for s in first["selected"]} == {"adamw", "sophiag", "influence"}
 
     # resume: finished cells are read back, not recomputed
-    cell_file = out / "cells" / "graddiff-adamw-lr1e-03-s0.json"
+    cell_file = out / "cells" / "graddiff-adamw-lr0.001-s0.json"
     cell = json.loads(cell_file.read_text())
     cell["evaluations"][0]["forget_quality"] = 0.123456
     cell_file.write_text(json.dumps(cell))
@@ -101,8 +101,50 @@ def test_follow_up_cells_and_selected_lr_filter():
     from soulcli.workflows.compare import at_selected_lr, follow_up_cells
 
     sel = [{"objective": "graddiff", "optimizer": "adamw", "lr": 3e-4}]
-    assert [c.id for c in follow_up_cells(sel, (1, 2))] == ["graddiff-adamw-lr3e-04-s1",
-                                                             "graddiff-adamw-lr3e-04-s2"]
+    assert [c.id for c in follow_up_cells(sel, (1, 2))] == ["graddiff-adamw-lr0.0003-s1",
+                                                             "graddiff-adamw-lr0.0003-s2"]
     cells = [_cell("adamw", 1e-4, 0, [(5, 0.1, 0.9)]), _cell("adamw", 3e-4, 0, [(5, 0.2, 0.9)]),
              _cell("signum", 3e-4, 0, [(5, 0.2, 0.9)])]
     assert [(c["optimizer"], c["lr"]) for c in at_selected_lr(cells, sel)] == [("adamw", 3e-4)]
+
+
+def test_cell_names_spell_the_exact_lr():
+    from soulcli.workflows.compare import Cell
+
+    ids = [Cell("graddiff", "adamw", lr, 0).id for lr in (1e-3, 1.4e-3, 1e-5, 0.1 + 0.2)]
+    assert ids == ["graddiff-adamw-lr0.001-s0", "graddiff-adamw-lr0.0014-s0", "graddiff-adamw-lr1e-05-s0",
+                   "graddiff-adamw-lr0.30000000000000004-s0"]
+
+
+def test_changed_keys_names_every_difference():
+    from soulcli.workflows.compare import changed_keys
+
+    old = {"recipe": {"unlearn": {"epochs": 2, "batch_size": 4}, "seed": 0}, "inputs": {"data": "a"}}
+    new = {"recipe": {"unlearn": {"epochs": 3, "batch_size": 4}, "seed": 0}, "inputs": {"data": "b"}}
+    assert changed_keys(old, new) == ["inputs.data", "recipe.unlearn.epochs"]
+    assert changed_keys(old, old) == []
+    assert changed_keys(None, new) == ["settings"]  # a cell stored without its settings
+
+
+def test_lrs_that_round_alike_are_two_cells_and_changed_settings_rerun(soul, pipeline, tmp_path):
+    out = tmp_path / "cmp"
+
+    def compare(epochs: int):
+        res = soul("compare-optimizers", "--optimizers", "adamw", "--objectives", "graddiff", "--lr-grid",
+                   "1e-3,1.4e-3", "--set", "compare.include_influence=false", "--set", f"unlearn.epochs={epochs}",
+                   "--output", str(out))
+        assert res.exit_code == 0, res.output
+        return res.output, json.loads((out / "results.json").read_text())["cells"]
+
+    _, cells = compare(1)
+    rows = list(csv.DictReader((out / "results.csv").open()))
+    assert sorted({float(r["lr"]) for r in rows}) == [1e-3, 1.4e-3]
+    assert sorted(c["id"] for c in cells) == ["graddiff-adamw-lr0.001-s0", "graddiff-adamw-lr0.0014-s0"]
+    assert sorted(c["settings"]["recipe"]["optimizer"]["lr"] for c in cells) == [1e-3, 1.4e-3]
+    assert [c["steps"] for c in cells] == [2, 2]  # 8 forget items, batches of 4
+
+    log, cells = compare(2)
+    assert log.count("its settings changed since it ran (recipe.unlearn.epochs); running it again") == 2
+    assert [c["steps"] for c in cells] == [4, 4]
+    log, _ = compare(2)
+    assert "running it again" not in log and log.count("(done before)") == 2  # both reused

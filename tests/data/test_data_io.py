@@ -113,6 +113,44 @@ def test_a_second_writer_is_refused_while_the_first_holds_the_lock(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
 
 
+def test_a_second_builder_waits_for_the_first_and_reuses_its_entry(tmp_path):
+    """build_once: the second builder of one cache entry waits (threads hold separate lock
+    descriptions, as processes do), then finds the entry done; only one build runs."""
+    import threading
+    import time
+
+    out = tmp_path / "entry"
+    builds, logs = [], []
+    building = threading.Event()
+
+    def build() -> None:
+        building.set()
+        time.sleep(0.3)
+        out.mkdir()
+        builds.append(threading.current_thread().name)
+
+    first = threading.Thread(target=io.build_once, args=(out, out.is_dir, build, "thing", logs.append),
+                             name="first")
+    first.start()
+    assert building.wait(10)
+    assert io.build_once(out, out.is_dir, build, "thing", logs.append) is False
+    first.join()
+    assert builds == ["first"]
+    assert logs == [f"waiting for soulcli process {os.getpid()}, which is building {out}",
+                    f"reused cached thing {out} built by another process"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["entry"]  # the lock file is removed
+    assert io.build_once(out, out.is_dir, build, "thing", logs.append) is False and len(logs) == 2
+
+
+def test_content_hash_streams_files_to_the_same_digest(tmp_path):
+    import hashlib
+
+    (tmp_path / "w.bin").write_bytes(bytes(range(256)) * 9000)  # over two 1 MiB chunks
+    (tmp_path / "a.json").write_text("{}")
+    expected = hashlib.sha256(b"a.json\0{}\0w.bin\0" + bytes(range(256)) * 9000 + b"\0").hexdigest()
+    assert io.content_hash(tmp_path, ["w.bin", "a.json"]) == "sha256:" + expected
+
+
 def test_stale_temporaries_of_dead_runs_are_removed(tmp_path):
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()

@@ -171,6 +171,22 @@ def test_fingerprint_follows_content_not_place(folder, tmp_path):
     assert muse_fingerprint(tmp_path / "c") != muse_fingerprint(tmp_path / "a")
 
 
+def test_fingerprint_of_a_folder_to_import_covers_every_file_read(folder):
+    """The key of a folder to import follows each file load_muse may read: raw/*.txt, an
+    older name (knowmem/retain2_qa.json), a parquet shard; a stray file elsewhere does not."""
+    keys = {muse_fingerprint(folder)}
+    (folder / "raw" / "forget.txt").write_text("F one.\n\nF changed.", encoding="utf-8")
+    keys.add(muse_fingerprint(folder))
+    (folder / "knowmem" / "retain_qa.json").rename(folder / "knowmem" / "retain2_qa.json")
+    keys.add(muse_fingerprint(folder))
+    (folder / "raw" / "holdout-00000-of-00001.parquet").write_bytes(b"PAR1")
+    keys.add(muse_fingerprint(folder))
+    assert len(keys) == 4
+    (folder / "notes.json").write_text("{}")
+    (folder / "raw" / ".hidden.json").write_text("[]")
+    assert muse_fingerprint(folder) in keys
+
+
 def test_write_refuses_a_user_folder_and_replaces_its_own(folder, tmp_path):
     data = load_muse(folder)
     user = tmp_path / "mine"

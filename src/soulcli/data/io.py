@@ -108,22 +108,22 @@ def remove_stale(path: Path) -> list[Path]:
 
 
 @contextmanager
-def output_lock(path: str | os.PathLike) -> Iterator[None]:
-    """Hold an exclusive lock on the output ``path`` (``fcntl.flock`` on ``.NAME.lock`` beside it,
-    non-blocking): a second soulcli process writing the same folder is refused at once with a
-    user error naming the first one's pid. The lock file is removed on release."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    lock = path.parent / f".{path.name}.lock"
+def _exclusive(lock: Path, on_busy: Callable[[str], None]) -> Iterator[None]:
+    """Hold an exclusive ``fcntl.flock`` on the file ``lock`` (created, holding our pid, removed
+    on release). When another process holds it, ``on_busy(its pid)`` runs first: it raises to
+    refuse, or returns to wait for the lock. The kernel drops a killed holder's lock, so a lock
+    is never stale."""
     while True:
         fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            other = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                on_busy(os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown")
+                fcntl.flock(fd, fcntl.LOCK_EX)
+        except BaseException:
             os.close(fd)
-            raise UserError(f"another soulcli process (pid {other}) is writing {path}; wait for it "
-                            "to finish or choose another output folder") from None
+            raise
         try:  # the holder before us may have removed the file after we opened it: retry
             same = os.stat(lock).st_ino == os.fstat(fd).st_ino
         except FileNotFoundError:
@@ -138,6 +138,43 @@ def output_lock(path: str | os.PathLike) -> Iterator[None]:
     finally:
         lock.unlink(missing_ok=True)
         os.close(fd)
+
+
+@contextmanager
+def output_lock(path: str | os.PathLike) -> Iterator[None]:
+    """Hold an exclusive lock on the output ``path`` (``.NAME.lock`` beside it): a second
+    soulcli process writing the same folder is refused at once with a user error naming the
+    first one's pid."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+
+    def refuse(pid: str) -> None:
+        raise UserError(f"another soulcli process (pid {pid}) is writing {path}; wait for it "
+                        "to finish or choose another output folder")
+
+    with _exclusive(path.parent / f".{path.name}.lock", refuse):
+        yield
+
+
+def build_once(path: str | os.PathLike, done: Callable[[], bool], build: Callable[[], None],
+               what: str, log: Callable[[str], None]) -> bool:
+    """Build the cache entry ``path`` (``build()``) unless ``done()``; returns whether it built.
+
+    Builders of one entry take turns (a lock on ``.NAME.build.lock`` beside it, waited for,
+    unlike :func:`output_lock`): a second process waits for the first, then finds the entry
+    done and reuses it, so concurrent commands on one cache never fail on each other.
+    """
+    if done():
+        return False
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with _exclusive(path.parent / f".{path.name}.build.lock",
+                    lambda pid: log(f"waiting for soulcli process {pid}, which is building {path}")):
+        if done():
+            log(f"reused cached {what} {path} built by another process")
+            return False
+        build()
+    return True
 
 
 @contextmanager
@@ -270,7 +307,9 @@ def content_hash(folder: str | os.PathLike, names: Iterable[str]) -> str:
     digest = hashlib.sha256()
     for name in sorted(names):
         digest.update(name.encode("utf-8") + b"\0")
-        digest.update((folder / name).read_bytes())
+        with open(folder / name, "rb") as fh:  # in chunks: model weights may not fit in memory
+            while chunk := fh.read(1 << 20):
+                digest.update(chunk)
         digest.update(b"\0")
     return "sha256:" + digest.hexdigest()
 

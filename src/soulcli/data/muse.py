@@ -257,10 +257,14 @@ def load_muse(folder: str | os.PathLike) -> MuseData:
 
 
 def muse_fingerprint(folder: str | os.PathLike) -> str:
-    """:func:`~soulcli.data.io.content_hash` over the :data:`MUSE_SPLIT_FILES` present in a
-    folder soulcli wrote: the key of its content wherever it lies (the manifest excluded)."""
+    """:func:`~soulcli.data.io.content_hash` over every file :func:`load_muse` may read (each
+    part's ``.json`` / ``.parquet`` / ``.txt`` files, whatever their names): the key of a MUSE
+    folder's content wherever it lies, for a folder soulcli wrote (its manifest excluded) and
+    for one to import (hub shards and aliases included)."""
     folder = Path(folder)
-    return content_hash(folder, [f for f in MUSE_SPLIT_FILES if (folder / f).is_file()])
+    names = [str(p.relative_to(folder)) for part in _HUB_PARTS for p in sorted((folder / part).glob("*"))
+             if p.is_file() and p.suffix in (".json", ".parquet", ".txt") and not p.name.startswith(".")]
+    return content_hash(folder, names)
 
 
 # --- writing and importing -----------------------------------------------------------------

@@ -9,6 +9,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
+from soulcli.data.io import content_hash
 from soulcli.errors import UserError
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -37,6 +38,21 @@ def resolve_model_path(name: str, marker: str = "config.json") -> str:
         f"model folder '{name}' does not exist; pass an existing HF model folder or a hub id "
         "like 'org/name' (run `soul finetune` to build the built-in one)"
     )
+
+
+#: The files a model folder's numbers depend on: config, tokenizer and weights (top level).
+MODEL_FILES = re.compile(r"(generation_)?config\.json|adapter_config\.json|tokenizer.*|special_tokens_map\.json"
+                         r"|added_tokens\.json|vocab\..*|merges\.txt|chat_template\.jinja"
+                         r"|.*\.(safetensors|bin|pt|pth)|.*\.(safetensors|bin)\.index\.json")
+
+
+def model_fingerprint(folder: str | Path) -> str:
+    """The content key of a model folder: sha256 over its :data:`MODEL_FILES` (names
+    included, :func:`~soulcli.data.io.content_hash`). What soulcli writes beside a model
+    (eval.json, cached reference values, training records) is left out, so evaluating a model
+    keeps its fingerprint. It reads every weight byte (about a second per GB)."""
+    folder = Path(folder)
+    return content_hash(folder, [p.name for p in folder.iterdir() if p.is_file() and MODEL_FILES.fullmatch(p.name)])
 
 
 TRUST_HINT = "set model.trust_remote_code: true in the recipe (only for a model whose code you trust)"

@@ -141,5 +141,6 @@ class Task:
         raise NotImplementedError
 
     def settings(self) -> dict[str, Any]:
-        """The task's settings as a JSON-able mapping (part of the cache keys)."""
-        return {"task": self.name, **asdict(self.data)}
+        """The task's settings as a JSON-able mapping (part of the cache keys), ``source`` left
+        out: a key takes the data's content fingerprint, never where the data lies."""
+        return {"task": self.name, **{k: v for k, v in asdict(self.data).items() if k != "source"}}

@@ -25,7 +25,7 @@ def target_model_path(recipe: Recipe, reporter: Reporter) -> tuple[Path, Path]:
     paths = common.builtin_model_paths(recipe, data_dir)
     if not (paths.target / "config.json").is_file():
         reporter.info("The built-in target model is not built yet: training it now (cached for later runs)")
-        run_finetune(recipe, reporter, which=("target",))
+        run_finetune(recipe, reporter, which=("target",), force=False)
     return data_dir, paths.target
 
 
@@ -39,5 +39,5 @@ def reference_model_path(recipe: Recipe, reporter: Reporter, data_dir: Path) -> 
     paths = common.builtin_model_paths(recipe, data_dir)
     if not (paths.retain / "config.json").is_file():
         reporter.info("The built-in retain reference model is not built yet: training it now (cached)")
-        run_finetune(recipe, reporter, which=("retain",))
+        run_finetune(recipe, reporter, which=("retain",), force=False)
     return paths.retain

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from soulcli.data.io import MANIFEST_NAME
+from soulcli.data.io import MANIFEST_NAME, build_once, read_manifest
 from soulcli.data.template import PromptTemplate
 from soulcli.engine.progress import Reporter
 from soulcli.errors import UserError
@@ -80,7 +80,8 @@ def benchmark_dir(recipe: Recipe, reporter: Reporter) -> Path:
 
     A soulcli dataset folder is used where it is. Files in the task's layout are imported
     into the cache under a fingerprint of their content, so a moved copy is not imported again
-    and edited files are (a hub id, whose files are not at hand, keys by its name).
+    and edited files are, into a new entry (a hub id, whose files are not at hand, keys by its
+    name). Concurrent builders of one entry wait for each other (:func:`build_once`).
     """
     task = task_of(recipe)
     cache = Path(recipe.cache_dir) / "benchmarks"
@@ -92,9 +93,20 @@ def benchmark_dir(recipe: Recipe, reporter: Reporter) -> Path:
         if path.is_dir() and (path / MANIFEST_NAME).is_file():
             return path  # already a soulcli dataset folder
         out = cache / f"{task.name}-imported-{short_hash(task.fingerprint(path) if path.is_dir() else source)}"
-    if not (out / MANIFEST_NAME).is_file():
-        write_benchmark(recipe, out, reporter, overwrite=True)
+        if path.is_dir() and not (out / MANIFEST_NAME).is_file():
+            _note_changed_import(cache, task.name, path, reporter)
+
+    build_once(out, lambda: (out / MANIFEST_NAME).is_file(),
+               lambda: write_benchmark(recipe, out, reporter, overwrite=True), "benchmark", reporter.info)
     return out
+
+
+def _note_changed_import(cache: Path, task: str, source: Path, reporter: Reporter) -> None:
+    """Say so when ``source`` was imported before with other content (its old entry is kept)."""
+    for entry in sorted(cache.glob(f"{task}-imported-*")):
+        if (read_manifest(entry) or {}).get("source", {}).get("path") == str(source.resolve()):
+            reporter.info(f"{source} changed since it was imported into {entry}: importing it anew")
+            return
 
 
 # --------------------------------------------------------------------------- cache keys

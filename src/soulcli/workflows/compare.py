@@ -5,10 +5,14 @@ evaluated every ``eval.eval_every`` steps on the task's headline metrics
 (:class:`soulcli.tasks.Headline`). Per optimizer x objective the setting (learning rate, step)
 with the best forget metric (TOFU: the highest forget quality; MUSE: the lowest forget
 VerbMem) among those keeping the utility metric (TOFU: model utility; MUSE: retain KnowMem) at
-least ``compare.utility_ratio`` x the target's is selected (mean over seeds). Finished cells are
-stored in ``cells/`` and never recomputed, so an interrupted comparison resumes (``--overwrite``
-starts it over). A cell whose training diverges (non-finite loss or gradient) is stored as
-diverged, with no evaluations, so it is never selected.
+least ``compare.utility_ratio`` x the target's is selected (mean over seeds).
+
+Finished cells are stored in ``cells/`` under names that spell their exact settings
+(:attr:`Cell.id`), with their resolved settings and the fingerprints of the data, target and
+reference (:func:`cell_settings`): an interrupted comparison resumes, reusing a finished cell
+only when these match and running it again (a log line names what changed) when not;
+``--overwrite`` starts it over. A cell whose training diverges (non-finite loss or gradient)
+is stored as diverged, with no evaluations, so it is never selected.
 
 ``compare.seed_policy``: ``all`` runs every learning rate with every seed; ``selected`` runs
 the learning-rate grid on the first seed, picks the learning rate per optimizer x objective by
@@ -31,12 +35,12 @@ import torch
 
 from soulcli.engine.memory import PeakMemory
 from soulcli.engine.progress import Reporter
-from soulcli.data.io import atomic_write, open_resumable_dir, output_lock, write_json
+from soulcli.data.io import atomic_write, open_resumable_dir, output_lock, to_json, write_json
 from soulcli.engine.rundir import versions
 from soulcli.errors import DivergedError
 from soulcli.recipe import Recipe, recipe_to_dict, replace
 from soulcli.tasks import Headline
-from soulcli.workflows import artifacts, common
+from soulcli.workflows import artifacts, common, provenance
 from soulcli.workflows.evaluate import eval_config, reference_stats
 from soulcli.workflows.unlearn import PreparedRun, unlearn_model
 
@@ -52,7 +56,9 @@ class Cell:
 
     @property
     def id(self) -> str:
-        lr = "oneshot" if self.lr is None else f"lr{self.lr:.0e}"
+        """The cell's name: its exact settings, the lr as its shortest round-trip repr (1e-3
+        and 1.4e-3 are ``lr0.001`` and ``lr0.0014``), so no two cells share a name."""
+        lr = "oneshot" if self.lr is None else f"lr{self.lr!r}"
         return f"{self.objective}-{self.optimizer}-{lr}-s{self.seed}"
 
 
@@ -97,6 +103,35 @@ def cell_recipe(recipe: Recipe, cell: Cell) -> Recipe:
     return replace(recipe, seed=cell.seed,
                    optimizer={"name": cell.optimizer, "lr": cell.lr, "args": args},
                    unlearn={"objective": cell.objective, "objective_args": oargs, "method": "iterative"})
+
+
+#: Recipe keys that name or place things but change no cell's numbers (the inputs' content is
+#: compared by fingerprint instead of data.source / model.source / model.reference).
+_PLACES = {"name": None, "output_dir": None, "cache_dir": None, "compare": None,
+           "data": ("source",), "model": ("source", "reference"), "unlearn": ("save_every",),
+           "finetune": ("save_every",)}
+
+
+def cell_settings(recipe: Recipe, cell: Cell, inputs: dict[str, str | None]) -> dict[str, Any]:
+    """What a cell's numbers depend on, stored in its result: its resolved recipe
+    (:func:`cell_recipe`, without :data:`_PLACES`) and the fingerprints of the data, target and
+    reference (``inputs``). A finished cell is reused only when these match."""
+    raw = recipe_to_dict(cell_recipe(recipe, cell))
+    for key, sub in _PLACES.items():
+        if sub is None:
+            raw.pop(key, None)
+        else:
+            for k in sub:
+                raw[key].pop(k, None)
+    return json.loads(to_json({"recipe": raw, "inputs": inputs}))  # as it reads back from JSON
+
+
+def changed_keys(old: Any, new: Any, at: str = "") -> list[str]:
+    """The dotted keys where two settings mappings differ (a missing key counts)."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        return [k for key in sorted(set(old) | set(new), key=str)
+                for k in changed_keys(old.get(key), new.get(key), f"{at}.{key}" if at else str(key))]
+    return [] if old == new else [at or "settings"]
 
 
 def run_cell(recipe: Recipe, cell: Cell, data_dir: Path, target_dir: Path, reference: dict | None,
@@ -334,11 +369,18 @@ def compare_into(recipe: Recipe, reporter: Reporter, out_dir: Path) -> dict[str,
     ref_dir = artifacts.reference_model_path(recipe, reporter, data_dir)
     reference = reference_stats(recipe, ref_dir, data_dir, reporter, device) if ref_dir else None
 
+    sources = provenance.record(recipe, data_dir, target_dir, ref_dir)
+    write_json(out_dir / provenance.FILE, sources)
+    inputs = {role: e and (e["fingerprint"] or e["path"]) for role, e in sources.items()}
+
     task = common.task_of(recipe)
     headline = task.headline
     target_file = cells_dir / "target.json"
-    if target_file.is_file():
-        target = json.loads(target_file.read_text())
+    target_key = json.loads(to_json({"inputs": inputs, "eval": recipe_to_dict(recipe)["eval"],
+                                     "task": task.settings()}))
+    stored = json.loads(target_file.read_text()) if target_file.is_file() else {}
+    if stored.get("settings") == target_key:
+        target = stored["values"]
     else:
         model, tokenizer = load_model(str(target_dir), recipe.model.dtype, device,
                                       recipe.model.trust_remote_code)
@@ -346,7 +388,7 @@ def compare_into(recipe: Recipe, reporter: Reporter, out_dir: Path) -> dict[str,
         res = evaluate_model(model, tokenizer, task.suite(cfg), task.eval_splits(data_dir), cfg,
                              reference=reference)
         target = {k: res["metrics"][k].get("value") for k in headline.tracked}
-        write_json(target_file, target)
+        write_json(target_file, {"settings": target_key, "values": target})
 
     n_forget = len(task.unlearn_sets(data_dir)[0].rows)
     steps = recipe.unlearn.max_steps or recipe.unlearn.epochs * -(-n_forget // recipe.unlearn.batch_size)
@@ -363,16 +405,23 @@ def compare_into(recipe: Recipe, reporter: Reporter, out_dir: Path) -> dict[str,
         def run_all(todo: list[Cell]) -> None:
             for cell in todo:
                 path = cells_dir / f"{cell.id}.json"
+                settings = cell_settings(recipe, cell, inputs)
                 if path.is_file():
-                    results.append(json.loads(path.read_text()))
-                    task.update(1, cell=f"{cell.id} (done before)")
-                    continue
+                    done = json.loads(path.read_text())
+                    changed = changed_keys(done.get("settings"), settings)
+                    if not changed:
+                        results.append(done)
+                        task.update(1, cell=f"{cell.id} (done before)")
+                        continue
+                    reporter.info(f"cell {cell.id}: its settings changed since it ran ({', '.join(changed[:4])}"
+                                  f"{', ...' if len(changed) > 4 else ''}); running it again")
                 reporter.info(f"cell {cell.id}")
                 try:
                     res = run_cell(recipe, cell, data_dir, target_dir, reference, reporter, device, eval_every)
                 except DivergedError as exc:
                     reporter.info(f"[yellow]warning:[/] cell {cell.id} diverged ({exc}); recorded, never selected")
                     res = {**asdict(cell), "id": cell.id, "diverged": str(exc), "evaluations": []}
+                res["settings"] = settings
                 write_json(path, res)
                 results.append(res)
                 task.update(1, cell=cell.id)

@@ -17,7 +17,7 @@ from soulcli.engine.progress import Reporter
 from soulcli.engine.rundir import versions
 from soulcli.errors import UserError
 from soulcli.recipe import Recipe, load_recipe, recipe_to_dict, replace
-from soulcli.workflows import artifacts, common
+from soulcli.workflows import artifacts, common, provenance
 from soulcli.workflows.finetune import run_finetune
 
 
@@ -142,9 +142,13 @@ def earlier_eval(path: Path, fingerprint: str) -> dict | None:
 def run_evaluate(recipe: Recipe | None, reporter: Reporter, run_dir: Path | None, model_path: str | None,
                  data: str | None, reference: str | None, metrics: tuple[str, ...] | None,
                  output: Path | None, overrides: list[str] | None = None,
-                 gates: Sequence[str] = ()) -> dict[str, Any]:
+                 gates: Sequence[str] = (), target: str | None = None) -> dict[str, Any]:
     """`soul evaluate RUN_DIR` or `soul evaluate --model PATH [--data DIR]`; the metric selection
-    and the ``gates``' metric names are checked against the task's suite before any work."""
+    and the ``gates``' metric names are checked against the task's suite before any work.
+
+    A run is evaluated on the data and reference recorded in its ``provenance.json``, checked
+    (:func:`provenance.verified`), not on what its recipe resolves to now; ``data`` /
+    ``reference`` replace them, ``target`` says where the run's target lies now."""
     from soulcli.eval import resolve_metrics
     from soulcli.eval.report import parse_gate
     from soulcli.models.loading import load_model
@@ -160,6 +164,8 @@ def run_evaluate(recipe: Recipe | None, reporter: Reporter, run_dir: Path | None
         output = output or run_dir / "eval.json"
     if model_path is None:
         raise UserError("nothing to evaluate: pass a RUN_DIR or --model PATH")
+    if target is not None and run_dir is None:
+        raise UserError("--target says where a run's target lies now; pass it with a RUN_DIR")
     if recipe is None:
         recipe = load_recipe(None, overrides)
     if data is not None:
@@ -169,8 +175,14 @@ def run_evaluate(recipe: Recipe | None, reporter: Reporter, run_dir: Path | None
     for name in gates:
         parse_gate(f"{name}=0", suite)
     device = common.setup_runtime(recipe)
-    data_dir = common.benchmark_dir(recipe, reporter)
-    ref_model, ref_data = _load_reference(reference, recipe, reporter, data_dir, device)
+    given = {role for role, value in (("data", data), ("reference", reference)) if value is not None}
+    moved = {"target": Path(target)} if target is not None else None
+    inputs = provenance.verified(run_dir, recipe, given, moved) if run_dir is not None else None
+    data_dir = inputs["data"] if inputs and "data" not in given else common.benchmark_dir(recipe, reporter)
+    if inputs and "reference" not in given:
+        ref_model, ref_data = inputs["reference"], None
+    else:
+        ref_model, ref_data = _load_reference(reference, recipe, reporter, data_dir, device)
     model, tokenizer = load_model(model_path, recipe.model.dtype, device, recipe.model.trust_remote_code)
     output = Path(output or Path(model_path) / "eval.json")
     old = earlier_eval(output, common.data_fingerprint(data_dir, recipe))  # before the work

@@ -19,7 +19,7 @@ from typing import Sequence
 import torch
 
 from soulcli.data.encode import pad_batch
-from soulcli.data.io import atomic_dir, check_writable_dir, write_json, write_jsonl
+from soulcli.data.io import atomic_dir, build_once, check_writable_dir, write_json, write_jsonl
 from soulcli.engine import checkpoint
 from soulcli.engine.checkpoint import Checkpoints
 from soulcli.engine.loop import LoopResult, Training, make_scheduler, train
@@ -79,7 +79,8 @@ def _base_model(recipe: Recipe, data_dir: Path, reporter: Reporter, device: torc
     if m.base != "builtin":
         return load_model(m.base, m.dtype, device, m.trust_remote_code)
     tok_dir = common.builtin_model_paths(recipe, data_dir).tokenizer
-    if not (tok_dir / "tokenizer_config.json").is_file():
+
+    def train_tokenizer() -> None:
         reporter.info(f"Training a BPE tokenizer (vocab {m.vocab_size}) on the benchmark text")
         texts = common.task_of(recipe).texts(data_dir)
         t = common.template_of(recipe)
@@ -87,11 +88,47 @@ def _base_model(recipe: Recipe, data_dir: Path, reporter: Reporter, device: torc
         tokenizer = builtin.train_tokenizer(texts, m.vocab_size)
         with atomic_dir(tok_dir, overwrite=True) as tmp:
             tokenizer.save_pretrained(tmp)
+
+    build_once(tok_dir, lambda: (tok_dir / "tokenizer_config.json").is_file(), train_tokenizer, "tokenizer",
+               reporter.info)
     tokenizer = load_tokenizer(str(tok_dir))
     model = builtin.build_model(tokenizer, m.hidden_size, m.num_layers, m.num_heads,
                                 m.intermediate_size, max_position_embeddings=max(256, recipe.data.max_length),
                                 seed=recipe.data.seed)
     return model.to(device=device, dtype=DTYPES[m.dtype]), tokenizer
+
+
+def _train_one(recipe: Recipe, name: str, out_dir: Path, data_dir: Path, reporter: Reporter,
+               device: torch.device, checkpoints: Checkpoints | None, replace_ok: bool) -> dict:
+    """Train the ``name`` model (target or retain) into ``out_dir``, atomically; its record."""
+    from soulcli.models.loading import export_model
+
+    task = common.task_of(recipe)
+    with atomic_dir(out_dir, overwrite=replace_ok, log=reporter.info) as tmp:  # locked while training
+        train_set = task.train_set(data_dir, name, pretrained=recipe.model.base != "builtin")
+        model, tokenizer = _base_model(recipe, data_dir, reporter, device)
+        n_params = sum(p.numel() for p in model.parameters())
+        reporter.info(f"Finetuning the {name} model ({n_params / 1e6:.2f}M parameters) on {train_set.name}")
+        result = train_lm(model, tokenizer, train_set, recipe, reporter, f"finetune {name}", device,
+                          seed=recipe.seed, checkpoints=checkpoints)
+        model.eval()
+        record = {
+            "model": name, "task": recipe.task, "split": train_set.name, "items": len(train_set.rows),
+            "parameters": n_params,
+            "steps": result.steps, "seconds": round(result.seconds, 2),
+            "tokens_per_second": round(result.tokens / max(result.seconds, 1e-9), 1),
+            "final_loss": result.last.get("loss"), "data": str(data_dir),
+            "data_fingerprint": common.data_fingerprint(data_dir, recipe),
+        }
+        export_model(model, tokenizer, tmp)
+        (tmp / "resolved_recipe.yaml").write_text(dump_recipe(recipe))
+        write_json(tmp / "training.json", {**record, "versions": versions()})
+        write_jsonl(tmp / "metrics.jsonl", result.rows)
+    if checkpoints is not None:
+        checkpoint.clear(checkpoints)
+    reporter.info(f"Saved the {name} model to {out_dir} ({result.seconds:.0f}s, "
+                  f"{record['tokens_per_second']:.0f} tokens/s, final loss {record['final_loss']:.4f})")
+    return {**record, "path": str(out_dir)}
 
 
 def run_finetune(recipe: Recipe, reporter: Reporter, which: Sequence[str] = ("target", "retain"),
@@ -104,14 +141,12 @@ def run_finetune(recipe: Recipe, reporter: Reporter, which: Sequence[str] = ("ta
     non-empty one is replaced only with ``overwrite`` and only if soulcli wrote it (a cached
     built-in model, being soulcli's own, is always replaceable). With ``finetune.save_every``
     each model's training writes checkpoints beside its folder; ``resume`` continues those of
-    the models that have one (at least one must).
+    the models that have one (at least one must). Training a cached model takes a lock
+    (:func:`build_once`): a second process waits, then reuses what the first trained.
     """
-    from soulcli.models.loading import export_model
-
     device = common.setup_runtime(recipe)
     data_dir = common.benchmark_dir(recipe, reporter)
     paths = common.builtin_model_paths(recipe, data_dir)
-    task = common.task_of(recipe)
     plans = {
         "target": output / "target" if output else paths.target,
         "retain": output / "retain" if output else paths.retain,
@@ -130,35 +165,21 @@ def run_finetune(recipe: Recipe, reporter: Reporter, which: Sequence[str] = ("ta
     results: dict[str, dict] = {}
     for name in which:
         out_dir = plans[name]
-        if name not in todo:
+
+        def done(name: str = name, out_dir: Path = out_dir) -> bool:
+            return name not in todo or (not force and (out_dir / "training.json").is_file())
+
+        def build(name: str = name, out_dir: Path = out_dir) -> None:
+            results[name] = _train_one(recipe, name, out_dir, data_dir, reporter, device, checkpoints[name],
+                                       replace_ok)
+
+        if output is None:  # a cache entry: concurrent builders wait for each other
+            build_once(out_dir, done, build, f"{name} model", reporter.info)
+        elif not done():
+            build()
+        if name not in results:
             record = json.loads((out_dir / "training.json").read_text())
             reporter.info(f"The {name} model is already trained in {out_dir} (reused; --force retrains)")
             results[name] = {**record, "path": str(out_dir), "reused": True}
-            continue
-        with atomic_dir(out_dir, overwrite=replace_ok, log=reporter.info) as tmp:  # locked while training
-            train_set = task.train_set(data_dir, name, pretrained=recipe.model.base != "builtin")
-            model, tokenizer = _base_model(recipe, data_dir, reporter, device)
-            n_params = sum(p.numel() for p in model.parameters())
-            reporter.info(f"Finetuning the {name} model ({n_params / 1e6:.2f}M parameters) on {train_set.name}")
-            result = train_lm(model, tokenizer, train_set, recipe, reporter, f"finetune {name}", device,
-                              seed=recipe.seed, checkpoints=checkpoints[name])
-            model.eval()
-            record = {
-                "model": name, "task": recipe.task, "split": train_set.name, "items": len(train_set.rows),
-                "parameters": n_params,
-                "steps": result.steps, "seconds": round(result.seconds, 2),
-                "tokens_per_second": round(result.tokens / max(result.seconds, 1e-9), 1),
-                "final_loss": result.last.get("loss"), "data": str(data_dir),
-                "data_fingerprint": common.data_fingerprint(data_dir, recipe),
-            }
-            export_model(model, tokenizer, tmp)
-            (tmp / "resolved_recipe.yaml").write_text(dump_recipe(recipe))
-            write_json(tmp / "training.json", {**record, "versions": versions()})
-            write_jsonl(tmp / "metrics.jsonl", result.rows)
-        if checkpoints[name] is not None:
-            checkpoint.clear(checkpoints[name])
-        reporter.info(f"Saved the {name} model to {out_dir} ({result.seconds:.0f}s, "
-                      f"{record['tokens_per_second']:.0f} tokens/s, final loss {record['final_loss']:.4f})")
-        results[name] = {**record, "path": str(out_dir)}
     return results
 

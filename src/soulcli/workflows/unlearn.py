@@ -28,7 +28,7 @@ from soulcli.errors import UserError
 from soulcli.recipe import Recipe, dump_recipe
 from soulcli.tasks import TrainSet, encode_train_set
 from soulcli.tasks.base import QA
-from soulcli.workflows import artifacts, common
+from soulcli.workflows import artifacts, common, provenance
 
 
 @dataclass
@@ -249,6 +249,7 @@ def run_unlearn(recipe: Recipe, reporter: Reporter, output: Path | None = None,
         dist_ctx.barrier()
         (tmp / "resolved_recipe.yaml").write_text(dump_recipe(recipe))
         write_json(tmp / "versions.json", versions())
+        write_json(tmp / provenance.FILE, provenance.record(recipe, data_dir, run.target_dir, reference))
         writer = JsonlWriter(tmp / "metrics.jsonl")
         try:
             record = unlearn_model(run, reporter, on_row=writer, checkpoints=checkpoints)
