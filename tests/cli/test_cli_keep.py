@@ -58,13 +58,19 @@ def test_compare_never_selects_a_setting_with_non_finite_means():
     assert (sel["lr"], sel["meets_utility_rule"]) == (1e-3, False)
 
 
+def _rows(run) -> list[dict]:
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in row.items() if k not in ("seconds", "step_seconds")} for row in rows]
+
+
 def test_keep_best_saves_and_evaluates_the_chosen_step(soul, pipeline, tmp_path):
     """lr 1e-2 over 6 steps: forget quality peaks early (micro model utility is 0, so every
-    step meets the floor); the saved model, evaluated anew, has the chosen step's values."""
-    run = tmp_path / "best"
-    metrics = "eval.metrics=[forget_quality,model_utility]"
-    res = soul("unlearn", "-o", str(run), "--set", "unlearn.epochs=3", "--set", "optimizer.lr=1e-2",
-               "--set", "unlearn.keep=best", "--set", "unlearn.eval_every=2", "--set", metrics)
+    step meets the floor); the saved model, evaluated anew, has the chosen step's values, and
+    a run that evaluates nothing trains the same steps and ends at the curve's last point."""
+    run, plain = tmp_path / "best", tmp_path / "last"
+    same = ("--set", "unlearn.epochs=3", "--set", "optimizer.lr=1e-2",
+            "--set", "eval.metrics=[forget_quality,model_utility]")
+    res = soul("unlearn", "-o", str(run), *same, "--set", "unlearn.keep=best", "--set", "unlearn.eval_every=2")
     assert res.exit_code == 0, res.output
     kept = json.loads((run / "summary.json").read_text())["kept"]
     assert [e["step"] for e in kept["curve"]] == [0, 2, 4, 6]
@@ -78,3 +84,10 @@ def test_keep_best_saves_and_evaluates_the_chosen_step(soul, pipeline, tmp_path)
     assert saved["forget_quality"]["value"] == fq[2]
     again = soul.json("evaluate", str(run), "--metrics", "forget_quality", "--output", str(tmp_path / "e.json"))
     assert again["forget_quality"] == fq[2]
+
+    res = soul("unlearn", "-o", str(plain), *same)  # keep: last, no evaluation during the run
+    assert res.exit_code == 0, res.output
+    last = json.loads((plain / "summary.json").read_text())
+    assert (last["kept"]["keep"], last["kept"]["step"], last["kept"]["curve"]) == ("last", 6, [])
+    assert _rows(plain) == _rows(run)
+    assert last["metrics"]["forget_quality"] == fq[6]
