@@ -2,10 +2,11 @@
 
 Every cell starts from the same target model, with the same batch plan and seed, and is
 evaluated every ``unlearn.eval_every`` steps on the task's headline metrics
-(:class:`soulcli.tasks.Headline`, :mod:`soulcli.workflows.tracking`). Per optimizer x objective the setting (learning rate, step)
-with the best forget metric (TOFU: the highest forget quality; MUSE: the lowest forget
-VerbMem) among those keeping the utility metric (TOFU: model utility; MUSE: retain KnowMem) at
-least ``compare.utility_ratio`` x the target's is selected (mean over seeds). Finished cells are
+(:class:`soulcli.tasks.Headline`, by :mod:`soulcli.workflows.tracking`). Per optimizer x
+objective the setting (learning rate, step) with the best forget metric (TOFU: the highest
+forget quality; MUSE: the lowest forget VerbMem) among those keeping the utility metric (TOFU:
+model utility; MUSE: retain KnowMem) at least ``compare.utility_ratio`` x the target's is
+selected (mean over seeds; the rule of :func:`soulcli.workflows.tracking.rank`). Finished cells are
 stored in ``cells/`` and never recomputed, so an interrupted comparison resumes (``--overwrite``
 starts it over). A cell whose training diverges (non-finite loss or gradient) is stored as
 diverged, with no evaluations, so it is never selected.
