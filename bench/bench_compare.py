@@ -48,7 +48,7 @@ def main() -> None:
     cmd = [str(exe), "compare-optimizers", "--recipe", args.recipe, "--optimizers", args.optimizers,
            "--objectives", args.objectives, "--lr-grid", args.lr_grid, "--seeds", args.seeds,
            "--seed-policy", args.seed_policy,
-           "--set", f"eval.eval_every={args.eval_every}", "--output", args.output, "--json"]
+           "--set", f"unlearn.eval_every={args.eval_every}", "--output", args.output, "--json"]
     for s in args.set:
         cmd += ["--set", s]
     t0 = time.perf_counter()

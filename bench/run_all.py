@@ -15,6 +15,7 @@ BENCHES = [
     ["bench/bench_eval.py"],
     ["bench/bench_compare.py"],
     ["bench/bench_muse.py"],
+    ["bench/bench_keep.py"],
 ]
 
 

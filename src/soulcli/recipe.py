@@ -157,6 +157,16 @@ class UnlearnConfig:
     # steps between checkpoints (0: none); `soul unlearn --resume` continues the latest one
     # (README, "Checkpoints and resume")
     save_every: NonNegInt = 0
+    # steps between evaluations of the task's headline metrics during the run (the curve in
+    # summary.json; compare-optimizers evaluates its cells by it). None: about five per run
+    # where a run is tracked (keep: best, compare-optimizers), none otherwise
+    eval_every: PosInt | None = None
+    # which state `soul unlearn` saves: the "last" step's, or the "best" evaluated step's:
+    # the best forget metric (the task's direction) among steps whose utility metric is
+    # >= utility_floor x the target's; none: the highest utility, with a warning (README,
+    # "Keeping the best state")
+    keep: Literal["last", "best"] = "last"
+    utility_floor: Annotated[float, Range(gt=0, le=1)] = 0.95
     influence: InfluenceConfig = field(default_factory=InfluenceConfig)
 
 

@@ -55,7 +55,7 @@ def test_selection_flags_when_no_setting_keeps_utility():
 def test_compare_outputs_and_resume(soul, pipeline, tmp_path):
     out = tmp_path / "cmp"
     args = ["compare-optimizers", "--optimizers", "adamw,sophiag", "--objectives", "graddiff", "--lr-grid",
-            "1e-3", "--set", "eval.eval_every=1", "--output", str(out)]
+            "1e-3", "--set", "unlearn.eval_every=1", "--output", str(out)]
     first = soul.json(*args)
     for name in ("results.json", "results.csv", "fq_vs_mu.png", "curves.png"):
         assert (out / name).is_file(), name
@@ -85,7 +85,7 @@ def test_selected_seed_policy_runs_other_seeds_only_at_the_chosen_lr(soul, pipel
     out = tmp_path / "staged"
     res = soul.json("compare-optimizers", "--optimizers", "adamw", "--objectives", "graddiff",
                     "--lr-grid", "1e-3,1e-2", "--seeds", "0,1", "--seed-policy", "selected",
-                    "--set", "eval.eval_every=1", "--output", str(out))
+                    "--set", "unlearn.eval_every=1", "--output", str(out))
     cells = json.loads((out / "results.json").read_text())["cells"]
     (chosen,) = [s for s in res["selected"] if s["optimizer"] == "adamw"]
     other = 1e-2 if chosen["lr"] == 1e-3 else 1e-3

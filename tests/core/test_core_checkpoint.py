@@ -118,3 +118,34 @@ def test_the_latest_checkpoint_is_the_only_one_kept_and_another_recipes_is_refus
     with pytest.raises(UserError, match="no checkpoint in"):
         checkpoint.find(tmp_path / "none", "mine")
     assert checkpoint.checkpoint_dir(tmp_path / "runs" / "micro") == tmp_path / "runs" / ".micro.ckpt"
+
+
+class Recorder:
+    """A step-end hook with state: the steps it saw and the weights at the last one."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model, self.seen, self.weights = model, [], torch.zeros(VOCAB, 4)
+
+    def __call__(self, step: int) -> None:
+        self.seen.append(step)
+        self.weights = self.model.embed.detach().clone()
+
+    def state_dict(self) -> dict:
+        return {"seen": self.seen, "weights": self.weights}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.seen, self.weights = state["seen"], state["weights"]
+
+
+def test_a_step_end_hooks_state_is_checkpointed_and_restored(tmp_path):
+    whole = make_run("adamw")
+    expected = Recorder(whole.model)
+    train(whole, batches(), STEPS, QUIET, "t", on_step_end=expected)
+    ckpt = Checkpoints(tmp_path / "ckpt", every=1, key="k")
+    first = make_run("adamw", ckpt)
+    train(first, batches()[:3], STEPS, QUIET, "t", on_step_end=Recorder(first.model))
+    resumed = make_run("adamw", Checkpoints(ckpt.folder, 1, "k", resume_from=checkpoint.find(ckpt.folder, "k")))
+    hook = Recorder(resumed.model)
+    train(resumed, batches(), STEPS, QUIET, "t", on_step_end=hook)
+    assert hook.seen == expected.seen == [1, 2, 3, 4, 5, 6]
+    assert torch.equal(hook.weights, expected.weights)

@@ -13,7 +13,9 @@ deleted only after it is in place. It holds:
   ``state_dict()`` (for soulcli's optimizers also Sophia's Hessian EMA and the diagnostics
   cadence), the curvature estimator's state (its private generators), the LR scheduler's
   state, what the loop has done (steps, tokens, skipped steps, seconds, the metrics rows) and
-  every random state (Python, NumPy, torch CPU, CUDA when present).
+  every random state (Python, NumPy, torch CPU, CUDA when present), and the state of the
+  loop's step-end hook when it has one (``state_dict()``: the headline curve and the best
+  state kept so far, :mod:`soulcli.workflows.tracking`).
 
 The step index is the data position: batches are a plan fixed before training
 (:mod:`soulcli.engine.sampling`), so a resumed run skips the first ``step`` of them. Loading is
@@ -118,7 +120,7 @@ def _set_rng_state(state: dict[str, Any]) -> None:
 
 def save(ckpt: Checkpoints, step: int, total: int, model: torch.nn.Module,
          optimizer: torch.optim.Optimizer, scheduler: Any, curvature: Any,
-         loop: dict[str, Any]) -> Path:
+         loop: dict[str, Any], hook: Any = None) -> Path:
     """Write the checkpoint of ``step`` (see the module docstring), then delete older ones."""
     path = ckpt.folder / f"step-{step:08d}"
     ckpt.folder.mkdir(parents=True, exist_ok=True)
@@ -130,6 +132,7 @@ def save(ckpt: Checkpoints, step: int, total: int, model: torch.nn.Module,
             "curvature": curvature.state_dict() if hasattr(curvature, "state_dict") else None,
             "loop": loop,
             "rng": _rng_state(),
+            "hook": hook.state_dict() if hook is not None else None,
         }, tmp / "state.pt")
         write_json(tmp / "checkpoint.json", {"step": step, "steps": total, "key": ckpt.key,
                                              "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
@@ -140,9 +143,10 @@ def save(ckpt: Checkpoints, step: int, total: int, model: torch.nn.Module,
 
 
 def load(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
-         curvature: Any) -> dict[str, Any]:
-    """Restore what :func:`save` wrote into the freshly built components; returns the loop's
-    record (``loop``). Call it last before the first step: it sets every random state."""
+         curvature: Any, hook: Any = None) -> dict[str, Any]:
+    """Restore what :func:`save` wrote into the freshly built components (``hook``: the step-end
+    hook whose state was saved); returns the loop's record (``loop``). Call it last before the
+    first step: it sets every random state."""
     state = torch.load(path / "state.pt", weights_only=True)
     params = dict(model.named_parameters())
     with torch.no_grad():
@@ -153,6 +157,8 @@ def load(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, s
         scheduler.load_state_dict(state["scheduler"])
     if state["curvature"] is not None:
         curvature.load_state_dict(state["curvature"])
+    if hook is not None and state.get("hook") is not None:
+        hook.load_state_dict(state["hook"])
     _set_rng_state(state["rng"])
     return state["loop"]
 

@@ -124,7 +124,9 @@ def train(run: Training, batches: Iterable[Any], num_steps: int, reporter: Repor
           description: str, on_row: Callable[[dict[str, Any]], None] | None = None,
           on_step_end: Callable[[int], None] | None = None) -> LoopResult:
     """Take one step per batch (``num_steps`` of them); ``on_row`` gets each logged row,
-    ``on_step_end`` the number of steps done (the model is put back in train mode after).
+    ``on_step_end`` the number of steps done (the model is put back in train mode after); an
+    ``on_step_end`` with ``state_dict()`` / ``load_state_dict()`` has its state checkpointed
+    with the run's.
 
     With ``run.checkpoints`` a run resumed from a checkpoint skips the batches it took (the
     checkpoint's rows go to ``on_row`` first), one is written every ``every`` steps, and a
@@ -133,10 +135,12 @@ def train(run: Training, batches: Iterable[Any], num_steps: int, reporter: Repor
     """
     model, opt, ckpt = run.model, run.optimizer, run.checkpoints
     params = [p for p in model.parameters() if p.requires_grad]
+    hook = on_step_end if hasattr(on_step_end, "state_dict") else None
     model.train()
     done = LoopResult(0, 0.0, 0, {}, [])
     if ckpt is not None and ckpt.resume_from is not None:
-        done = LoopResult(**checkpoint.load(ckpt.resume_from, model, opt, run.scheduler, run.curvature))
+        done = LoopResult(**checkpoint.load(ckpt.resume_from, model, opt, run.scheduler, run.curvature,
+                                                 hook))
         reporter.info(f"Resuming from {ckpt.resume_from} (step {done.steps} of {num_steps})")
         for row in done.rows if on_row is not None else ():
             on_row(row)
@@ -174,7 +178,7 @@ def train(run: Training, batches: Iterable[Any], num_steps: int, reporter: Repor
             done.steps, done.seconds = step + 1, time.perf_counter() - start
             if ckpt is not None and ((ckpt.every and (step + 1) % ckpt.every == 0) or sigint.is_set()):
                 saved = checkpoint.save(ckpt, step + 1, num_steps, model, opt, run.scheduler,
-                                        run.curvature, asdict(done))
+                                        run.curvature, asdict(done), hook)
                 kept = f"the checkpoint of step {step + 1} is kept in {saved}"
                 if sigint.is_set():
                     raise Interrupted(step + 1, str(saved))

@@ -19,8 +19,6 @@ class EvalConfig:
     that Min-K% and Min-K%++ average. ``metrics``: names or glob patterns to compute (``None``:
     all). ``max_length``: longest scored sequence in tokens, longer answers are cut (``None``:
     the recipe's ``data.max_length``; 512 for a direct ``evaluate_model`` call).
-    ``eval_every``: evaluate every N unlearning steps where a workflow tracks a run's course
-    (compare-optimizers; ``None``: five times per run).
     """
 
     batch_size: Annotated[int, POSITIVE] = 32
@@ -28,7 +26,6 @@ class EvalConfig:
     mink_k: Annotated[float, Range(gt=0, le=1)] = 0.4
     metrics: tuple[str, ...] | None = None
     max_length: Annotated[int, Range(ge=2)] | None = None
-    eval_every: Annotated[int, POSITIVE] | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.metrics, str):

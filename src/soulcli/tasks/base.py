@@ -68,7 +68,8 @@ class Headline:
     compare-optimizers selects, per optimizer x objective, the setting with the best ``forget``
     value (``forget_higher`` says which way is better) among those keeping ``utility`` at least
     ``compare.utility_ratio`` x the target's; it tabulates ``columns`` (name, short label) and
-    plots ``forget`` against ``utility``.
+    plots ``forget`` against ``utility``. ``unlearn.keep: best`` keeps a run's step by the same
+    rule (``unlearn.utility_floor``; :mod:`soulcli.workflows.tracking`).
     """
 
     forget: str

@@ -1,11 +1,12 @@
 """compare-optimizers: the SOUL experiment (optimizer x objective x learning rate) in one run.
 
 Every cell starts from the same target model, with the same batch plan and seed, and is
-evaluated every ``eval.eval_every`` steps on the task's headline metrics
-(:class:`soulcli.tasks.Headline`). Per optimizer x objective the setting (learning rate, step)
-with the best forget metric (TOFU: the highest forget quality; MUSE: the lowest forget
-VerbMem) among those keeping the utility metric (TOFU: model utility; MUSE: retain KnowMem) at
-least ``compare.utility_ratio`` x the target's is selected (mean over seeds).
+evaluated every ``unlearn.eval_every`` steps on the task's headline metrics
+(:class:`soulcli.tasks.Headline`, by :mod:`soulcli.workflows.tracking`). Per optimizer x
+objective the setting (learning rate, step) with the best forget metric (TOFU: the highest
+forget quality; MUSE: the lowest forget VerbMem) among those keeping the utility metric (TOFU:
+model utility; MUSE: retain KnowMem) at least ``compare.utility_ratio`` x the target's is
+selected (mean over seeds; the rule of :func:`soulcli.workflows.tracking.rank`).
 
 Finished cells are stored in ``cells/`` under names that spell their exact settings
 (:attr:`Cell.id`), with their resolved settings and the fingerprints of the data, target and
@@ -40,8 +41,8 @@ from soulcli.engine.rundir import versions
 from soulcli.errors import DivergedError
 from soulcli.recipe import Recipe, recipe_to_dict, replace
 from soulcli.tasks import Headline
-from soulcli.workflows import artifacts, common, provenance
-from soulcli.workflows.evaluate import eval_config, reference_stats
+from soulcli.workflows import artifacts, common, provenance, tracking
+from soulcli.workflows.evaluate import reference_stats
 from soulcli.workflows.unlearn import PreparedRun, unlearn_model
 
 SECOND_ORDER = {"sophiag", "sophiah", "adahessian", "influence"}
@@ -137,35 +138,17 @@ def changed_keys(old: Any, new: Any, at: str = "") -> list[str]:
 def run_cell(recipe: Recipe, cell: Cell, data_dir: Path, target_dir: Path, reference: dict | None,
              reporter: Reporter, device: torch.device, eval_every: int) -> dict[str, Any]:
     """Unlearn from the target model with the cell's settings, evaluating along the way."""
-    from soulcli.eval import evaluate_model
     from soulcli.models.loading import apply_adapter, load_model
 
     r = cell_recipe(recipe, cell)
     common.setup_runtime(r)
     model, tokenizer = load_model(str(target_dir), r.model.dtype, device, r.model.trust_remote_code)
     model = apply_adapter(model, r.model.adapter, r.model.lora, r.model.trainable)
-    task = common.task_of(r)
-    tracked = task.headline.tracked
-    splits = task.eval_splits(data_dir)
-    cfg = eval_config(r, tracked)
-    suite = task.suite(cfg)
-    evaluations: list[dict[str, Any]] = []
-    total = {"steps": None}
-
-    def evaluate(step: int) -> None:
-        res = evaluate_model(model, tokenizer, suite, splits, cfg, reference=reference)
-        evaluations.append({"step": step, **{k: res["metrics"][k].get("value") for k in tracked}})
-
-    def on_step_end(step: int) -> None:
-        if step % eval_every == 0:
-            evaluate(step)
-
-    with PeakMemory(device) as mem:
+    tracker = tracking.HeadlineTracker(r, model, tokenizer, data_dir, reference, eval_every)
+    with PeakMemory(device) as mem:  # the one-shot influence step is evaluated once, after it
         record = unlearn_model(PreparedRun(r, model, tokenizer, data_dir, target_dir, device), reporter,
-                               on_step_end=on_step_end if cell.optimizer != "influence" else None)
-    total["steps"] = record["steps"]
-    if not evaluations or evaluations[-1]["step"] != record["steps"]:
-        evaluate(record["steps"])
+                               on_step_end=tracker)
+    tracker.finish(record["steps"])
     rows = record["rows"]
     step_times = [row["step_seconds"] for row in rows if "step_seconds" in row]
     win = [row["win_rate"] for row in rows if "win_rate" in row]
@@ -175,14 +158,14 @@ def run_cell(recipe: Recipe, cell: Cell, data_dir: Path, target_dir: Path, refer
         "time_per_step": statistics.mean(step_times) if step_times else record["seconds"],
         "peak_memory_mb": round(mem.peak_mb, 1),
         "mean_win_rate": statistics.mean(win) if win else None,
-        "evaluations": evaluations,
+        "evaluations": tracker.curve,
     }
 
 
 def select(cells: list[dict], target_utility: float, ratio: float, headline: Headline) -> list[dict[str, Any]]:
-    """Per optimizer x objective: the (lr, step) with the best mean forget metric among the
-    settings whose mean utility metric is >= ratio x the target's; seeds give the spread."""
-    sign = 1.0 if headline.forget_higher else -1.0
+    """Per optimizer x objective: the (lr, step) that the rule (:func:`tracking.rank`) ranks
+    best by its mean forget and utility metrics, the floor ratio x the target's utility; seeds
+    give the spread."""
     groups: dict[tuple[str, str], dict[tuple[Any, int], list[dict]]] = {}
     for c in cells:
         for ev in c["evaluations"]:
@@ -198,13 +181,10 @@ def select(cells: list[dict], target_utility: float, ratio: float, headline: Hea
             mu = [e[headline.utility] for e in evs if e.get(headline.utility) is not None]
             if not fq or not mu:
                 continue
-            cand = {"lr": lr, "step": step, "fq": sign * statistics.mean(fq), "mu": statistics.mean(mu),
-                    "evs": evs}
-            eligible = cand["mu"] >= floor
-            # eligible: best forget metric; if none is, the one closest to the utility floor
-            key = (True, cand["fq"], cand["mu"]) if eligible else (False, cand["mu"], cand["fq"])
-            if best is None or key > best[0]:
-                best = (key, cand)
+            means = {headline.forget: statistics.mean(fq), headline.utility: statistics.mean(mu)}
+            key = tracking.rank(means, headline, floor)
+            if key is not None and (best is None or key > best[0]):
+                best = (key, {"lr": lr, "step": step, "evs": evs})
         if best is None:
             continue
         cand = best[1]
@@ -359,7 +339,6 @@ def run_compare(recipe: Recipe, reporter: Reporter, output: Path | None = None,
 
 
 def compare_into(recipe: Recipe, reporter: Reporter, out_dir: Path) -> dict[str, Any]:
-    from soulcli.eval import evaluate_model
     from soulcli.models.loading import load_model
 
     device = common.setup_runtime(recipe)
@@ -384,15 +363,12 @@ def compare_into(recipe: Recipe, reporter: Reporter, out_dir: Path) -> dict[str,
     else:
         model, tokenizer = load_model(str(target_dir), recipe.model.dtype, device,
                                       recipe.model.trust_remote_code)
-        cfg = eval_config(recipe, headline.tracked)
-        res = evaluate_model(model, tokenizer, task.suite(cfg), task.eval_splits(data_dir), cfg,
-                             reference=reference)
-        target = {k: res["metrics"][k].get("value") for k in headline.tracked}
+        start = tracking.HeadlineTracker(recipe, model, tokenizer, data_dir, reference, None).evaluate(0)
+        target = {k: v for k, v in start.items() if k != "step"}
         write_json(target_file, {"settings": target_key, "values": target})
 
-    n_forget = len(task.unlearn_sets(data_dir)[0].rows)
-    steps = recipe.unlearn.max_steps or recipe.unlearn.epochs * -(-n_forget // recipe.unlearn.batch_size)
-    eval_every = recipe.eval.eval_every or max(1, steps // 5)
+    steps = tracking.planned_steps(recipe, len(task.unlearn_sets(data_dir)[0].rows))
+    eval_every = tracking.eval_interval(recipe, steps)
     c = recipe.compare
     staged = c.seed_policy == "selected" and len(c.seeds) > 1
     cells = grid(recipe, c.seeds[:1] if staged else c.seeds)

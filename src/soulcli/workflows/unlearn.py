@@ -226,10 +226,13 @@ def run_unlearn(recipe: Recipe, reporter: Reporter, output: Path | None = None,
     The output folder is checked and locked before any work (a non-empty one is refused unless
     ``overwrite`` and soulcli wrote it); it appears only when the run finished with finite values.
     With ``unlearn.save_every`` checkpoints are written beside it (and removed once it is in
-    place); ``resume`` continues the latest one.
+    place); ``resume`` continues the latest one. With ``unlearn.eval_every`` or ``keep: best``
+    the headline metrics are evaluated during the run (:mod:`soulcli.workflows.tracking`) and
+    the state ``keep`` names is the one saved and evaluated.
     """
     from soulcli.models.loading import export_model
-    from soulcli.workflows.evaluate import evaluate_and_report
+    from soulcli.workflows import tracking
+    from soulcli.workflows.evaluate import evaluate_and_report, reference_stats
 
     device = common.setup_runtime(recipe)
     dist_ctx, device = init_distributed(device)
@@ -246,16 +249,24 @@ def run_unlearn(recipe: Recipe, reporter: Reporter, output: Path | None = None,
         run = prepare_model(recipe, reporter, device, dist_ctx)
         model, tokenizer, data_dir = run.model, run.tokenizer, run.data_dir
         reference = artifacts.reference_model_path(recipe, reporter, data_dir)
+        stats = reference_stats(recipe, reference, data_dir, reporter, device) if reference else None
         dist_ctx.barrier()
         (tmp / "resolved_recipe.yaml").write_text(dump_recipe(recipe))
         write_json(tmp / "versions.json", versions())
         write_json(tmp / provenance.FILE, provenance.record(recipe, data_dir, run.target_dir, reference))
+        tracker = tracking.unlearn_tracker(recipe, model, tokenizer, data_dir, stats)
         writer = JsonlWriter(tmp / "metrics.jsonl")
         try:
-            record = unlearn_model(run, reporter, on_row=writer, checkpoints=checkpoints)
+            record = unlearn_model(run, reporter, on_row=writer, on_step_end=tracker, checkpoints=checkpoints)
         finally:
             writer.close()
-        warnings = [w for w in [run_win_rate_warning(record["rows"], recipe.optimizer.args.get("rho"))] if w]
+        tracker.finish(record["steps"])
+        kept, kept_warning = tracker.kept(record["steps"])
+        if tracker.keep_best:
+            tracker.restore_best()
+            reporter.info(f"Keeping step {kept['step']} of {record['steps']} ({kept['rule']})")
+        warnings = [w for w in [run_win_rate_warning(record["rows"], recipe.optimizer.args.get("rho")),
+                                kept_warning] if w]
         if record["skipped_steps"]:
             warnings.append(f"{record['skipped_steps']} of {record['steps']} steps were skipped "
                             "(non-finite loss or gradient; unlearn.on_nonfinite: skip)")
@@ -263,7 +274,8 @@ def run_unlearn(recipe: Recipe, reporter: Reporter, output: Path | None = None,
             reporter.info(f"[yellow]warning:[/] {warning}")
         export_model(model, tokenizer, tmp / "model")
         evaluation = evaluate_and_report(recipe, model, tokenizer, data_dir, reporter, tmp / "eval.json",
-                                         reference_model=reference, model_label=str(out_dir / "model"),
+                                         reference_model=reference, reference=stats,
+                                         model_label=str(out_dir / "model"),
                                          title=f"{recipe.name}: after unlearning")
         summary = {
             "name": recipe.name, "run_dir": str(out_dir), "model": str(out_dir / "model"),
@@ -272,7 +284,7 @@ def run_unlearn(recipe: Recipe, reporter: Reporter, output: Path | None = None,
             "method": recipe.unlearn.method, "world_size": dist_ctx.world_size,
             "steps": record["steps"], "skipped_steps": record["skipped_steps"],
             "seconds": round(record["seconds"], 2),
-            "final": {k: v for k, v in record["last"].items()},
+            "final": {k: v for k, v in record["last"].items()}, "kept": kept,
             "metrics": evaluation["aggregates"], "warnings": warnings,
         }
         write_json(tmp / "summary.json", summary)

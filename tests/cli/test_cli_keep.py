@@ -1,0 +1,93 @@
+"""Keeping the best state (workflows.tracking): the rule on hand-built curves, and a micro run
+with ``unlearn.keep: best`` whose saved model is the chosen step's."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from soulcli.tasks import MuseTask, TofuTask
+from soulcli.workflows.compare import select
+from soulcli.workflows.tracking import choose
+
+TOFU, MUSE = TofuTask.headline, MuseTask.headline
+NAN = math.nan
+
+
+def curve(*points: tuple[int, float, float], headline=TOFU) -> list[dict]:
+    return [{"step": s, headline.forget: f, headline.utility: u} for s, f, u in points]
+
+
+@pytest.mark.parametrize("points, floor, step", [
+    # step 6 forgets best but breaks the floor 0.76 (0.95 x 0.8); step 4 also: step 2 is kept
+    ([(0, 0.01, 0.8), (2, 0.3, 0.79), (4, 0.6, 0.7), (6, 0.9, 0.5)], 0.76, 2),
+    # a NaN forget or utility value is never chosen, however good the other value is
+    ([(0, 0.01, 0.8), (2, NAN, 0.8), (4, 0.9, NAN), (6, 0.1, 0.78), (8, None, 0.8)], 0.76, 6),
+    # no step keeps utility: the highest utility (ties broken by the forget metric)
+    ([(0, 0.01, 0.8), (2, 0.5, 0.3), (4, 0.9, 0.6), (6, 0.95, 0.6)], 0.76, 6),
+    # equals: the earliest step
+    ([(0, 0.01, 0.8), (2, 0.3, 0.8), (4, 0.3, 0.8)], 0.76, 2),
+    # the target (step 0) is never kept, even when the rule would rank it first
+    ([(0, 0.9, 0.8), (2, 0.1, 0.8)], 0.76, 2),
+    # a NaN floor (the target's utility unknown): nothing passes, the highest utility is kept
+    ([(0, 0.01, NAN), (2, 0.5, 0.7), (4, 0.9, 0.6)], NAN, 2),
+])
+def test_the_rule_keeps_the_best_forget_quality_among_steps_that_keep_utility(points, floor, step):
+    assert choose(curve(*points), TOFU, floor)["step"] == step
+
+
+def test_a_lower_is_better_forget_metric_keeps_the_lowest():
+    points = [(0, 0.5, 0.4), (2, 0.3, 0.39), (4, 0.1, 0.2), (6, 0.35, 0.4)]  # floor 0.38
+    assert choose(curve(*points, headline=MUSE), MUSE, 0.38)["step"] == 2
+
+
+def test_no_finite_step_keeps_nothing():
+    assert choose(curve((0, 0.1, 0.8), (2, NAN, 0.8), (4, 0.5, NAN)), TOFU, 0.76) is None
+
+
+def test_compare_never_selects_a_setting_with_non_finite_means():
+    def cell(lr, fq, mu):
+        return {"objective": "ga", "optimizer": "adamw", "lr": lr, "seed": 0, "mean_win_rate": None,
+                "time_per_step": 0.1, "peak_memory_mb": 1.0,
+                "evaluations": [{"step": 5, "forget_quality": fq, "model_utility": mu}]}
+
+    # a NaN setting listed first used to stay selected (NaN compares false both ways)
+    (sel,) = select([cell(1e-2, NAN, 0.8), cell(1e-3, 0.1, 0.5)], 0.8, 0.9, TOFU)
+    assert (sel["lr"], sel["meets_utility_rule"]) == (1e-3, False)
+
+
+def _rows(run) -> list[dict]:
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in row.items() if k not in ("seconds", "step_seconds")} for row in rows]
+
+
+def test_keep_best_saves_and_evaluates_the_chosen_step(soul, pipeline, tmp_path):
+    """lr 1e-2 over 6 steps: forget quality peaks early (micro model utility is 0, so every
+    step meets the floor); the saved model, evaluated anew, has the chosen step's values, and
+    a run that evaluates nothing trains the same steps and ends at the curve's last point."""
+    run, plain = tmp_path / "best", tmp_path / "last"
+    same = ("--set", "unlearn.epochs=3", "--set", "optimizer.lr=1e-2",
+            "--set", "eval.metrics=[forget_quality,model_utility]")
+    res = soul("unlearn", "-o", str(run), *same, "--set", "unlearn.keep=best", "--set", "unlearn.eval_every=2")
+    assert res.exit_code == 0, res.output
+    kept = json.loads((run / "summary.json").read_text())["kept"]
+    assert [e["step"] for e in kept["curve"]] == [0, 2, 4, 6]
+    fq = {e["step"]: e["forget_quality"] for e in kept["curve"]}
+    best = max((s for s in fq if s > 0), key=lambda s: (fq[s], -s))
+    assert (kept["keep"], kept["step"], kept["meets_utility_floor"], kept["eval_every"]) == ("best", best, True, 2)
+    assert best == 2 and fq[2] != fq[6]  # the pinned micro curve: the best is not the last step
+    assert kept["rule"] == ("highest forget_quality among evaluated steps with model_utility >= 0.95 x "
+                            "the target's 0; if none, the highest model_utility")
+    saved = json.loads((run / "eval.json").read_text())["metrics"]
+    assert saved["forget_quality"]["value"] == fq[2]
+    again = soul.json("evaluate", str(run), "--metrics", "forget_quality", "--output", str(tmp_path / "e.json"))
+    assert again["forget_quality"] == fq[2]
+
+    res = soul("unlearn", "-o", str(plain), *same)  # keep: last, no evaluation during the run
+    assert res.exit_code == 0, res.output
+    last = json.loads((plain / "summary.json").read_text())
+    assert (last["kept"]["keep"], last["kept"]["step"], last["kept"]["curve"]) == ("last", 6, [])
+    assert _rows(plain) == _rows(run)
+    assert last["metrics"]["forget_quality"] == fq[6]
