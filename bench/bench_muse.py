@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import statistics
 import subprocess
@@ -85,7 +86,9 @@ def main() -> None:
             cells_txt.append(fmt(v.get("mean")) + spread)
         cost = "-" if sps is None else f"{sps:.3f} ({sps / adamw:.2f}x)" if adamw else f"{sps:.3f}"
         lines.append(f"| {name} | {lr} | {step} | " + " | ".join(cells_txt) + f" | {cost} |")
-    out = {"recipe": args.recipe, "seeds": args.seeds, "finetune_seconds": round(finetune_s, 1),
+    out = {"recipe": args.recipe, "seeds": args.seeds, "overrides": args.set, "cpu_count": os.cpu_count(),
+           "threads": next((s.split("=", 1)[1] for s in args.set if s.startswith("threads=")), "torch default"),
+           "finetune_seconds": round(finetune_s, 1),
            "evaluation_seconds": round(eval_s, 1), "compare_seconds": round(compare_s, 1),
            "target": finetuned["target_metrics"], "retrain": {k: retrain_eval.get(k) for k in METRICS},
            "selected": res["selected"], "rule": res["rule"],
