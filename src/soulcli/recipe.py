@@ -213,6 +213,9 @@ def _check_values(recipe: Recipe, errors: list[str]) -> None:
             errors.append("optimizer.curvature: sophiag takes squared-gradient curvature (gnb or "
                           "empirical_fisher); Hutchinson samples can be negative: use "
                           "optimizer.name=sophiah")
+        if opt.curvature is not None and OPTIMIZERS[opt.name].default_curvature is None:
+            errors.append(f"optimizer.curvature: {opt.name} takes no curvature estimate; drop "
+                          "optimizer.curvature or choose a second-order optimizer")
     if opt.curvature is not None and opt.curvature not in CURVATURE_ESTIMATORS:
         errors.append(
             f"optimizer.curvature: unknown estimator '{opt.curvature}'"
