@@ -279,6 +279,58 @@ def evaluate(
     common.run(body)
 
 
+@command()
+def attack(
+    common: Common,
+    run_dir: Optional[Path] = typer.Argument(None, help="A run folder written by `soul unlearn`."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Attack this model folder / hub id instead of a run (with --recipe for its task and target)."),
+    attacks: Optional[str] = typer.Option(None, "--attacks", help="Comma-separated: relearn, quantize, probe (default: attack.attacks, all three)."),
+    relearn_steps: Optional[str] = typer.Option(None, "--relearn-steps", help="Relearning step counts to evaluate at, e.g. 0,10,25,50 (attack.relearn.steps)."),
+    relearn_fraction: Optional[float] = typer.Option(None, "--relearn-fraction", help="Share of the forget set relearned on, seeded (attack.relearn.fraction)."),
+    relearn_lr: Optional[float] = typer.Option(None, "--relearn-lr", help="Relearning learning rate (attack.relearn.lr; default finetune.lr)."),
+    quantize: Optional[str] = typer.Option(None, "--quantize", help="Bit widths, e.g. 8,4 (attack.quantize.bits)."),
+    probe: Optional[str] = typer.Option(None, "--probe", help="Probes: paraphrase, fewshot (attack.probe.kinds)."),
+    fail_under: Optional[list[str]] = typer.Option(None, "--fail-under", help="Gate: exit 3 if NAME < VALUE, e.g. quantize4.forget_quality=0.01 (repeatable)."),
+    fail_over: Optional[list[str]] = typer.Option(None, "--fail-over", help="Gate: exit 3 if NAME > VALUE, e.g. relearn25.recovered.forget_rougeL_recall=0.5 (repeatable)."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Folder for attack.json and attack.png (default: RUN_DIR, or the --model folder)."),
+) -> None:
+    """Attack an unlearned model: relearn on part of the forget set, quantize its weights, probe it.
+
+    Measures the task's headline metrics on the target, the unlearned model and each attacked
+    copy (the unlearned model itself is never modified), with the share of the
+    target-vs-unlearned gap each attack brings back. Writes attack.json and attack.png.
+    Gates name an attack point and a metric: relearn25.forget_rougeL_recall,
+    relearn25.recovered.forget_rougeL_recall, quantize4.forget_quality, paraphrase.forget_rougeL_recall.
+
+    [bold]Examples[/]
+
+      soul attack runs/tofu_sophia --relearn-steps 0,10,25,50 --relearn-fraction 0.1 --quantize 8,4 --probe paraphrase,fewshot
+
+      soul attack runs/tofu_sophia --attacks relearn --fail-over relearn25.recovered.forget_rougeL_recall=0.5
+    """
+    from soulcli.workflows.attack import run_attack
+
+    flags = {"attack.attacks": attacks, "attack.relearn.steps": relearn_steps,
+             "attack.quantize.bits": quantize, "attack.probe.kinds": probe}
+    extra = [f"{key}=[{value}]" for key, value in flags.items() if value is not None]
+    extra += [f"{key}={value}" for key, value in (("attack.relearn.fraction", relearn_fraction),
+                                                  ("attack.relearn.lr", relearn_lr)) if value is not None]
+
+    def body(rep):
+        from soulcli.eval.report import check_gates, parse_gate
+
+        under = [parse_gate(g) for g in fail_under or []]
+        over = [parse_gate(g) for g in fail_over or []]
+        rcp = common.load(rep, extra) if common.recipe is not None else None
+        out = run_attack(rcp, rep, run_dir, model, output,
+                         overrides=list(common.sets or []) + extra if common.recipe is None else None,
+                         gates=[name for name, _ in under + over])
+        failures = check_gates({"metrics": out["view"]}, under, over)
+        return {**out["report"], "gate_failures": failures}
+
+    common.run(body)
+
+
 @command("compare-optimizers")
 def compare_optimizers(
     common: Common,

@@ -168,6 +168,47 @@ class CompareConfig:
 
 
 @dataclass(frozen=True)
+class RelearnConfig:
+    """The relearning attack (Hu et al. 2024, "Unlearning or obfuscating?"; Unlearn-Smooth, ICML
+    2025): finetune a copy of the unlearned model with AdamW at a constant lr on a seeded
+    ``fraction`` of the forget set, evaluating after each of ``steps``."""
+
+    steps: tuple[NonNegInt, ...] = (0, 10, 25, 50)
+    fraction: Annotated[float, Range(gt=0, le=1)] = 0.1
+    lr: Pos | None = None  # default finetune.lr: the rate the target learned the data at
+    batch_size: PosInt = 4
+    weight_decay: NonNeg = 0.0
+    max_grad_norm: Pos = 1.0
+
+
+@dataclass(frozen=True)
+class QuantizeConfig:
+    """The quantization attack (Zhang et al., ICLR 2025): round-to-nearest weights
+    (:mod:`soulcli.attacks.quantize`) at each bit width."""
+
+    bits: tuple[Annotated[int, Range(ge=2, le=8)], ...] = (8, 4)
+    group_size: PosInt | None = 128  # input weights per scale; null: one scale per output channel
+
+
+@dataclass(frozen=True)
+class ProbeConfig:
+    """The probing attack: the forget prompts reworded or behind a few-shot prefix (Task.probe)."""
+
+    kinds: tuple[Literal["paraphrase", "fewshot"], ...] = ("paraphrase", "fewshot")
+    shots: PosInt = 3  # retain question-answer pairs before each forget question (fewshot)
+
+
+@dataclass(frozen=True)
+class AttackConfig:
+    """`soul attack`: which attacks run, and each one's settings."""
+
+    attacks: tuple[Literal["relearn", "quantize", "probe"], ...] = ("relearn", "quantize", "probe")
+    relearn: RelearnConfig = field(default_factory=RelearnConfig)
+    quantize: QuantizeConfig = field(default_factory=QuantizeConfig)
+    probe: ProbeConfig = field(default_factory=ProbeConfig)
+
+
+@dataclass(frozen=True)
 class Recipe:
     """A whole recipe. ``task`` chooses the task (``soulcli.tasks``); ``data`` is that task's own
     section (the keys every task has plus the task's, e.g. TOFU's ``forget_split``)."""
@@ -186,6 +227,7 @@ class Recipe:
     unlearn: UnlearnConfig = field(default_factory=UnlearnConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     compare: CompareConfig = field(default_factory=CompareConfig)
+    attack: AttackConfig = field(default_factory=AttackConfig)
 
 
 # --------------------------------------------------------------------------- validation
