@@ -288,6 +288,7 @@ def attack(
     relearn_steps: Optional[str] = typer.Option(None, "--relearn-steps", help="Relearning step counts to evaluate at, e.g. 0,10,25,50 (attack.relearn.steps)."),
     relearn_fraction: Optional[float] = typer.Option(None, "--relearn-fraction", help="Share of the forget set relearned on, seeded (attack.relearn.fraction)."),
     relearn_lr: Optional[float] = typer.Option(None, "--relearn-lr", help="Relearning learning rate (attack.relearn.lr; default finetune.lr)."),
+    relearn_data: Optional[Path] = typer.Option(None, "--relearn-data", help="A JSON/JSONL file of question-answer or text records to relearn on instead of the forget set (attack.relearn.data)."),
     quantize: Optional[str] = typer.Option(None, "--quantize", help="Bit widths, e.g. 8,4 (attack.quantize.bits)."),
     probe: Optional[str] = typer.Option(None, "--probe", help="Probes: paraphrase, fewshot (attack.probe.kinds)."),
     fail_under: Optional[list[str]] = typer.Option(None, "--fail-under", help="Gate: exit 3 if NAME < VALUE, e.g. quantize4.forget_quality=0.01 (repeatable)."),
@@ -314,7 +315,8 @@ def attack(
              "attack.quantize.bits": quantize, "attack.probe.kinds": probe}
     extra = [f"{key}=[{value}]" for key, value in flags.items() if value is not None]
     extra += [f"{key}={value}" for key, value in (("attack.relearn.fraction", relearn_fraction),
-                                                  ("attack.relearn.lr", relearn_lr)) if value is not None]
+                                                  ("attack.relearn.lr", relearn_lr),
+                                                  ("attack.relearn.data", relearn_data)) if value is not None]
 
     def body(rep):
         from soulcli.eval.report import check_gates, parse_gate

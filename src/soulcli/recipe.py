@@ -11,7 +11,7 @@ refuses a key given twice. :func:`load_recipe` makes paths absolute, so a recipe
 from any folder and ``resolved_recipe.yaml`` records where everything was:
 
 * keys holding paths (:data:`PATH_KEYS`): ``cache_dir``, ``output_dir``,
-  ``unlearn.refusals_file`` are always paths; ``data.source``, ``model.source``, ``model.base``
+  ``unlearn.refusals_file``, ``attack.relearn.data`` are always paths; ``data.source``, ``model.source``, ``model.base``
   and ``model.reference`` are paths unless they are ``builtin`` / ``none`` or look like a hub id:
   a value is a path when it starts with ``.``, ``/`` or ``~``, or names something that exists
   relative to the folder it is resolved against (so ``org/name`` is a hub id unless that
@@ -171,11 +171,15 @@ class CompareConfig:
 class RelearnConfig:
     """The relearning attack (Hu et al. 2024, "Unlearning or obfuscating?"; Unlearn-Smooth, ICML
     2025): finetune a copy of the unlearned model with AdamW at a constant lr on a seeded
-    ``fraction`` of the forget set, evaluating after each of ``steps``."""
+    ``fraction`` of the forget set (or of the records in ``data``), evaluating after each of
+    ``steps``."""
 
     steps: tuple[NonNegInt, ...] = (0, 10, 25, 50)
     fraction: Annotated[float, Range(gt=0, le=1)] = 0.1
     lr: Pos | None = None  # default finetune.lr: the rate the target learned the data at
+    # a JSON / JSONL file of question-answer or text records to relearn on instead (e.g.
+    # loosely related public text); null: the task's forget set
+    data: str | None = None
     batch_size: PosInt = 4
     weight_decay: NonNeg = 0.0
     max_grad_norm: Pos = 1.0
@@ -317,8 +321,8 @@ def parse_override(text: str) -> tuple[list[str], Any]:
 #: Recipe keys naming a file or folder; the first three may also be a keyword or a hub id.
 PATH_KEYS: tuple[tuple[str, ...], ...] = (
     ("data", "source"), ("model", "source"), ("model", "base"), ("model", "reference"),
-    ("unlearn", "refusals_file"), ("cache_dir",), ("output_dir",))
-_ALWAYS_PATHS = {("unlearn", "refusals_file"), ("cache_dir",), ("output_dir",)}
+    ("unlearn", "refusals_file"), ("cache_dir",), ("output_dir",), ("attack", "relearn", "data"))
+_ALWAYS_PATHS = {("unlearn", "refusals_file"), ("cache_dir",), ("output_dir",), ("attack", "relearn", "data")}
 _KEYWORDS = ("builtin", "none")
 
 

@@ -206,3 +206,19 @@ def test_relearning_restores_a_forgotten_items_likelihood(tmp_path):
              settings=relearn, max_steps=10, on_step_end=seen.append)
     assert seen == list(range(1, 11))
     assert nll() < unlearned - 0.5, (learned, unlearned, nll())
+
+
+def test_relearning_data_from_a_file_of_records(tmp_path):
+    from soulcli.recipe import build_recipe
+    from soulcli.workflows.attack import relearn_set
+
+    qa, text, mixed = tmp_path / "qa.jsonl", tmp_path / "text.json", tmp_path / "mixed.jsonl"
+    qa.write_text('{"question": "q1", "answer": "a1"}\n{"question": "q2", "answer": "a2"}\n')
+    text.write_text('[{"text": "some public text"}]')
+    mixed.write_text('{"question": "q1", "answer": "a1"}\n{"text": "t"}\n')
+    got = relearn_set(build_recipe({"attack": {"relearn": {"data": str(qa)}}}), tmp_path)
+    assert (got.name, got.kind, got.rows) == ("qa.jsonl", QA, [{"question": "q1", "answer": "a1"},
+                                                              {"question": "q2", "answer": "a2"}])
+    assert relearn_set(build_recipe({"attack": {"relearn": {"data": str(text)}}}), tmp_path).kind == "text"
+    with pytest.raises(UserError, match="must hold records that all have 'question' and 'answer'"):
+        relearn_set(build_recipe({"attack": {"relearn": {"data": str(mixed)}}}), tmp_path)

@@ -6,7 +6,8 @@ the unlearned model (the model on disk is hashed before and after: it is never m
 
 * relearn: finetune the copy (the finetuning loop, :func:`soulcli.workflows.finetune.train_lm`,
   with ``attack.relearn``'s lr, batch size and weight decay at a constant lr) on a seeded
-  ``fraction`` of the forget set, measuring after each of ``attack.relearn.steps``;
+  ``fraction`` of the forget set (or of a file's records), measuring after each of
+  ``attack.relearn.steps``;
 * quantize: round the copy's Linear weights (:func:`soulcli.attacks.quantize_linears`) to each
   of ``attack.quantize.bits``;
 * probe: the unlearned model on the task's reworded / few-shot forget prompts
@@ -32,6 +33,7 @@ from soulcli.engine.progress import Reporter
 from soulcli.errors import UserError
 from soulcli.recipe import FinetuneConfig, Recipe, load_recipe
 from soulcli.tasks import TrainSet
+from soulcli.tasks.base import QA, TEXT
 from soulcli.workflows import artifacts, common
 from soulcli.workflows.evaluate import eval_config, reference_stats, run_folder
 
@@ -49,6 +51,22 @@ def labels(recipe: Recipe) -> list[str]:
     if "probe" in a.attacks:
         out += list(a.probe.kinds)
     return out
+
+
+def relearn_set(recipe: Recipe, data_dir: Path) -> TrainSet:
+    """What the relearning attack trains on: the records of ``attack.relearn.data`` (all
+    question-answer or all text rows), else the task's forget set."""
+    from soulcli.data.tofu import read_records
+
+    path = recipe.attack.relearn.data
+    if path is None:
+        return common.task_of(recipe).unlearn_sets(data_dir)[0]
+    rows = read_records(path)[0]
+    for kind, fields in ((QA, ("question", "answer")), (TEXT, ("text",))):
+        if rows and all(isinstance(r, dict) and all(isinstance(r.get(f), str) for f in fields) for r in rows):
+            return TrainSet(Path(path).name, kind, rows)
+    raise UserError(f"attack.relearn.data: {path} must hold records that all have 'question' and "
+                    "'answer' strings, or all a 'text' string")
 
 
 def relearn_subset(forget: TrainSet, fraction: float, seed: int) -> TrainSet:
@@ -98,7 +116,7 @@ def _relearn(recipe: Recipe, model, tokenizer, data_dir: Path, meter: _Meter, un
 
     r = recipe.attack.relearn
     steps = sorted(set(r.steps))
-    forget = relearn_subset(common.task_of(recipe).unlearn_sets(data_dir)[0], r.fraction, recipe.seed)
+    forget = relearn_subset(relearn_set(recipe, data_dir), r.fraction, recipe.seed)
     per_epoch = -(-len(forget.rows) // r.batch_size)
     settings = FinetuneConfig(epochs=max(1, -(-steps[-1] // per_epoch)), lr=r.lr or recipe.finetune.lr,
                               min_lr_ratio=1.0, warmup_steps=0, batch_size=r.batch_size,
