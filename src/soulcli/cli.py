@@ -307,7 +307,7 @@ def attack(
 
       soul attack runs/tofu_sophia --relearn-steps 0,10,25,50 --relearn-fraction 0.1 --quantize 8,4 --probe paraphrase,fewshot
 
-      soul attack runs/tofu_sophia --attacks relearn --fail-over relearn25.recovered.forget_rougeL_recall=0.5
+      soul attack runs/tofu_sophia --attacks quantize --quantize 4 --fail-over quantize4.recovered.forget_rougeL_recall=0.5
     """
     from soulcli.workflows.attack import run_attack
 
