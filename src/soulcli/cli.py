@@ -37,6 +37,7 @@ app = typer.Typer(
 RecipeOpt = typer.Option(None, "--recipe", "-r", help="Recipe YAML file (see recipes/).")
 SetOpt = typer.Option(None, "--set", "-s", help="Override a recipe key, typed by the schema: --set optimizer.lr=1e-4 (repeatable).")
 OutputOpt = typer.Option(None, "--output", "-o", help="Output folder.")
+RunDirArg = typer.Argument(None, help="A run folder written by `soul unlearn`.")
 SeedOpt = typer.Option(None, "--seed", help="Random seed (overrides the recipe's seed).")
 JsonOpt = typer.Option(False, "--json", help="Print the machine-readable result on stdout, and nothing else.")
 QuietOpt = typer.Option(False, "--quiet", "-q", help="No progress or tables, only errors (and --json output).")
@@ -238,7 +239,7 @@ def unlearn(
 @command()
 def evaluate(
     common: Common,
-    run_dir: Optional[Path] = typer.Argument(None, help="A run folder written by `soul unlearn`."),
+    run_dir: Optional[Path] = RunDirArg,
     model: Optional[str] = typer.Option(None, "--model", "-m", help="Evaluate this model folder / hub id instead of a run."),
     data: Optional[str] = typer.Option(None, "--data", help="Benchmark folder (default: the recipe's data.source)."),
     reference: Optional[str] = typer.Option(None, "--reference", help="Retain reference: a model folder or an earlier eval.json (default: the built-in retain model)."),
@@ -282,7 +283,7 @@ def evaluate(
 @command()
 def attack(
     common: Common,
-    run_dir: Optional[Path] = typer.Argument(None, help="A run folder written by `soul unlearn`."),
+    run_dir: Optional[Path] = RunDirArg,
     model: Optional[str] = typer.Option(None, "--model", "-m", help="Attack this model folder / hub id instead of a run (with --recipe for its task and target)."),
     attacks: Optional[str] = typer.Option(None, "--attacks", help="Comma-separated: relearn, quantize, probe (default: attack.attacks, all three)."),
     relearn_steps: Optional[str] = typer.Option(None, "--relearn-steps", help="Relearning step counts to evaluate at, e.g. 0,10,25,50 (attack.relearn.steps)."),
