@@ -37,6 +37,7 @@ app = typer.Typer(
 RecipeOpt = typer.Option(None, "--recipe", "-r", help="Recipe YAML file (see recipes/).")
 SetOpt = typer.Option(None, "--set", "-s", help="Override a recipe key, typed by the schema: --set optimizer.lr=1e-4 (repeatable).")
 OutputOpt = typer.Option(None, "--output", "-o", help="Output folder.")
+RunDirArg = typer.Argument(None, help="A run folder written by `soul unlearn`.")
 SeedOpt = typer.Option(None, "--seed", help="Random seed (overrides the recipe's seed).")
 JsonOpt = typer.Option(False, "--json", help="Print the machine-readable result on stdout, and nothing else.")
 QuietOpt = typer.Option(False, "--quiet", "-q", help="No progress or tables, only errors (and --json output).")
@@ -238,7 +239,7 @@ def unlearn(
 @command()
 def evaluate(
     common: Common,
-    run_dir: Optional[Path] = typer.Argument(None, help="A run folder written by `soul unlearn`."),
+    run_dir: Optional[Path] = RunDirArg,
     model: Optional[str] = typer.Option(None, "--model", "-m", help="Evaluate this model folder / hub id instead of a run."),
     data: Optional[str] = typer.Option(None, "--data", help="Benchmark folder (default: the recipe's data.source)."),
     reference: Optional[str] = typer.Option(None, "--reference", help="Retain reference: a model folder or an earlier eval.json (default: the built-in retain model)."),
@@ -276,6 +277,60 @@ def evaluate(
         failures = check_gates(out["result"], under, over, out["suite"])
         return {**out["aggregates"], "null_reasons": null_reasons(out["result"]["metrics"], out["aggregates"]),
                 "eval_json": out["path"], "gate_failures": failures}
+
+    common.run(body)
+
+
+@command()
+def attack(
+    common: Common,
+    run_dir: Optional[Path] = RunDirArg,
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Attack this model folder / hub id instead of a run (with --recipe for its task and target)."),
+    attacks: Optional[str] = typer.Option(None, "--attacks", help="Comma-separated: relearn, quantize, probe (default: attack.attacks, all three)."),
+    relearn_steps: Optional[str] = typer.Option(None, "--relearn-steps", help="Relearning step counts to evaluate at, e.g. 0,10,25,50 (attack.relearn.steps)."),
+    relearn_fraction: Optional[float] = typer.Option(None, "--relearn-fraction", help="Share of the forget set relearned on, seeded (attack.relearn.fraction)."),
+    relearn_lr: Optional[float] = typer.Option(None, "--relearn-lr", help="Relearning learning rate (attack.relearn.lr; default finetune.lr)."),
+    relearn_data: Optional[Path] = typer.Option(None, "--relearn-data", help="A JSON/JSONL file of question-answer or text records to relearn on instead of the forget set (attack.relearn.data)."),
+    quantize: Optional[str] = typer.Option(None, "--quantize", help="Bit widths, e.g. 8,4 (attack.quantize.bits)."),
+    probe: Optional[str] = typer.Option(None, "--probe", help="Probes: paraphrase, fewshot (attack.probe.kinds)."),
+    fail_under: Optional[list[str]] = typer.Option(None, "--fail-under", help="Gate: exit 3 if NAME < VALUE, e.g. quantize4.forget_quality=0.01 (repeatable)."),
+    fail_over: Optional[list[str]] = typer.Option(None, "--fail-over", help="Gate: exit 3 if NAME > VALUE, e.g. relearn25.recovered.forget_rougeL_recall=0.5 (repeatable)."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Folder for attack.json and attack.png (default: RUN_DIR, or the --model folder)."),
+) -> None:
+    """Attack an unlearned model: relearn on part of the forget set, quantize its weights, probe it.
+
+    Measures the task's headline metrics on the target, the unlearned model and each attacked
+    copy (the unlearned model itself is never modified), with the share of the
+    target-vs-unlearned gap each attack brings back. Writes attack.json and attack.png.
+    Gates name an attack point and a metric: relearn25.forget_rougeL_recall,
+    relearn25.recovered.forget_rougeL_recall, quantize4.forget_quality, paraphrase.forget_rougeL_recall.
+
+    [bold]Examples[/]
+
+      soul attack runs/tofu_sophia --relearn-steps 0,10,25,50 --relearn-fraction 0.1 --quantize 8,4 --probe paraphrase,fewshot
+
+      soul attack runs/tofu_sophia --attacks quantize --quantize 4 --fail-over quantize4.recovered.forget_rougeL_recall=0.5
+    """
+    from soulcli.workflows.attack import run_attack
+
+    flags = {"attack.attacks": attacks, "attack.relearn.steps": relearn_steps,
+             "attack.quantize.bits": quantize, "attack.probe.kinds": probe}
+    extra = [f"{key}=[{value}]" for key, value in flags.items() if value is not None]
+    extra += [f"{key}={value}" for key, value in (("attack.relearn.fraction", relearn_fraction),
+                                                  ("attack.relearn.lr", relearn_lr),
+                                                  ("attack.relearn.data", relearn_data)) if value is not None]
+
+    def body(rep):
+        from soulcli.eval.report import check_gates, parse_gate
+
+        under = [parse_gate(g) for g in fail_under or []]
+        over = [parse_gate(g) for g in fail_over or []]
+        rcp = common.load(rep, extra) if common.recipe is not None else None
+        out = run_attack(rcp, rep, run_dir, model, output,
+                         overrides=list(common.sets or []) + extra if common.recipe is None else None,
+                         gates=[name for name, _ in under + over])
+        failures = check_gates({"metrics": out["view"]}, under, over)
+        return {**out["report"], "gate_failures": failures}
 
     common.run(body)
 

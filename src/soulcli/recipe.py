@@ -11,7 +11,7 @@ refuses a key given twice. :func:`load_recipe` makes paths absolute, so a recipe
 from any folder and ``resolved_recipe.yaml`` records where everything was:
 
 * keys holding paths (:data:`PATH_KEYS`): ``cache_dir``, ``output_dir``,
-  ``unlearn.refusals_file`` are always paths; ``data.source``, ``model.source``, ``model.base``
+  ``unlearn.refusals_file``, ``attack.relearn.data`` are always paths; ``data.source``, ``model.source``, ``model.base``
   and ``model.reference`` are paths unless they are ``builtin`` / ``none`` or look like a hub id:
   a value is a path when it starts with ``.``, ``/`` or ``~``, or names something that exists
   relative to the folder it is resolved against (so ``org/name`` is a hub id unless that
@@ -184,6 +184,51 @@ class CompareConfig:
 
 
 @dataclass(frozen=True)
+class RelearnConfig:
+    """The relearning attack (Hu et al. 2024, "Unlearning or obfuscating?"; Unlearn-Smooth, ICML
+    2025): finetune a copy of the unlearned model with AdamW at a constant lr on a seeded
+    ``fraction`` of the forget set (or of the records in ``data``), evaluating after each of
+    ``steps``."""
+
+    steps: tuple[NonNegInt, ...] = (0, 10, 25, 50)
+    fraction: Annotated[float, Range(gt=0, le=1)] = 0.1
+    lr: Pos | None = None  # default finetune.lr: the rate the target learned the data at
+    # a JSON / JSONL file of question-answer or text records to relearn on instead (e.g.
+    # loosely related public text); null: the task's forget set
+    data: str | None = None
+    batch_size: PosInt = 4
+    weight_decay: NonNeg = 0.0
+    max_grad_norm: Pos = 1.0
+
+
+@dataclass(frozen=True)
+class QuantizeConfig:
+    """The quantization attack (Zhang et al., ICLR 2025): round-to-nearest weights
+    (:mod:`soulcli.attacks.quantize`) at each bit width."""
+
+    bits: tuple[Annotated[int, Range(ge=2, le=8)], ...] = (8, 4)
+    group_size: PosInt | None = 128  # input weights per scale; null: one scale per output channel
+
+
+@dataclass(frozen=True)
+class ProbeConfig:
+    """The probing attack: the forget prompts reworded or behind a few-shot prefix (Task.probe)."""
+
+    kinds: tuple[Literal["paraphrase", "fewshot"], ...] = ("paraphrase", "fewshot")
+    shots: PosInt = 3  # retain question-answer pairs before each forget question (fewshot)
+
+
+@dataclass(frozen=True)
+class AttackConfig:
+    """`soul attack`: which attacks run, and each one's settings."""
+
+    attacks: tuple[Literal["relearn", "quantize", "probe"], ...] = ("relearn", "quantize", "probe")
+    relearn: RelearnConfig = field(default_factory=RelearnConfig)
+    quantize: QuantizeConfig = field(default_factory=QuantizeConfig)
+    probe: ProbeConfig = field(default_factory=ProbeConfig)
+
+
+@dataclass(frozen=True)
 class Recipe:
     """A whole recipe. ``task`` chooses the task (``soulcli.tasks``); ``data`` is that task's own
     section (the keys every task has plus the task's, e.g. TOFU's ``forget_split``)."""
@@ -202,6 +247,7 @@ class Recipe:
     unlearn: UnlearnConfig = field(default_factory=UnlearnConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     compare: CompareConfig = field(default_factory=CompareConfig)
+    attack: AttackConfig = field(default_factory=AttackConfig)
 
 
 # --------------------------------------------------------------------------- validation
@@ -237,6 +283,9 @@ def _check_values(recipe: Recipe, errors: list[str]) -> None:
             errors.append("optimizer.curvature: sophiag takes squared-gradient curvature (gnb or "
                           "empirical_fisher); Hutchinson samples can be negative: use "
                           "optimizer.name=sophiah")
+        if opt.curvature is not None and OPTIMIZERS[opt.name].default_curvature is None:
+            errors.append(f"optimizer.curvature: {opt.name} takes no curvature estimate; drop "
+                          "optimizer.curvature or choose a second-order optimizer")
     if opt.curvature is not None and opt.curvature not in CURVATURE_ESTIMATORS:
         errors.append(
             f"optimizer.curvature: unknown estimator '{opt.curvature}'"
@@ -296,8 +345,8 @@ def parse_override(text: str) -> tuple[list[str], Any]:
 #: Recipe keys naming a file or folder; the first three may also be a keyword or a hub id.
 PATH_KEYS: tuple[tuple[str, ...], ...] = (
     ("data", "source"), ("model", "source"), ("model", "base"), ("model", "reference"),
-    ("unlearn", "refusals_file"), ("cache_dir",), ("output_dir",))
-_ALWAYS_PATHS = {("unlearn", "refusals_file"), ("cache_dir",), ("output_dir",)}
+    ("unlearn", "refusals_file"), ("cache_dir",), ("output_dir",), ("attack", "relearn", "data"))
+_ALWAYS_PATHS = {("unlearn", "refusals_file"), ("cache_dir",), ("output_dir",), ("attack", "relearn", "data")}
 _KEYWORDS = ("builtin", "none")
 
 

@@ -224,7 +224,10 @@ def _coerce(value: Any, tp: Any, path: str, errors: list[str]) -> Any:
     elif tp is float:
         number = None
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            number = float(value)
+            try:
+                number = float(value)
+            except OverflowError:  # an int beyond the float range
+                number = math.inf
         elif isinstance(value, str):  # YAML 1.1 reads 1e-4 as a string
             try:
                 number = float(value)

@@ -66,7 +66,7 @@ def test_every_help_example_runs(soul, placeholders, tmp_path, monkeypatch):
         work.mkdir()
         monkeypatch.chdir(work)  # relative outputs (data/tofu, runs/...) land here
         args = [placeholders.get(a, a) for a in argv]
-        if argv[0] == "evaluate" and "runs/tofu_sophia" in argv:  # a copy: evaluate writes into the run
+        if argv[0] in ("evaluate", "attack") and "runs/tofu_sophia" in argv:  # a copy: they write into the run
             shutil.copytree(placeholders["runs/tofu_sophia"], work / "run")
             args = [str(work / "run") if a == placeholders["runs/tofu_sophia"] else a for a in args]
         res = soul(*args, *FAST, "--quiet")

@@ -1,6 +1,7 @@
 """`--resume`: a micro run really killed (SIGKILL) or interrupted (SIGINT) part-way and resumed
 from its checkpoint ends with the same weights and metrics rows, bit for bit, as a run that was
-never stopped; for AdamW and for SophiaG with GNB curvature (its default), and for finetune."""
+never stopped; for AdamW, for SophiaG with GNB curvature (its default), for zo (its directions
+drawn from the run seed and the step count), and for finetune."""
 
 from __future__ import annotations
 
@@ -22,7 +23,8 @@ from conftest import MICRO
 
 # 6 epochs of the 8 forget items in batches of 4: 12 steps; GNB every 2 steps
 UNLEARN = ("--set", "unlearn.epochs=6", "--set", "eval.metrics=[exact_memorization]")
-OPTIMIZERS = {"adamw": ("--set", "optimizer.name=adamw", "--set", "optimizer.args={}"), "sophiag": ()}
+OPTIMIZERS = {"adamw": ("--set", "optimizer.name=adamw", "--set", "optimizer.args={}"), "sophiag": (),
+              "zo": ("--set", "optimizer.name=zo", "--set", "optimizer.args={}")}
 
 
 def _start(soul, command: str, *args: str) -> subprocess.Popen:
@@ -72,7 +74,7 @@ def reference(soul, pipeline, tmp_path_factory):
     return get
 
 
-@pytest.mark.parametrize("optimizer", ["adamw", "sophiag"])
+@pytest.mark.parametrize("optimizer", ["adamw", "sophiag", "zo"])
 def test_a_killed_unlearn_resumes_bit_identically(soul, reference, tmp_path, optimizer):
     run, args = tmp_path / "run", (*UNLEARN, *OPTIMIZERS[optimizer], "--set", "unlearn.save_every=1")
     ckpts = checkpoint.checkpoint_dir(run)

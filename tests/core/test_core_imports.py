@@ -81,9 +81,10 @@ def test_no_import_cycle_in_soulcli():
 
 
 def test_workflows_layering():
-    """common < finetune < artifacts < evaluate < unlearn < compare: never the reverse."""
+    """common < finetune < artifacts < provenance < evaluate < tracking < unlearn < attack < compare:
+    never the reverse."""
     graph = import_graph()
-    order = ["common", "finetune", "artifacts", "evaluate", "unlearn", "compare"]
+    order = ["common", "finetune", "artifacts", "provenance", "evaluate", "tracking", "unlearn", "attack", "compare"]
     for i, low in enumerate(order):
         for high in order[i + 1:]:
             assert f"soulcli.workflows.{high}" not in graph[f"soulcli.workflows.{low}"], (low, high)
@@ -93,11 +94,11 @@ def test_workflows_layering():
 # the recipe sits above the components whose declared arguments it checks (eval's EvalConfig
 # is its `eval` section)
 LAYERS = {"errors": 0, "schema": 1, "data": 2, "models": 3, "objectives": 3, "optim": 3,
-          "engine": 4, "eval": 4, "tasks": 5, "recipe": 6, "workflows": 7, "cli": 8}
+          "engine": 4, "eval": 4, "attacks": 4, "tasks": 5, "recipe": 6, "workflows": 7, "cli": 8}
 
 
 def test_packages_depend_one_way():
-    """cli -> workflows -> recipe -> tasks -> engine / eval -> objectives, optim, models -> data -> schema
+    """cli -> workflows -> recipe -> tasks -> engine / eval / attacks -> objectives, optim, models -> data -> schema
     -> errors; a module imports only lower layers (or its own package)."""
     def layer(module: str) -> int:
         return LAYERS[module.split(".")[1]]

@@ -292,3 +292,8 @@ def test_every_problem_at_once_when_an_unknown_key_is_among_them():
         "seed: expected an integer, got 'x'",
         "model.hidden_size: must be a multiple of model.num_heads",
         "unlearn.objective_args.betaa: unknown key of objective 'npo' (did you mean 'beta'?)"])
+
+
+def test_an_integer_beyond_the_float_range_is_not_a_finite_number():
+    with pytest.raises(UserError, match=r"finetune.lr: must be a finite number, got 1000"):
+        build_recipe({"finetune": {"lr": 10**400}})

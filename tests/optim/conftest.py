@@ -98,12 +98,15 @@ class Run:
         for _ in range(self.steps if count is None else count):
             step = self.step_index
             parts = [({}, None)]  # no language-model batch: the problem's losses ignore it
-            if self.est is not None and step % self.interval == 0:
-                self.est.estimate(self.model, parts, self.opt)
-            self.problem.loss(self.model).backward()
-            if self.est is not None:
-                self.est.after_backward(parts, self.opt)
-            self.opt.step()
+            if self.opt.zeroth_order:  # the loss closure in place of a backward (engine.loop)
+                self.opt.step(lambda: self.problem.loss(self.model))
+            else:
+                if self.est is not None and step % self.interval == 0:
+                    self.est.estimate(self.model, parts, self.opt)
+                self.problem.loss(self.model).backward()
+                if self.est is not None:
+                    self.est.after_backward(parts, self.opt)
+                self.opt.step()
             self.diagnostics.append(self.opt.diagnostics())
             self.opt.zero_grad(set_to_none=True)
             self.sched.step()

@@ -26,6 +26,7 @@ QUADRATIC_RUNS = {
     "sophiah": (0.1, 600, 2, {"rho": 0.05}),
     "adahessian": (0.1, 600, 2, {}),
     "muon": (0.05, 1000, 2, {}),
+    "zo": (0.05, 1000, 2, {}),  # 3e-6 from the minimum in 1000 steps (0.005 at lr 0.02)
 }
 ROSENBROCK_RUNS = {
     "adamw": (0.2, 2000, 2, {}),
@@ -36,6 +37,9 @@ ROSENBROCK_RUNS = {
     "sophiah": (0.1, 1000, 2, {"rho": 0.02}),
     "adahessian": (4.0, 2000, 1, {}),
     "muon": (0.05, 1000, 2, {}),
+    # ZO-SGD crawls down the curved valley like momentum-free SGD, d times slower: measured 0.058
+    # from the minimum after 12000 steps at lr 3e-3, diverging at 3.5e-3; not run here
+    "zo": None,
 }
 
 
@@ -64,6 +68,8 @@ def test_converges_on_a_quadratic(problems, name):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_converges_on_rosenbrock_from_the_classic_start(problems, name):
+    if ROSENBROCK_RUNS[name] is None:
+        pytest.skip(f"{name} has no Rosenbrock budget (see ROSENBROCK_RUNS)")
     lr, steps, interval, hp = ROSENBROCK_RUNS[name]
     run = problems.Run(name, problems.rosenbrock, lr, steps, interval=interval, **hp).run()
     # the start (-1.2, 1) is 2.2 from the minimum (1, 1)
@@ -83,7 +89,7 @@ def test_keeps_the_parameter_dtype_and_fp32_state(problems, name, dtype):
     with torch.no_grad():
         assert float(problems.quadratic.loss(run.model)) < before
     tensors = [v for s in run.opt.state.values() for v in s.values() if torch.is_tensor(v)]
-    assert tensors and all(t.dtype == torch.float32 for t in tensors)
+    assert (tensors or run.opt.zeroth_order) and all(t.dtype == torch.float32 for t in tensors)
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -91,6 +97,8 @@ def test_skips_parameters_without_gradients(problems, name):
     lr, _, interval, hp = QUADRATIC_RUNS[name]
     run = problems.Run(name, problems.quadratic, lr, 10, interval=interval, unused=True,
                        weight_decay=0.1, **hp)
+    if run.opt.zeroth_order:  # no gradient says which parameters the loss uses: it skips frozen ones
+        run.model.unused.requires_grad_(False)
     frozen = run.model.unused.detach().clone()
     run.run()
     assert run.model.unused.grad is None
@@ -177,7 +185,8 @@ def test_decay_groups_exempt_biases_norms_and_embeddings():
 @pytest.mark.parametrize("name", NAMES)
 def test_weight_decay_skips_the_exempt_group(name):
     """Zero gradients make every rule's direction 0, so the step is weight decay alone:
-    the decayed group scales by exactly 1 - lr * wd, the exempt one does not move."""
+    the decayed group scales by exactly 1 - lr * wd, the exempt one does not move (a constant
+    loss gives zeroth-order methods a zero estimate; their perturbation is undone up to rounding)."""
     torch.manual_seed(0)
     model = Decayable()
     opt = build_optimizer(name, decay_groups(model), lr=0.1, weight_decay=0.5)
@@ -188,9 +197,10 @@ def test_weight_decay_skips_the_exempt_group(name):
         opt.update_hessian(bs=1)
     elif opt.default_curvature == "hutchinson":
         opt.update_hessian(diagonal=[torch.ones_like(p) for p in param_list(opt)])
-    opt.step()
+    opt.step((lambda: torch.tensor(1.0)) if opt.zeroth_order else None)
     decayed, exempt = opt.param_groups
+    rounding = 1e-6 if opt.zeroth_order else 0
     for p in decayed["params"]:
-        torch.testing.assert_close(p.detach(), before[id(p)] * 0.95, rtol=1e-6, atol=0)
+        torch.testing.assert_close(p.detach(), before[id(p)] * 0.95, rtol=1e-6, atol=rounding)
     for p in exempt["params"]:
-        assert torch.equal(p.detach(), before[id(p)])
+        torch.testing.assert_close(p.detach(), before[id(p)], rtol=0, atol=rounding)

@@ -4,7 +4,8 @@ A step: the forward returns its loss, its logged terms and the logits it compute
 batches they belong to); every ``hessian_interval`` steps the curvature estimator takes its
 sample from those logits (one extra backward, no extra forward); backward; clip; the
 estimator's after-backward part (the empirical Fisher reads ``p.grad``); optimizer step;
-diagnostics; scheduler; a metrics row. A non-finite loss (checked before the curvature sample,
+diagnostics; scheduler; a metrics row. A zeroth-order optimizer (``zeroth_order``: MeZO) takes
+the forward as a loss closure instead, runs it twice without a graph and needs no backward. A non-finite loss (checked before the curvature sample,
 which would carry it into the optimizer's state) or gradient norm stops the run with
 :class:`~soulcli.errors.DivergedError`, or, with ``on_nonfinite="skip"``, drops that step's
 update and counts it. With checkpoints on, every ``save_every`` steps the run's whole state is
@@ -19,7 +20,7 @@ from __future__ import annotations
 import itertools
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any, Callable, Iterable, Protocol
 
 import torch
@@ -32,7 +33,7 @@ from soulcli.optim.curvature import CurvatureEstimator, Part
 
 
 class StepOutput(Protocol):
-    """What a forward gives the step (``soulcli.objectives.ObjectiveOutput`` is one)."""
+    """What a forward gives the step (a dataclass: ``soulcli.objectives.ObjectiveOutput``)."""
 
     loss: torch.Tensor
     terms: dict[str, float]
@@ -84,23 +85,24 @@ def make_scheduler(optimizer, kind: str, total_steps: int, warmup_steps: int = 0
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
+def _finite(run: Training, name: str, value: float, step: int, kept: str) -> bool:
+    """Whether ``value`` is finite; if not, raise DivergedError unless ``on_nonfinite`` is skip
+    (``kept``: what a divergence leaves on disk)."""
+    if math.isfinite(value):
+        return True
+    if run.on_nonfinite == "stop":
+        raise DivergedError(
+            f"the {name} became {value} at step {step} (lr {run.optimizer.param_groups[0]['lr']:g}); "
+            f"{kept}: lower the learning rate (or max_grad_norm), or set on_nonfinite: skip")
+    return False
+
+
 def _update(run: Training, out: StepOutput, params: list[torch.nn.Parameter],
             step: int, kept: str) -> tuple[float, dict[str, float]] | None:
     """The step's update from its forward output: (grad norm, diagnostics), or None when the
-    loss or the gradient is not finite and ``run.on_nonfinite`` is ``skip`` (``kept``: what
-    a divergence leaves on disk)."""
+    loss or the gradient is not finite and ``run.on_nonfinite`` is ``skip``."""
     opt, curvature = run.optimizer, run.curvature
-
-    def finite(name: str, value: float) -> bool:
-        if math.isfinite(value):
-            return True
-        if run.on_nonfinite == "stop":
-            raise DivergedError(
-                f"the {name} became {value} at step {step} (lr {opt.param_groups[0]['lr']:g}); {kept}: "
-                "lower the learning rate (or max_grad_norm), or set on_nonfinite: skip")
-        return False
-
-    if not finite("loss", float(out.loss.detach())):
+    if not _finite(run, "loss", float(out.loss.detach()), step, kept):
         return None
     diag: dict[str, float] = {}
     if curvature is not None and (step - 1) % run.hessian_interval == 0:
@@ -110,7 +112,7 @@ def _update(run: Training, out: StepOutput, params: list[torch.nn.Parameter],
         grad_norm = float(torch.nn.utils.clip_grad_norm_(params, run.max_grad_norm))
     else:
         grad_norm = float(torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None]))
-    if not finite("gradient norm", grad_norm):
+    if not _finite(run, "gradient norm", grad_norm, step, kept):
         return None
     if curvature is not None:
         diag |= curvature.after_backward(out.logits, opt)
@@ -118,6 +120,30 @@ def _update(run: Training, out: StepOutput, params: list[torch.nn.Parameter],
     if hasattr(opt, "diagnostics"):
         diag |= opt.diagnostics() or {}
     return grad_norm, diag
+
+
+def _zeroth_order_update(run: Training, batch: Any, step: int,
+                         kept: str) -> tuple[StepOutput, tuple[float, dict[str, float]] | None]:
+    """A zeroth-order step (:mod:`soulcli.optim.zo`, MeZO): the forward runs twice without a
+    graph, at theta + eps*z and theta - eps*z, and no backward; the row logs their mean loss and
+    terms (the loss at theta up to O(eps**2)), and clipping scales the estimate ``g * z``."""
+    opt, outs = run.optimizer, []
+
+    def loss() -> torch.Tensor:
+        outs.append(run.forward(run.model, batch))
+        return outs[-1].loss
+
+    mean_loss, grad_norm = opt.estimate(loss)  # type: ignore[attr-defined]
+    plus, minus = outs
+    terms = {k: (v + minus.terms[k]) / 2 if isinstance(v, float) else v for k, v in plus.terms.items()}
+    out = replace(plus, loss=mean_loss, terms=terms)  # type: ignore[type-var]
+    if not (_finite(run, "loss", float(mean_loss), step, kept)
+            and _finite(run, "gradient estimate's norm", grad_norm, step, kept)):
+        return out, None
+    if run.max_grad_norm is not None:
+        opt.clip_estimate(run.max_grad_norm)  # type: ignore[attr-defined]
+    opt.step()
+    return out, (grad_norm, opt.diagnostics())  # type: ignore[attr-defined]
 
 
 def train(run: Training, batches: Iterable[Any], num_steps: int, reporter: Reporter,
@@ -151,8 +177,12 @@ def train(run: Training, batches: Iterable[Any], num_steps: int, reporter: Repor
         for step, batch in enumerate(itertools.islice(batches, done.steps, None), done.steps):
             t0 = time.perf_counter()
             lr = opt.param_groups[0]["lr"]
-            out = run.forward(model, batch)
-            update = _update(run, out, params, step + 1, kept)
+            if getattr(opt, "zeroth_order", False):
+                with torch.no_grad():
+                    out, update = _zeroth_order_update(run, batch, step + 1, kept)
+            else:
+                out = run.forward(model, batch)
+                update = _update(run, out, params, step + 1, kept)
             opt.zero_grad(set_to_none=True)
             if run.scheduler is not None:
                 run.scheduler.step()

@@ -86,11 +86,14 @@ class RuleOptimizer(torch.optim.Optimizer):
 
     A subclass names its fp32 state tensors in ``state_names`` (zeros at first; override
     :meth:`init_state` for others) and implements :meth:`update`. ``default_curvature`` names
-    the curvature estimator the engine runs for it (None for first-order methods).
+    the curvature estimator the engine runs for it (None for first-order methods);
+    ``zeroth_order`` marks a method that reads losses, not gradients (:mod:`soulcli.optim.zo`:
+    the engine gives it the loss closure in place of a backward).
     """
 
     state_names: ClassVar[tuple[str, ...]] = ()
     default_curvature: ClassVar[str | None] = None
+    zeroth_order: ClassVar[bool] = False
 
     def __init__(self, params: Iterable[Any], defaults: dict[str, Any],
                  diagnostics_every: int | None = DIAGNOSTICS_EVERY) -> None:

@@ -20,6 +20,7 @@ from soulcli.optim.muon import Muon
 from soulcli.optim.sgd import SGD
 from soulcli.optim.signum import Signum
 from soulcli.optim.sophia import SophiaG, SophiaH
+from soulcli.optim.zo import ZO
 
 OPTIMIZERS: dict[str, type[RuleOptimizer]] = {
     "adamw": AdamW,
@@ -29,6 +30,7 @@ OPTIMIZERS: dict[str, type[RuleOptimizer]] = {
     "sophiag": SophiaG,
     "sophiah": SophiaH,
     "adahessian": AdaHessian,
+    "zo": ZO,
 }
 if hasattr(torch.optim, "Muon"):
     OPTIMIZERS["muon"] = Muon

@@ -11,7 +11,9 @@ file or field names:
   encoded by :func:`encode_train_set`;
 * evaluation: :meth:`Task.eval_splits` (records by split name) and :meth:`Task.suite` (the
   metric objects, :mod:`soulcli.eval.metric`), with :attr:`Task.headline` naming what
-  compare-optimizers selects on, tabulates and plots.
+  compare-optimizers selects on, tabulates and plots (and ``soul attack`` re-measures);
+* probing attacks: :meth:`Task.probe` (the evaluation splits with the forget prompts put
+  another way).
 
 A task's own recipe keys are the fields of its ``Data`` dataclass (the recipe's ``data``
 section), validated by :mod:`soulcli.schema` like every other section.
@@ -27,10 +29,11 @@ from soulcli.data.encode import EncodedItem, encode_qa_batch, encode_text_chunks
 from soulcli.data.template import PromptTemplate
 from soulcli.errors import UserError
 from soulcli.eval.config import EvalConfig
-from soulcli.eval.metric import Metric
+from soulcli.eval.metric import Metric, Unavailable
 from soulcli.schema import Range, Seed
 
 QA, TEXT = "qa", "text"  # record kinds: question-answer rows, raw-text rows ({"text": ...})
+PROBES = ("paraphrase", "fewshot")  # the probing attacks' prompt variants (Task.probe)
 
 
 @dataclass(frozen=True)
@@ -59,6 +62,14 @@ def encode_train_set(tokenizer, template: PromptTemplate, ts: TrainSet, max_leng
         return encode_qa_batch(tokenizer, template, [r["question"] for r in ts.rows],
                                [r["answer"] for r in ts.rows], max_length)
     return encode_text_chunks(tokenizer, [r["text"] for r in ts.rows], max_length)
+
+
+def fewshot_question(template: PromptTemplate, shots: list[dict], question: str) -> str:
+    """``question`` behind worked examples, so that ``template.prompt`` of the result shows each
+    shot as a full turn (prompt, answer, newline) before the question's own prompt."""
+    turns = "".join(f"{s['question']}{template.question_end}{template.answer_start}{s['answer']}\n"
+                    f"{template.question_start}" for s in shots)
+    return turns + question
 
 
 @dataclass(frozen=True)
@@ -140,6 +151,13 @@ class Task:
 
     def suite(self, cfg: EvalConfig) -> dict[str, Metric]:
         raise NotImplementedError
+
+    def probe(self, kind: str, splits: dict[str, list[dict]], shots: int) -> dict[str, list[dict]]:
+        """``splits`` (from :meth:`eval_splits`) with the forget prompts put another way, for a
+        probing attack: ``paraphrase`` rewords them, ``fewshot`` puts ``shots`` retain
+        question-answer pairs before them. Raises :class:`~soulcli.eval.metric.Unavailable`
+        with the reason where the task has no such prompts."""
+        raise Unavailable(f"task '{self.name}' defines no probes")
 
     def settings(self) -> dict[str, Any]:
         """The task's settings as a JSON-able mapping (part of the cache keys), ``source`` left

@@ -42,7 +42,7 @@ from typing import Annotated
 from soulcli.data import books, muse
 from soulcli.eval.config import EvalConfig
 from soulcli.eval.kinds import GeneratedBleu, GeneratedRouge, MembershipAUC, PrivLeak
-from soulcli.eval.metric import Metric, PromptPairing, TextPairing
+from soulcli.eval.metric import Metric, PromptPairing, TextPairing, Unavailable
 from soulcli.schema import AT_LEAST_ONE, POSITIVE
 from soulcli.tasks.base import TEXT, DataConfig, Headline, Task, TrainSet
 
@@ -157,6 +157,12 @@ class MuseTask(Task):
             "privleak_holdout": [{"text": t} for t in d.privleak["holdout"]],
             "leak_forget": leak,
         }
+
+    def probe(self, kind, splits, shots):
+        if kind == "paraphrase":
+            raise Unavailable("MUSE has no paraphrased forget prompts")
+        raise Unavailable("MUSE's forget KnowMem (forget_knowmem_rougeL) already asks the forget "
+                          "questions behind its own few-shot prefix")
 
     def suite(self, cfg: EvalConfig) -> dict[str, Metric]:
         d = self.data

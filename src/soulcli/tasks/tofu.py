@@ -31,9 +31,9 @@ from soulcli.eval.kinds import (
     TruthRatio,
 )
 from soulcli.eval.kinds.mia import ATTACK_NAMES, ATTACKS
-from soulcli.eval.metric import Metric, QAPairing
+from soulcli.eval.metric import Metric, QAPairing, Unavailable
 from soulcli.errors import UserError
-from soulcli.tasks.base import QA, DataConfig, Headline, Task, TrainSet
+from soulcli.tasks.base import QA, DataConfig, Headline, Task, TrainSet, fewshot_question
 
 QA_SPLITS = ("forget", "retain", "real_authors", "world_facts")
 UTILITY_SPLITS = ("retain", "real_authors", "world_facts")
@@ -144,6 +144,23 @@ class TofuTask(Task):
             raise UserError(f"{folder} has no {forget_perturbed}.json; evaluation needs it (run "
                             "`soul prepare-data` or point data.source at a full TOFU folder)")
         return out
+
+    def probe(self, kind, splits, shots):
+        """``paraphrase``: each forget question replaced by its ``paraphrased_question`` (TOFU's
+        field; the built-in generator writes one per item); ``fewshot``: each forget question
+        behind the first ``shots`` retain pairs (SOUL's few-shot "adversarial" TOFU variant)."""
+        forget = splits["forget"]
+        if kind == "paraphrase":
+            if any("paraphrased_question" not in r for r in forget):
+                raise Unavailable("the forget split has no paraphrased_question field")
+            rows = [{**r, "question": r["paraphrased_question"]} for r in forget]
+        else:
+            examples = splits.get("retain", [])[:shots]
+            if len(examples) < shots:
+                raise Unavailable(f"the retain split has fewer than {shots} pairs for the few-shot prefix")
+            rows = [{**r, "question": fewshot_question(self.data.template, examples, r["question"])}
+                    for r in forget]
+        return {**splits, "forget": rows}
 
     def suite(self, cfg: EvalConfig) -> dict[str, Metric]:
         template = self.data.template

@@ -139,6 +139,19 @@ def earlier_eval(path: Path, fingerprint: str) -> dict | None:
     return old
 
 
+def run_folder(run_dir: Path, recipe: Recipe | None,
+               overrides: list[str] | None) -> tuple[Recipe | None, str]:
+    """(the recipe, the model path) of a run folder written by `soul unlearn`: the given recipe,
+    else the folder's resolved_recipe.yaml with ``overrides``; a folder without a model is refused."""
+    if not run_dir.is_dir():
+        raise UserError(f"run folder '{run_dir}' does not exist; pass a folder written by `soul unlearn`")
+    if not (run_dir / "model" / "config.json").is_file():
+        raise UserError(f"'{run_dir}' has no model/ folder; pass a run folder from `soul unlearn` or use --model")
+    if recipe is None and (run_dir / "resolved_recipe.yaml").is_file():
+        recipe = load_recipe(run_dir / "resolved_recipe.yaml", overrides)
+    return recipe, str(run_dir / "model")
+
+
 def run_evaluate(recipe: Recipe | None, reporter: Reporter, run_dir: Path | None, model_path: str | None,
                  data: str | None, reference: str | None, metrics: tuple[str, ...] | None,
                  output: Path | None, overrides: list[str] | None = None,
@@ -154,13 +167,7 @@ def run_evaluate(recipe: Recipe | None, reporter: Reporter, run_dir: Path | None
     from soulcli.models.loading import load_model
 
     if run_dir is not None:
-        if not run_dir.is_dir():
-            raise UserError(f"run folder '{run_dir}' does not exist; pass a folder written by `soul unlearn`")
-        if not (run_dir / "model" / "config.json").is_file():
-            raise UserError(f"'{run_dir}' has no model/ folder; pass a run folder from `soul unlearn` or use --model")
-        if recipe is None and (run_dir / "resolved_recipe.yaml").is_file():
-            recipe = load_recipe(run_dir / "resolved_recipe.yaml", overrides)
-        model_path = str(run_dir / "model")
+        recipe, model_path = run_folder(run_dir, recipe, overrides)
         output = output or run_dir / "eval.json"
     if model_path is None:
         raise UserError("nothing to evaluate: pass a RUN_DIR or --model PATH")

@@ -28,7 +28,7 @@ from soulcli.engine.rundir import versions
 from soulcli.engine.sampling import epoch_batches
 from soulcli.errors import UserError
 from soulcli.objectives import ObjectiveOutput
-from soulcli.recipe import Recipe, dump_recipe
+from soulcli.recipe import FinetuneConfig, Recipe, dump_recipe
 from soulcli.tasks import TrainSet, encode_train_set
 from soulcli.workflows import common
 
@@ -43,12 +43,16 @@ def adamw(params, lr: float, weight_decay: float, device: torch.device):
 
 def train_lm(model, tokenizer, train_set: TrainSet, recipe: Recipe, reporter: Reporter,
              description: str, device: torch.device, seed: int,
-             checkpoints: Checkpoints | None = None) -> LoopResult:
+             checkpoints: Checkpoints | None = None, *, settings: FinetuneConfig | None = None,
+             max_steps: int | None = None, on_step_end=None) -> LoopResult:
     """Supervised finetuning on a task's training set (QA: answer tokens only in the loss;
-    ``checkpoints``: where to write them, and the one to resume; engine.checkpoint)."""
-    ft = recipe.finetune
+    ``checkpoints``: where to write them, and the one to resume; engine.checkpoint).
+
+    ``settings`` replace ``recipe.finetune`` (the relearning attack trains with its own),
+    ``max_steps`` cuts the batch plan, ``on_step_end(steps_done)`` runs after each step."""
+    ft = settings or recipe.finetune
     enc = encode_train_set(tokenizer, common.template_of(recipe), train_set, recipe.data.max_length)
-    plan = epoch_batches(len(enc), ft.batch_size, ft.epochs, seed)
+    plan = epoch_batches(len(enc), ft.batch_size, ft.epochs, seed)[:max_steps]
     params = [p for p in model.parameters() if p.requires_grad]
     opt = adamw(params, ft.lr, ft.weight_decay, device)
     sched = make_scheduler(opt, "cosine", len(plan), ft.warmup_steps, ft.min_lr_ratio)
@@ -60,7 +64,7 @@ def train_lm(model, tokenizer, train_set: TrainSet, recipe: Recipe, reporter: Re
                for idx in plan)
     training = Training(model, opt, forward=nll_forward, scheduler=sched, max_grad_norm=ft.max_grad_norm,
                         log_every=10, checkpoints=checkpoints)
-    return train(training, batches, len(plan), reporter, description)
+    return train(training, batches, len(plan), reporter, description, on_step_end=on_step_end)
 
 
 def nll_forward(model, batch: dict[str, torch.Tensor]) -> ObjectiveOutput:

@@ -109,11 +109,14 @@ def prepare_model(recipe: Recipe, reporter: Reporter, device,
 
 
 def build_optimizer_for(recipe: Recipe, model):
-    from soulcli.optim import build_curvature, build_optimizer, decay_groups
+    """The recipe's optimizer on ``model`` (an optimizer taking a ``seed``, as zo does, gets the
+    run's unless ``optimizer.args`` sets one) and its curvature estimator, or None."""
+    from soulcli.optim import build_curvature, build_optimizer, decay_groups, optimizer_hparams
 
     o = recipe.optimizer
     groups = decay_groups(model, decay_all=o.decay_all)
-    opt = build_optimizer(o.name, groups, lr=o.lr, weight_decay=o.weight_decay, **o.args)
+    args = {"seed": recipe.seed, **o.args} if "seed" in optimizer_hparams(o.name) else o.args
+    opt = build_optimizer(o.name, groups, lr=o.lr, weight_decay=o.weight_decay, **args)
     kind = o.curvature or getattr(opt, "default_curvature", None)
     curvature = build_curvature(kind) if kind else None
     if kind == "hutchinson" and hasattr(model, "set_attn_implementation"):
@@ -157,6 +160,9 @@ def unlearn_model(run: PreparedRun, reporter: Reporter, on_row=None, on_step_end
             objective.setup(run.model, batches, cache_dir, run.cache_key or
                             common.objective_cache_key(recipe, run.data_dir, recipe.seed))
     opt, curvature = build_optimizer_for(recipe, run.model)
+    if opt.zeroth_order and run.dist.enabled:
+        raise UserError(f"optimizer '{recipe.optimizer.name}' does not run under torchrun (its two "
+                        "losses are not reduced across ranks); run it in one process")
     if curvature is not None and run.dist.enabled:
         curvature = DistributedCurvature(curvature, run.dist)
     o = recipe.optimizer
