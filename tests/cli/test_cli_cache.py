@@ -115,6 +115,27 @@ def test_content_keys_follow_data_and_settings(pipeline, tmp_path):
         assert key(recipe, copy) != key(recipe, data)
 
 
+def test_models_key_follows_what_the_task_trains_on_not_only_the_data(pipeline, monkeypatch):
+    """A soulcli whose task builds other training sets (or tokenizer texts) from the same data
+    must not reuse models trained on the old ones."""
+    from soulcli.tasks.tofu import TofuTask
+
+    data = Path(pipeline["prepared"]["path"])
+    recipe = load_recipe(MICRO)
+    before = common.builtin_models_key(recipe, data)
+    real = TofuTask.train_set
+
+    def fewer(self, folder, which, pretrained):
+        ts = real(self, folder, which, pretrained)
+        return type(ts)(ts.name, ts.kind, ts.rows[1:])
+
+    monkeypatch.setattr(TofuTask, "train_set", fewer)
+    after = common.builtin_models_key(recipe, data)
+    monkeypatch.setattr(TofuTask, "train_set", real)
+    monkeypatch.setattr(TofuTask, "texts", lambda self, folder: ["other"])
+    assert len({before, after, common.builtin_models_key(recipe, data)}) == 3
+
+
 def test_concurrent_prepare_data_on_one_cache_waits_and_reuses(tmp_path):
     """Two real `soul prepare-data` processes into one fresh cache: both wait while the entry's
     build lock is held (here by the test), then one builds and the other reuses its entry."""

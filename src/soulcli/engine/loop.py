@@ -85,10 +85,19 @@ def make_scheduler(optimizer, kind: str, total_steps: int, warmup_steps: int = 0
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def _finite(run: Training, name: str, value: float, step: int, kept: str) -> bool:
+def _finite(run: Training, name: str, value: float, step: int, kept: str, local: bool = False) -> bool:
     """Whether ``value`` is finite; if not, raise DivergedError unless ``on_nonfinite`` is skip
-    (``kept``: what a divergence leaves on disk)."""
-    if math.isfinite(value):
+    (``kept``: what a divergence leaves on disk). A ``local`` value (a rank's own loss under
+    torchrun) is decided by every rank together, so a non-finite loss on one rank stops or skips
+    the step on all of them instead of leaving the others waiting in the gradient all-reduce."""
+    finite = math.isfinite(value)
+    if local and torch.distributed.is_available() and torch.distributed.is_initialized():
+        flag = torch.tensor([1.0 if finite else 0.0], device=next(run.model.parameters()).device)
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MIN)
+        if finite and not flag.item():
+            value, name = float("nan"), f"{name} of another rank"
+        finite = bool(flag.item())
+    if finite:
         return True
     if run.on_nonfinite == "stop":
         raise DivergedError(
@@ -102,7 +111,7 @@ def _update(run: Training, out: StepOutput, params: list[torch.nn.Parameter],
     """The step's update from its forward output: (grad norm, diagnostics), or None when the
     loss or the gradient is not finite and ``run.on_nonfinite`` is ``skip``."""
     opt, curvature = run.optimizer, run.curvature
-    if not _finite(run, "loss", float(out.loss.detach()), step, kept):
+    if not _finite(run, "loss", float(out.loss.detach()), step, kept, local=True):
         return None
     diag: dict[str, float] = {}
     if curvature is not None and (step - 1) % run.hessian_interval == 0:

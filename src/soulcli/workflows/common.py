@@ -133,10 +133,18 @@ def checkpoint_key(recipe: Recipe, part: str) -> str:
 
 
 def builtin_models_key(recipe: Recipe, data_dir: Path) -> str:
-    """The content key of the built-in models: the benchmark's content, the architecture, the
-    finetuning settings, the prompt template and the initialisation seed."""
+    """The content key of the built-in models: the benchmark's content, what the tokenizer and
+    each model learn from it (so a soulcli whose task builds other training sets from the same
+    data never reuses a model trained on the old ones), the architecture, the finetuning
+    settings, the prompt template and the initialisation seed."""
     m = recipe.model
+    task = task_of(recipe)
+    pretrained = m.base != "builtin"
+    learned = {which: short_hash([(ts := task.train_set(data_dir, which, pretrained)).name, ts.kind, ts.rows])
+               for which in ("target", "retain")}
     return short_hash({
+        "learned": learned,
+        "tokenizer_texts": short_hash(task.texts(data_dir)),
         "task": recipe.task,
         "data": data_fingerprint(data_dir, recipe),
         "arch": [m.base, m.vocab_size, m.hidden_size, m.num_layers, m.num_heads, m.intermediate_size],
