@@ -91,15 +91,17 @@ def train_classifier(texts: Sequence[str], toxic: Sequence[bool], *, epochs: int
     labels = torch.tensor([float(t) for t in toxic])
     generator = torch.Generator().manual_seed(seed)
     model.train()
-    for _ in range(epochs):
-        for chunk in torch.randperm(len(texts), generator=generator).split(batch_size):
-            batch = tokenizer([texts[i] for i in chunk.tolist()], padding=True, truncation=True,
-                              max_length=model.config.max_position_embeddings, return_tensors="pt")
-            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, 0]
-            loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, labels[chunk])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
+    with torch.random.fork_rng():  # dropout draws from the global generator: seed it, leave it as it was
+        torch.manual_seed(seed)
+        for _ in range(epochs):
+            for chunk in torch.randperm(len(texts), generator=generator).split(batch_size):
+                batch = tokenizer([texts[i] for i in chunk.tolist()], padding=True, truncation=True,
+                                  max_length=model.config.max_position_embeddings, return_tensors="pt")
+                logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, 0]
+                loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, labels[chunk])
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
     return model.eval(), tokenizer
 
 
