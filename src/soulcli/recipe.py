@@ -342,9 +342,9 @@ def parse_override(text: str) -> tuple[list[str], Any]:
 
 # --------------------------------------------------------------------------- paths
 
-#: Recipe keys naming a file or folder; the first three may also be a keyword or a hub id.
+#: Recipe keys naming a file or folder; all but the always-paths may also be a keyword or a hub id.
 PATH_KEYS: tuple[tuple[str, ...], ...] = (
-    ("data", "source"), ("model", "source"), ("model", "base"), ("model", "reference"),
+    ("data", "source"), ("data", "classifier"), ("model", "source"), ("model", "base"), ("model", "reference"),
     ("unlearn", "refusals_file"), ("cache_dir",), ("output_dir",), ("attack", "relearn", "data"))
 _ALWAYS_PATHS = {("unlearn", "refusals_file"), ("cache_dir",), ("output_dir",), ("attack", "relearn", "data")}
 _KEYWORDS = ("builtin", "none")

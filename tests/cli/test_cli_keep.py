@@ -8,11 +8,11 @@ import math
 
 import pytest
 
-from soulcli.tasks import MuseTask, TofuTask
+from soulcli.tasks import DetoxTask, MuseTask, TofuTask
 from soulcli.workflows.compare import select
 from soulcli.workflows.tracking import choose
 
-TOFU, MUSE = TofuTask.headline, MuseTask.headline
+TOFU, MUSE, DETOX = TofuTask.headline, MuseTask.headline, DetoxTask.headline
 NAN = math.nan
 
 
@@ -41,6 +41,18 @@ def test_the_rule_keeps_the_best_forget_quality_among_steps_that_keep_utility(po
 def test_a_lower_is_better_forget_metric_keeps_the_lowest():
     points = [(0, 0.5, 0.4), (2, 0.3, 0.39), (4, 0.1, 0.2), (6, 0.35, 0.4)]  # floor 0.38
     assert choose(curve(*points, headline=MUSE), MUSE, 0.38)["step"] == 2
+
+
+def test_a_lower_is_better_utility_keeps_steps_at_most_the_bound():
+    """Detox: toxic rate lower is better, perplexity lower is better; the bound 8.8 is the
+    target's 8.0 / 0.909. Step 4 is least toxic but too perplexed; if no step keeps the bound,
+    the lowest perplexity is kept."""
+    bound = DETOX.utility_bound(8.0, 0.909)
+    assert bound == pytest.approx(8.0 / 0.909)
+    points = [(0, 0.5, 8.0), (2, 0.2, 8.5), (4, 0.0, 9.5), (6, 0.3, 8.1)]
+    assert choose(curve(*points, headline=DETOX), DETOX, bound)["step"] == 2
+    points = [(0, 0.5, 8.0), (2, 0.2, 12.0), (4, 0.0, 9.5)]
+    assert choose(curve(*points, headline=DETOX), DETOX, bound)["step"] == 4
 
 
 def test_no_finite_step_keeps_nothing():

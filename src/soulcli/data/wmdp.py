@@ -31,7 +31,6 @@ objects (what the hub's corpora hold) and keeps every text.
 
 from __future__ import annotations
 
-import codecs
 import os
 import shutil
 import tempfile
@@ -41,13 +40,13 @@ from typing import Any, Mapping
 
 from soulcli.data import tofu
 from soulcli.data.io import MANIFEST_NAME, atomic_dir, check_writable_dir, content_hash, read_manifest, write_json, write_jsonl
+from soulcli.data.parts import DATA_SUFFIXES, find_part, part_records, text_record
 from soulcli.errors import UserError
 
 LETTERS: tuple[str, ...] = ("A", "B", "C", "D")
 NUM_CHOICES = len(LETTERS)
 #: The subjects lm-evaluation-harness's ``wmdp_<domain>.yaml`` descriptions name.
 WMDP_SUBJECTS: dict[str, str] = {"bio": "biology", "cyber": "cybersecurity", "chem": "chemistry"}
-DATA_SUFFIXES: tuple[str, ...] = (".jsonl", ".json", ".parquet")
 
 
 @dataclass(frozen=True)
@@ -97,31 +96,6 @@ def domain_subject(domain: str) -> str:
 # --- reading -------------------------------------------------------------------------------
 
 
-def _find(folder: Path, stem: str) -> list[Path] | None:
-    """The file(s) holding part ``stem``, first found of .jsonl, .json, Parquet shards."""
-    for suffix in (".jsonl", ".json"):
-        if (folder / f"{stem}{suffix}").is_file():
-            return [folder / f"{stem}{suffix}"]
-    for sub in (stem, "all") if stem == "mmlu" else (stem,):
-        shards = sorted((folder / sub).glob("*.parquet")) if (folder / sub).is_dir() else []
-        if shards:
-            return shards
-    return None
-
-
-def _items(paths: list[Path]) -> list[tuple[Path, str, Any]]:
-    out = []
-    for path in paths:
-        if path.suffix == ".json" and not path.read_bytes().removeprefix(codecs.BOM_UTF8).lstrip().startswith(b"["):
-            raise UserError(f"{path} is not a JSON array; a .json part holds an array of records "
-                            "(use .jsonl for one record per line)")
-        records, where = tofu.read_records(path)
-        out += [(path, w, r) for r, w in zip(records, where)]
-    if not out:
-        raise UserError(f"{paths[0]} is empty; it needs at least one record")
-    return out
-
-
 def _mc_row(path: Path, where: str, item: Any) -> dict:
     if not isinstance(item, dict):
         raise UserError(f"{path} {where}: expected an object with question, choices, answer, got "
@@ -143,13 +117,6 @@ def _mc_row(path: Path, where: str, item: Any) -> dict:
     if isinstance(item.get("subject"), str) and item["subject"]:
         row["subject"] = item["subject"]
     return row
-
-
-def _text(path: Path, where: str, item: Any) -> str:
-    text = item.get("text") if isinstance(item, dict) else None
-    if not isinstance(text, str) or not text.strip():
-        raise UserError(f"{path} {where}: expected {{\"text\": a non-empty string}}; fix the file")
-    return text
 
 
 def folder_domains(folder: str | os.PathLike) -> list[str]:
@@ -177,12 +144,12 @@ def load_wmdp(folder: str | os.PathLike, domain: str | None = None) -> WmdpData:
         domain = domains[0]
     parts: dict[str, list] = {}
     for role, stem in part_names(domain).items():
-        paths = _find(folder, stem)
+        paths = find_part(folder, stem, (stem, "all") if stem == "mmlu" else None)
         if paths is None:
             raise UserError(f"{folder} has no {stem} (looked for {stem}.jsonl, {stem}.json, {stem}/*.parquet"
                             + (", all/*.parquet" if stem == "mmlu" else "") + "); add it or fix data.domain")
-        read = _text if role.endswith("corpus") else _mc_row
-        parts[role] = [read(path, where, item) for path, where, item in _items(paths)]
+        read = text_record if role.endswith("corpus") else _mc_row
+        parts[role] = [read(path, where, item) for path, where, item in part_records(paths)]
     return WmdpData(domain=domain, **parts, meta=read_manifest(folder) or {})
 
 

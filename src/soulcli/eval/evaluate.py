@@ -31,7 +31,7 @@ from soulcli.eval.config import EvalConfig
 from soulcli.eval.generation import generate_texts
 from soulcli.eval.metric import TEXTS, Metric, Requests, Results, Unavailable, fingerprint
 from soulcli.eval.reference import as_reference
-from soulcli.eval.scoring import Progress, score_pairs
+from soulcli.eval.scoring import Progress, model_device, score_pairs
 
 Suite = Mapping[str, Metric]
 
@@ -159,7 +159,7 @@ def evaluate_model(
     scores = score_pairs(model, tokenizer, req.pairs, batch_size=cfg.batch_size,
                          max_length=cfg.max_length or 512, with_stats=req.stats, progress=progress)
     scored_at = time.perf_counter()
-    res = Results(scores, _generate(model, tokenizer, req, cfg, progress), tokenizer)
+    res = Results(scores, _generate(model, tokenizer, req, cfg, progress), tokenizer, model_device(model))
     generated_at = time.perf_counter()
 
     done: dict[str, dict] = {}

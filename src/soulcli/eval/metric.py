@@ -74,11 +74,13 @@ class Requests:
 @dataclass
 class Results:
     """What the one pass produced: per-token scores per pair, text per generation (and the
-    tokenizer, for metrics that count tokens of a reference)."""
+    tokenizer, for metrics that count tokens of a reference; the model's device, for metrics
+    that run a judge model such as a toxicity classifier)."""
 
     scores: list[TokenScores]
     generations: list[str]
     tokenizer: Any = None
+    device: Any = None
 
 
 # --------------------------------------------------------------------------- pairings

@@ -1,4 +1,5 @@
-"""Loading any causal LM (a local HF folder or a hub id), tokenizer fixes, and adapters."""
+"""Loading any causal LM or sequence classifier (a local HF folder or a hub id), tokenizer fixes,
+and adapters."""
 
 from __future__ import annotations
 
@@ -136,25 +137,42 @@ def ensure_pad_token(tokenizer, model=None) -> None:
             model.generation_config.pad_token_id = tokenizer.pad_token_id
 
 
+def _load_checked(auto, what: str, name: str, dtype: str, trust_remote_code: bool):
+    """``(model, tokenizer)`` of a folder or hub id through the transformers ``auto`` class,
+    refusing code that is not trusted and weights that do not fit the config."""
+    where = resolve_model_path(name)
+    check_model_folder(where, trust_remote_code)
+    tokenizer = load_tokenizer(where, trust_remote_code)
+    model, info = _from_pretrained(what, name, lambda: auto.from_pretrained(
+        where, dtype=DTYPES[dtype], trust_remote_code=trust_remote_code, output_loading_info=True))
+    unfit = sorted(info.get("missing_keys") or []) + sorted(info.get("unexpected_keys") or [])
+    if unfit:  # transformers would go on with freshly initialised (or dropped) weights
+        raise UserError(f"the weights of {what} '{name}' do not fit its config.json "
+                        f"({len(info.get('missing_keys') or [])} missing, "
+                        f"{len(info.get('unexpected_keys') or [])} unexpected, e.g. {unfit[0]}); "
+                        "re-save the model with save_pretrained")
+    return model, tokenizer
+
+
 def load_model(name: str, dtype: str = "float32", device: str | torch.device = "cpu",
                trust_remote_code: bool = False):
     """Load ``(model, tokenizer)`` from a folder or hub id, with a safe pad token; a model
     that needs its own code is refused unless ``trust_remote_code`` (model.trust_remote_code)."""
     from transformers import AutoModelForCausalLM
 
-    where = resolve_model_path(name)
-    check_model_folder(where, trust_remote_code)
-    tokenizer = load_tokenizer(where, trust_remote_code)
-    model, info = _from_pretrained("model", name, lambda: AutoModelForCausalLM.from_pretrained(
-        where, dtype=DTYPES[dtype], trust_remote_code=trust_remote_code, output_loading_info=True))
-    unfit = sorted(info.get("missing_keys") or []) + sorted(info.get("unexpected_keys") or [])
-    if unfit:  # transformers would go on with freshly initialised (or dropped) weights
-        raise UserError(f"the weights of model '{name}' do not fit its config.json "
-                        f"({len(info.get('missing_keys') or [])} missing, "
-                        f"{len(info.get('unexpected_keys') or [])} unexpected, e.g. {unfit[0]}); "
-                        "re-save the model with save_pretrained")
+    model, tokenizer = _load_checked(AutoModelForCausalLM, "model", name, dtype, trust_remote_code)
     ensure_pad_token(tokenizer, model)
     return model.to(device), tokenizer
+
+
+def load_classifier(name: str, device: str | torch.device = "cpu", trust_remote_code: bool = False):
+    """Load ``(model, tokenizer)`` of a sequence classifier (``AutoModelForSequenceClassification``,
+    e.g. ``unitary/toxic-bert``) in eval mode, float32, with the same checks as :func:`load_model`."""
+    from transformers import AutoModelForSequenceClassification
+
+    model, tokenizer = _load_checked(AutoModelForSequenceClassification, "classifier", name, "float32",
+                                     trust_remote_code)
+    return model.to(device).eval(), tokenizer
 
 
 def apply_adapter(model, adapter: str, lora: Any | None = None, trainable: Sequence[str] = ()):

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 from soulcli.errors import unknown_name
 from soulcli.tasks.base import DataConfig, Headline, Task, TrainSet, encode_train_set
+from soulcli.tasks.detox import DetoxTask, DetoxTaskData
 from soulcli.tasks.muse import MuseTask, MuseTaskData
 from soulcli.tasks.tofu import TofuData, TofuTask
 from soulcli.tasks.wmdp import WmdpTask, WmdpTaskData
 
-TASKS: dict[str, type[Task]] = {t.name: t for t in (TofuTask, MuseTask, WmdpTask)}
+TASKS: dict[str, type[Task]] = {t.name: t for t in (TofuTask, MuseTask, WmdpTask, DetoxTask)}
 
 
 def task_class(name: str) -> type[Task]:
@@ -26,5 +27,5 @@ def get_task(data: DataConfig, name: str) -> Task:
     return task_class(name)(data)
 
 
-__all__ = ["TASKS", "DataConfig", "Headline", "MuseTask", "MuseTaskData", "Task", "TofuData", "TofuTask", "TrainSet",
+__all__ = ["TASKS", "DataConfig", "DetoxTask", "DetoxTaskData", "Headline", "MuseTask", "MuseTaskData", "Task", "TofuData", "TofuTask", "TrainSet",
            "WmdpTask", "WmdpTaskData", "encode_train_set", "get_task", "task_class"]

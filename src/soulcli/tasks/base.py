@@ -77,10 +77,11 @@ class Headline:
     """The metrics a task is judged by.
 
     compare-optimizers selects, per optimizer x objective, the setting with the best ``forget``
-    value (``forget_higher`` says which way is better) among those keeping ``utility`` at least
-    ``compare.utility_ratio`` x the target's; it tabulates ``columns`` (name, short label) and
-    plots ``forget`` against ``utility``. ``unlearn.keep: best`` keeps a run's step by the same
-    rule (``unlearn.utility_floor``; :mod:`soulcli.workflows.tracking`).
+    value (``forget_higher`` says which way is better) among those keeping ``utility`` within
+    :meth:`utility_bound` (``utility_higher``: at least ``compare.utility_ratio`` x the target's;
+    a lower-is-better utility such as perplexity: at most the target's / ``compare.utility_ratio``);
+    it tabulates ``columns`` (name, short label) and plots ``forget`` against ``utility``. ``unlearn.keep: best``
+    keeps a run's step by the same rule (``unlearn.utility_floor``; :mod:`soulcli.workflows.tracking`).
     """
 
     forget: str
@@ -89,6 +90,23 @@ class Headline:
     columns: tuple[tuple[str, str], ...]
     forget_log_scale: bool = False
     plot_file: str = "forget_vs_utility.png"
+    utility_higher: bool = True
+
+    @property
+    def utility_sign(self) -> float:
+        """+1 when a higher utility is better, -1 when lower is (sign x utility: higher is better)."""
+        return 1.0 if self.utility_higher else -1.0
+
+    def utility_bound(self, target: float, ratio: float) -> float:
+        """The utility a setting must keep: ``ratio x target`` (higher is better) or ``target /
+        ratio`` (lower is better: ratio 0.9 allows a perplexity 1.11 x the target's)."""
+        return ratio * target if self.utility_higher else target / ratio
+
+    def utility_rule(self, target: float, ratio: float) -> str:
+        """The selection's utility condition in words."""
+        if self.utility_higher:
+            return f"{self.utility} >= {ratio:g} x target's {target:.3f}"
+        return f"{self.utility} <= target's {target:.3f} / {ratio:g}"
 
     @property
     def tracked(self) -> tuple[str, ...]:

@@ -173,7 +173,7 @@ def select(cells: list[dict], target_utility: float, ratio: float, headline: Hea
                 {**ev, "seed": c["seed"], "mean_win_rate": c["mean_win_rate"], "time_per_step": c["time_per_step"],
                  "peak_memory_mb": c["peak_memory_mb"]})
     out = []
-    floor = ratio * target_utility
+    bound = headline.utility_bound(target_utility, ratio)
     for (objective, optimizer), settings in groups.items():
         best = None
         for (lr, step), evs in settings.items():
@@ -182,7 +182,7 @@ def select(cells: list[dict], target_utility: float, ratio: float, headline: Hea
             if not fq or not mu:
                 continue
             means = {headline.forget: statistics.mean(fq), headline.utility: statistics.mean(mu)}
-            key = tracking.rank(means, headline, floor)
+            key = tracking.rank(means, headline, bound)
             if key is not None and (best is None or key > best[0]):
                 best = (key, {"lr": lr, "step": step, "evs": evs})
         if best is None:
@@ -261,7 +261,7 @@ def plot(cells: list[dict], selected: list[dict], target: dict, out_dir: Path, h
     if headline.forget_log_scale:
         ax.set_yscale("log")
     better = "higher" if headline.forget_higher else "lower"
-    ax.set_xlabel(f"{uk} (mean over seeds; higher is better)")
+    ax.set_xlabel(f"{uk} (mean over seeds; {'higher' if headline.utility_higher else 'lower'} is better)")
     ax.set_ylabel(f"{fk} ({better} is better{', log scale' if headline.forget_log_scale else ''})")
     ax.set_title(f"{fk} vs {uk}, selected setting per optimizer x objective", fontsize=9)
     fig.tight_layout()
@@ -410,8 +410,8 @@ def compare_into(recipe: Recipe, reporter: Reporter, out_dir: Path) -> dict[str,
     seeds_text = (f"lr chosen on seed {c.seeds[0]}, step by the mean over seeds {list(c.seeds)} at that lr"
                   if staged else f"mean over seeds {list(c.seeds)}")
     better = "highest" if headline.forget_higher else "lowest"
-    rule = (f"selected per optimizer x objective: {better} {headline.forget} with {headline.utility} >= "
-            f"{c.utility_ratio:g} x target's {target[headline.utility]:.3f}; {seeds_text}; "
+    rule = (f"selected per optimizer x objective: {better} {headline.forget} with "
+            f"{headline.utility_rule(target[headline.utility], c.utility_ratio)}; {seeds_text}; "
             f"* = no setting met the rule, best utility shown")
     pool = at_selected_lr(results, tuned) if staged else results
     selected = select(pool, target[headline.utility], c.utility_ratio, headline)

@@ -40,14 +40,17 @@ def eval_interval(recipe: Recipe, steps: int) -> int:
     return recipe.unlearn.eval_every or max(1, steps // 5)
 
 
-def rank(entry: dict[str, Any], headline: Headline, floor: float) -> tuple[bool, float, float] | None:
-    """How an evaluated setting ranks under the rule (the greater, the better); None when its
-    forget or utility value is missing or not finite (a NaN never passes the floor)."""
+def rank(entry: dict[str, Any], headline: Headline, bound: float) -> tuple[bool, float, float] | None:
+    """How an evaluated setting ranks under the rule (the greater, the better): first whether its
+    utility keeps ``bound`` (:meth:`Headline.utility_bound`: at least it, or at most it for a
+    lower-is-better utility such as perplexity), then the forget metric, else the utility nearest
+    the bound; None when a value is missing or not finite (a NaN never passes the bound)."""
     forget, utility = entry.get(headline.forget), entry.get(headline.utility)
     if forget is None or utility is None or not (math.isfinite(forget) and math.isfinite(utility)):
         return None
     forget = forget if headline.forget_higher else -forget
-    return (True, forget, utility) if utility >= floor else (False, utility, forget)
+    utility, bound = headline.utility_sign * utility, headline.utility_sign * bound
+    return (True, forget, utility) if utility >= bound else (False, utility, forget)
 
 
 def choose(curve: list[dict[str, Any]], headline: Headline, floor: float) -> dict[str, Any] | None:
@@ -65,8 +68,11 @@ def rule_sentence(headline: Headline, ratio: float, target_utility: float | None
     """The rule in words, with the floor's value."""
     better = "highest" if headline.forget_higher else "lowest"
     target = "nan" if target_utility is None else f"{target_utility:.4g}"
-    return (f"{better} {headline.forget} among evaluated steps with {headline.utility} >= {ratio:g} x "
-            f"the target's {target}; if none, the highest {headline.utility}")
+    if headline.utility_higher:
+        keeps, nearest = f"{headline.utility} >= {ratio:g} x the target's {target}", "highest"
+    else:
+        keeps, nearest = f"{headline.utility} <= the target's {target} / {ratio:g}", "lowest"
+    return f"{better} {headline.forget} among evaluated steps with {keeps}; if none, the {nearest} {headline.utility}"
 
 
 class HeadlineTracker:
@@ -99,7 +105,7 @@ class HeadlineTracker:
     @property
     def floor(self) -> float:
         utility = self.target_utility
-        return math.nan if utility is None else self.ratio * utility
+        return math.nan if utility is None else self.headline.utility_bound(utility, self.ratio)
 
     def evaluate(self, step: int) -> dict[str, Any]:
         """Evaluate the model now, as step ``step``; returns the curve's new entry."""

@@ -8,8 +8,9 @@ from soulcli.eval.kinds.likelihood import AnswerProb, NormalizedProb, TruthRatio
 from soulcli.eval.kinds.memorization import ExactMemorization, ExtractionStrength
 from soulcli.eval.kinds.mia import MembershipAUC, PrivLeak
 from soulcli.eval.kinds.rouge import GeneratedRouge
+from soulcli.eval.kinds.toxicity import Perplexity, ToxicRate
 
 __all__ = [
     "AnswerProb", "ChoiceAccuracy", "ExactMemorization", "GeneratedBleu", "ExtractionStrength", "GeneratedRouge", "HarmonicMean",
-    "KSTest", "MembershipAUC", "NormalizedProb", "PrivLeak", "TruthRatio",
+    "KSTest", "MembershipAUC", "NormalizedProb", "Perplexity", "PrivLeak", "ToxicRate", "TruthRatio",
 ]
