@@ -95,21 +95,6 @@ PINNED_MUSE = Path(__file__).resolve().parents[1] / "assets" / "pinned_micro_mus
 def test_first_losses_and_final_metrics_match_the_stored_values(muse_run):
     """The micro MUSE run's finetune and unlearning losses and final metrics, pinned like
     test_cli_pinned.py's (same tolerances; SOUL_PIN_REFRESH=1 rewrites the file)."""
-    from test_cli_pinned import ATOL, REFRESH, RTOL, _close, _rows
+    from test_cli_pinned import check_task_pins
 
-    target = Path(muse_run["finetuned"]["models"]["target"]["path"])
-    metrics = json.loads((muse_run["run"] / "summary.json").read_text())["metrics"]
-    got = {"rows": _rows(muse_run["run"] / "metrics.jsonl"),
-           "finetune_rows": [{k: r[k] for k in ("step", "loss")} for r in _rows(target / "metrics.jsonl")],
-           "aggregates": {k: metrics[k] for k in NAMES}}
-    if REFRESH:
-        PINNED_MUSE.write_text(json.dumps(got, indent=1) + "\n")
-        pytest.skip(f"refreshed {PINNED_MUSE}")
-    want = json.loads(PINNED_MUSE.read_text())
-    assert len(want["rows"]) == 4 and want["rows"][0]["loss"] != want["rows"][-1]["loss"]
-    for key in ("rows", "finetune_rows"):
-        assert len(got[key]) == len(want[key])
-        for g, w in zip(got[key], want[key]):
-            assert g.keys() == w.keys()
-            assert all(_close(g[k], w[k], RTOL, 0.0) for k in w), (key, g, w)
-    assert all(_close(got["aggregates"][k], v, 0.0, ATOL) for k, v in want["aggregates"].items()), got
+    check_task_pins(muse_run, NAMES, PINNED_MUSE, 4)

@@ -54,6 +54,28 @@ def _close(got: float | None, want: float | None, rtol: float, atol: float) -> b
     return abs(got - want) <= atol + rtol * abs(want)
 
 
+def check_task_pins(run: dict, names, pinned: Path, n_rows: int) -> None:
+    """A task's micro run (``run``: the fixture's finetune record and run folder) against its
+    pinned file: finetune and unlearning losses (RTOL), final ``names`` metrics (ATOL);
+    SOUL_PIN_REFRESH=1 rewrites the file."""
+    target = Path(run["finetuned"]["models"]["target"]["path"])
+    metrics = json.loads((run["run"] / "summary.json").read_text())["metrics"]
+    got = {"rows": _rows(run["run"] / "metrics.jsonl"),
+           "finetune_rows": [{k: r[k] for k in ("step", "loss")} for r in _rows(target / "metrics.jsonl")],
+           "aggregates": {k: metrics[k] for k in names}}
+    if REFRESH:
+        pinned.write_text(json.dumps(got, indent=1) + "\n")
+        pytest.skip(f"refreshed {pinned}")
+    want = json.loads(pinned.read_text())
+    assert len(want["rows"]) == n_rows and want["rows"][0]["loss"] != want["rows"][-1]["loss"]
+    for key in ("rows", "finetune_rows"):
+        assert len(got[key]) == len(want[key])
+        for g, w in zip(got[key], want[key]):
+            assert g.keys() == w.keys()
+            assert all(_close(g[k], w[k], RTOL, 0.0) for k in w), (key, g, w)
+    assert all(_close(got["aggregates"][k], v, 0.0, ATOL) for k, v in want["aggregates"].items()), got
+
+
 def test_first_losses_and_final_metrics_match_the_stored_values(measured):
     if REFRESH:
         PINNED.write_text(json.dumps(measured, indent=1) + "\n")
