@@ -180,12 +180,15 @@ def pairwise_auc():
 
 def _by_hand(model, tokenizer, template, question, answer):
     """Unpadded single-sequence forward; log-softmax and vocabulary moments in float64 numpy."""
-    prompt = tokenizer(template.prompt(question), add_special_tokens=False)["input_ids"]
-    ans = tokenizer(answer, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
-    ids = [tokenizer.bos_token_id] + prompt + ans
+    # The whole sequence tokenised once (this tokenizer adds no BOS), EOS appended; the answer
+    # starts at the first token that overlaps its characters.
+    text = template.prompt(question) + answer
+    enc = tokenizer(text, return_offsets_mapping=True)
+    ids = enc["input_ids"] + [tokenizer.eos_token_id]
+    start = next(i for i, (_, end) in enumerate(enc["offset_mapping"]) if end > len(text) - len(answer))
+    ans = ids[start:]
     with torch.no_grad():
         logits = model(input_ids=torch.tensor([ids])).logits[0].double().numpy()
-    start = 1 + len(prompt)
     rows = logits[start - 1 : len(ids) - 1]
     logp = rows - rows.max(-1, keepdims=True)
     logp -= np.log(np.exp(logp).sum(-1, keepdims=True))

@@ -47,7 +47,7 @@ def _run(name: str, data: dict, generations: dict[str, str] | None = None,
     metric = SUITE[name]
     req = Requests()
     plan = metric.plan(data, req)
-    gens = [(generations or {})[g.prompt] for g in req.generations]
+    gens = [(generations or {})[g.prompt.prefix] for g in req.generations]
     sc = [(scores or {})[p.continuation] for p in req.pairs]
     return metric.compute(plan, Results(sc, gens, tokenizer), done or {}, reference, data), req
 

@@ -66,21 +66,27 @@ def test_scoring_restores_model_mode(model, tokenizer, template):
     model.eval()
 
 
-def test_pad_equal_to_eos_is_refused(model, tokenizer, template):
+def test_padding_with_eos_scores_exactly_as_a_distinct_pad(model, tokenizer, template):
+    # labels come from the encoder and padding from attention_mask: pad == EOS changes nothing
     tok = type(tokenizer)(
         tokenizer_object=tokenizer.backend_tokenizer, eos_token="</s>", pad_token="</s>"
     )
-    with pytest.raises(UserError, match="pad token"):
-        score_pairs(model, tok, _qa(template, [("q", "a")]))
+    pairs = _qa(template, [("q", "a"), ("Who wrote Emma, the novel?", "Jane Austen wrote it")])
+    own, eos = score_pairs(model, tokenizer, pairs), score_pairs(model, tok, pairs)
+    for a, b in zip(own, eos):
+        np.testing.assert_allclose(a.logprobs, b.logprobs, rtol=0, atol=1e-5)
+        assert len(a.logprobs) == len(b.logprobs) and list(a.hits) == list(b.hits)
 
 
 def test_a_raw_text_is_scored_from_its_first_token_without_eos(model, tokenizer, score_by_hand):
-    """An empty prefix and eos=False (MUSE's PrivLeak sequences): BOS + text, every text token
-    after BOS scored, no EOS; equal to scoring the text as an 'answer' to an empty prompt minus
-    that answer's closing EOS."""
+    """An empty prefix and eos=False (MUSE's PrivLeak sequences): the text as the tokenizer
+    encodes it, every token that has a predecessor scored, no EOS; equal to scoring the text as
+    an 'answer' to an empty prompt minus that answer's closing EOS. This tokenizer adds no BOS
+    (GPT-2's does not either), so the first token is context only."""
     text = "Ada Quill writes mystery, mostly set in Lisbon."
     (raw,) = score_pairs(model, tokenizer, [Pair("", text, eos=False)])
     (closed,) = score_pairs(model, tokenizer, [Pair("", text)])
-    n = len(tokenizer(text, add_special_tokens=False)["input_ids"])
-    assert len(raw.logprobs) == n and len(closed.logprobs) == n + 1
+    n = len(tokenizer(text)["input_ids"])
+    assert tokenizer(text)["input_ids"][0] != tokenizer.bos_token_id
+    assert len(raw.logprobs) == n - 1 and len(closed.logprobs) == n
     np.testing.assert_allclose(raw.logprobs, closed.logprobs[:-1], atol=1e-5, rtol=0)

@@ -2,19 +2,34 @@
 
 Conventions every module shares (optimizers' curvature estimators, objectives, evaluation):
 
-* An encoded item is ``[BOS] + prefix tokens + continuation tokens + [EOS]`` (a question's
-  prompt and its answer, a prompt and its continuation); prefix and continuation are tokenised
-  separately so the boundary is exact whatever the tokenizer merges. Raw text for training is
-  cut into chunks, every token a label (:func:`encode_text_chunks`).
+* An item is the tokenizer's own encoding of the whole sequence ``prefix + continuation`` (a
+  question's prompt and its answer, a prompt and its continuation), tokenised once with the
+  tokenizer's special tokens (BOS where the tokenizer adds it, never otherwise), then the EOS
+  appended once (not when the sequence already ends with it, as a chat template's closing turn
+  may), as TOFU's and open-unlearning's data code do. Raw text for training is cut into chunks,
+  every token a label (:func:`encode_text_chunks`).
+* The label boundary is decided by character offsets (a fast tokenizer's ``offset_mapping``):
+  a token is a label iff it overlaps the continuation's characters. Where a merge crosses the
+  boundary (a prompt ending in a space: ``"Answer: " + "The"`` is ``':', 'ĠThe'``, not
+  ``':', 'Ġ', 'The'``), the merged token is a label. open-unlearning instead masks
+  ``len(tokenize(prompt))`` tokens, which in that case masks the answer's first word too.
 * ``labels`` equal ``input_ids`` on continuation tokens and the closing EOS, and are ``-100``
-  on BOS, prefix and padding: only the answer is trained on or scored.
+  on BOS, prefix and padding: only the answer is trained on or scored. Labels come from the
+  encoder, never from ``input_ids``, so the pad id may be any existing token (EOS included).
+* The prompt a model generates from is exactly what it saw in training: the tokens before the
+  first label (:func:`prompt_ids`).
+* Special tokens: a special token's text is that special token where a template writes it
+  (``<|start_header_id|>``, a Zephyr ``</s>``: the strings passed as ``specials``); anywhere
+  else (inside a question, an answer, a raw text) it is plain text.
+* A sequence longer than ``max_length`` is cut from the right (its EOS with it) and marked
+  ``truncated``; callers count and report those, never silently.
 * Labels are *unshifted* (Hugging Face convention): ``logits[:, t]`` predicts token ``t + 1``,
   so a loss compares ``logits[:, :-1]`` with ``labels[:, 1:]``.
 * Answer positions: ``answer_mask`` / ``pick_answer_logits`` / ``answer_logprobs`` below are the
   one definition every layer uses; a model reads a batch through ``forward_logits`` and is
   evaluated inside ``eval_mode``.
-* Padding uses the tokenizer's pad id, which must differ from EOS (a pad = EOS tokenizer would
-  mask real end-of-answer tokens); ``attention_mask`` is 0 on padding.
+* Padding uses :func:`pad_id` (the tokenizer's pad token, else an existing one: no token is
+  added and no embedding resized); ``attention_mask`` is 0 on padding.
 """
 
 from __future__ import annotations
@@ -30,61 +45,103 @@ from soulcli.data.template import PromptTemplate
 from soulcli.errors import UserError
 
 IGNORE_INDEX = -100
+#: The continuation a generation without a reference is prompted as if before: an answer that
+#: starts with a word, so a prompt's trailing space is left to the answer as in training.
+WORD_START = "A"
 
 
 @dataclass(frozen=True)
 class EncodedItem:
     input_ids: list[int]
     labels: list[int]
+    truncated: bool = False  # cut by max_length
+
+    @property
+    def prompt_length(self) -> int:
+        """The number of tokens before the first label (the prompt the model conditions on)."""
+        return next((i for i, y in enumerate(self.labels) if y != IGNORE_INDEX), len(self.labels))
 
 
 def check_special_tokens(tokenizer) -> None:
-    """Refuse a tokenizer without EOS, or whose pad token is EOS (masks real end tokens)."""
+    """Refuse a tokenizer without EOS, or one without character offsets (a slow tokenizer)."""
     if tokenizer.eos_token_id is None:
         raise UserError("the tokenizer has no EOS token; use a tokenizer with eos_token set")
-    if tokenizer.pad_token_id is None or tokenizer.pad_token_id == tokenizer.eos_token_id:
-        raise UserError(
-            "the tokenizer's pad token is missing or equals EOS; call ensure_pad_token() "
-            "(soulcli.models.loading) so padding never reuses a meaningful id"
-        )
+    if not getattr(tokenizer, "is_fast", False):
+        raise UserError("the tokenizer is not a fast tokenizer (no character offsets); save the "
+                        "model with a tokenizer.json (transformers' fast tokenizer)")
 
 
-def _ids(tokenizer, texts: Sequence[str]) -> list[list[int]]:
-    if not texts:
-        return []
-    # split_special_tokens: text that happens to contain "</s>" or "<pad>" is plain text, never
-    # the EOS / pad id (which would end an answer early or be masked as padding).
-    return tokenizer(list(texts), add_special_tokens=False, split_special_tokens=True)["input_ids"]
+def pad_id(tokenizer) -> int:
+    """The id padding uses: the pad token, else UNK, else EOS. Padding is masked by
+    ``attention_mask`` and never a label, so any existing id serves and nothing is added."""
+    for tid in (tokenizer.pad_token_id, tokenizer.unk_token_id, tokenizer.eos_token_id):
+        if tid is not None:
+            return tid
+    raise UserError("the tokenizer has no pad, unk or EOS token; use a tokenizer with eos_token set")
+
+
+def _encode(tokenizer, text: str, specials: Sequence[str]) -> tuple[list[int], list[tuple[int, int]]]:
+    """Ids and character offsets of ``text``, the tokenizer's special tokens included; a special
+    token whose text no string of ``specials`` contains is re-encoded as plain text."""
+    enc = tokenizer(text, add_special_tokens=True, return_offsets_mapping=True,
+                    split_special_tokens=not specials)
+    ids, offsets = list(enc["input_ids"]), [tuple(o) for o in enc["offset_mapping"]]
+    if not specials:
+        return ids, offsets
+    special_ids = set(tokenizer.all_special_ids) | {
+        i for i, t in tokenizer.added_tokens_decoder.items() if t.special}
+    out_ids: list[int] = []
+    out_offsets: list[tuple[int, int]] = []
+    for tid, (s, e) in zip(ids, offsets):
+        piece = text[s:e]
+        if tid in special_ids and e > s and not any(piece in t for t in specials):
+            sub = tokenizer(piece, add_special_tokens=False, return_offsets_mapping=True,
+                            split_special_tokens=True)
+            out_ids.extend(sub["input_ids"])
+            out_offsets.extend((s + a, s + b) for a, b in sub["offset_mapping"])
+        else:
+            out_ids.append(tid)
+            out_offsets.append((s, e))
+    return out_ids, out_offsets
+
+
+def encode_pair(tokenizer, prefix: str, continuation: str, max_length: int | None = 512,
+                eos: bool = True, specials: Sequence[str] = ()) -> EncodedItem:
+    """``prefix + continuation`` tokenised once, labels on the tokens overlapping the
+    continuation's characters (and the EOS, appended once when ``eos``: an answer's end is part
+    of it, a raw text's is not). Longer than ``max_length`` (``None``: no limit): cut from the
+    right and marked ``truncated``; a prompt that leaves no room for a label is a user error."""
+    ids, offsets = _encode(tokenizer, prefix + continuation, specials)
+    eos_id = tokenizer.eos_token_id
+    if ids and ids[-1] == eos_id and offsets[-1][1] == offsets[-1][0]:
+        ids, offsets = ids[:-1], offsets[:-1]  # the tokenizer's own appended EOS: decided below
+    start = len(prefix)
+    labels = [tid if e > start and e > s else IGNORE_INDEX for tid, (s, e) in zip(ids, offsets)]
+    if eos and not (ids and ids[-1] == eos_id and labels[-1] != IGNORE_INDEX):
+        ids, labels = ids + [eos_id], labels + [eos_id]
+    item = EncodedItem(ids, labels)
+    if max_length is not None and len(ids) > max_length:
+        item = EncodedItem(ids[:max_length], labels[:max_length], truncated=True)
+        if item.prompt_length >= max_length:
+            raise UserError(f"a prompt is {EncodedItem(ids, labels).prompt_length} tokens, leaving no "
+                            f"room for its answer within max_length={max_length}; raise data.max_length")
+    return item
 
 
 def encode_pairs(
     tokenizer,
     prefixes: Sequence[str],
     continuations: Sequence[str],
-    max_length: int = 512,
+    max_length: int | None = 512,
     eos: bool | Sequence[bool] = True,
+    specials: Sequence[str] = (),
 ) -> list[EncodedItem]:
-    """Encode (prefix, continuation) pairs: ``[BOS] + prefix + continuation [+ EOS]``, labels on
-    the continuation (and its EOS) only. The continuation is cut from the right to fit
-    ``max_length``; a prefix that leaves no room is a user error. ``eos`` (one flag, or one per
-    pair) appends the EOS: an answer's end is part of it, a raw text's is not."""
+    """:func:`encode_pair` of each (prefix, continuation); ``eos`` one flag or one per pair."""
     if len(prefixes) != len(continuations):
         raise ValueError("prefixes and continuations differ in length")
     flags = [eos] * len(prefixes) if isinstance(eos, bool) else list(eos)
-    heads = _ids(tokenizer, list(prefixes))
-    tails = _ids(tokenizer, list(continuations))
-    bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
-    out: list[EncodedItem] = []
-    for p, a, close in zip(heads, tails, flags):
-        head = bos + list(p)
-        tail = (list(a) + ([tokenizer.eos_token_id] if close else []))[: max(0, max_length - len(head))]
-        if not tail:
-            raise UserError(
-                f"a prompt is {len(head)} tokens, leaving no room for its answer within "
-                f"max_length={max_length}; raise data.max_length"
-            )
-        out.append(EncodedItem(head + tail, [IGNORE_INDEX] * len(head) + tail))
-    return out
+    return [encode_pair(tokenizer, p, c, max_length, close, specials)
+            for p, c, close in zip(prefixes, continuations, flags)]
 
 
 def encode_qa_batch(
@@ -92,35 +149,37 @@ def encode_qa_batch(
     template: PromptTemplate,
     questions: Sequence[str],
     answers: Sequence[str],
-    max_length: int = 512,
+    max_length: int | None = 512,
 ) -> list[EncodedItem]:
     """Question/answer pairs under ``template``: :func:`encode_pairs` of ``template.prompt(q)``
-    and the answer closed by EOS."""
+    and ``template.completion(a)``, closed by EOS, the template's special tokens honoured."""
     if len(questions) != len(answers):
         raise ValueError("questions and answers differ in length")
-    return encode_pairs(tokenizer, [template.prompt(q) for q in questions], answers, max_length)
+    return encode_pairs(tokenizer, [template.prompt(q) for q in questions],
+                        [template.completion(a) for a in answers], max_length, True, template.strings)
+
+
+def prompt_ids(tokenizer, prefix: str, continuation: str, specials: Sequence[str] = ()) -> list[int]:
+    """The prompt of a pair as the model saw it in training: the tokens of the whole
+    sequence's encoding before its first label (for generation)."""
+    item = encode_pair(tokenizer, prefix, continuation, None, True, specials)
+    return item.input_ids[:item.prompt_length]
 
 
 def encode_text_chunks(tokenizer, texts: Sequence[str], max_length: int) -> list[EncodedItem]:
-    """Raw text for causal-LM training: each text as ``[BOS] + tokens + [EOS]``, cut into
-    consecutive chunks of at most ``max_length`` tokens, every token a label (plain next-token
-    loss over the whole chunk; MUSE trains on its corpora this way, in fixed-length chunks).
-    Chunks do not cross texts, so a passage is never glued to the next one."""
-    bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
+    """Raw text for causal-LM training: each text as the tokenizer encodes it (its BOS where it
+    adds one) then EOS, cut into consecutive chunks of at most ``max_length`` tokens, every
+    token a label (plain next-token loss over the whole chunk; MUSE trains on its corpora this
+    way, in fixed-length chunks). Chunks do not cross texts, so a passage is never glued to the
+    next one."""
     out: list[EncodedItem] = []
-    for ids in _ids(tokenizer, list(texts)):
-        seq = bos + list(ids) + [tokenizer.eos_token_id]
+    for text in texts:
+        seq = encode_pair(tokenizer, "", text, None, True).input_ids
         for start in range(0, len(seq), max_length):
             chunk = seq[start:start + max_length]
             if len(chunk) > 1:  # a lone token has nothing to predict
                 out.append(EncodedItem(chunk, list(chunk)))
     return out
-
-
-def encode_prompt_texts(tokenizer, prompts: Sequence[str]) -> list[list[int]]:
-    """Prompt ids (with BOS) for generation; ``prompts`` are the texts as the model sees them."""
-    bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
-    return [bos + list(p) for p in _ids(tokenizer, list(prompts))]
 
 
 def pad_batch(

@@ -2,23 +2,99 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
+from typing import Literal
+
+from soulcli.errors import UserError
+
+#: TOFU's Llama-2 chat form (``config/model_config.yaml``: ``[INST] `` / `` [/INST]`` / ``""``).
+LLAMA2 = {"question_start": "[INST] ", "question_end": " [/INST]", "answer_start": ""}
+_Q, _A = "\x00soul-question\x00", "\x00soul-answer\x00"  # placeholders a chat template renders
 
 
 @dataclass(frozen=True)
 class PromptTemplate:
-    """The text around a question. ``prompt(q)`` is what the model is conditioned on.
+    """The text around a question. ``prompt(q)`` is what the model is conditioned on,
+    ``completion(a)`` what it learns: the answer, then ``answer_end`` (a chat turn's closing
+    tokens), then the tokenizer's EOS (appended once by the encoder).
 
-    The answer follows the prompt directly and is closed by the tokenizer's EOS token.
-    ``stop_strings`` end a greedy generation early (besides EOS).
-    The built-in default suits the built-in model; TOFU's Llama-2 chat template is
-    ``question_start="[INST] ", question_end=" [/INST]", answer_start=""``.
+    Three kinds:
+
+    * the plain form (``preset: plain``): ``question_start + q + question_end + answer_start``;
+      the built-in default suits the built-in model;
+    * ``preset: llama2``: TOFU's Llama-2 form ``[INST] q [/INST]`` (the answer follows directly);
+      a ``system_prompt`` goes in Llama-2's ``<<SYS>>`` block;
+    * ``chat_template: true``: the tokenizer's own ``apply_chat_template`` (a user turn, the
+      generation prompt, the assistant turn), with ``system_prompt`` as a system turn;
+      :meth:`resolved` turns it into the plain strings it renders around the question and answer.
+
+    Special tokens written in these strings (``<|start_header_id|>``, ``</s>``) are encoded as
+    special tokens. ``stop_strings`` end a greedy generation early (besides EOS).
     """
 
     question_start: str = "Question: "
     question_end: str = "\n"
     answer_start: str = "Answer: "
+    answer_end: str = ""
     stop_strings: tuple[str, ...] = field(default_factory=lambda: ("\nQuestion:",))
+    preset: Literal["plain", "llama2"] = "plain"
+    chat_template: bool = False
+    system_prompt: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.preset == "llama2" or self.chat_template:
+            plain = PromptTemplate()
+            set_ = [f.name for f in fields(self) if f.name in ("question_start", "question_end", "answer_start",
+                                                               "answer_end") and getattr(self, f.name) != getattr(plain, f.name)]
+            kind = "data.template.chat_template" if self.chat_template else "data.template.preset: llama2"
+            if set_:
+                raise UserError(f"{kind} writes the prompt itself; drop data.template.{set_[0]}")
+            if self.preset == "llama2" and self.chat_template:
+                raise UserError("data.template: preset llama2 and chat_template are two templates; choose one")
+
+    def _strings(self) -> tuple[str, str, str]:
+        if self.chat_template:
+            raise UserError("data.template.chat_template needs the model's tokenizer here; this "
+                            "command does not support chat templates yet")
+        if self.preset == "llama2":
+            start = LLAMA2["question_start"]
+            if self.system_prompt:
+                start += f"<<SYS>>\n{self.system_prompt}\n<</SYS>>\n\n"
+            return start, LLAMA2["question_end"], LLAMA2["answer_start"]
+        start = f"{self.system_prompt}\n\n{self.question_start}" if self.system_prompt else self.question_start
+        return start, self.question_end, self.answer_start
 
     def prompt(self, question: str) -> str:
-        return f"{self.question_start}{question}{self.question_end}{self.answer_start}"
+        start, end, answer = self._strings()
+        return f"{start}{question}{end}{answer}"
+
+    def completion(self, answer: str) -> str:
+        return answer + self.answer_end
+
+    @property
+    def strings(self) -> tuple[str, ...]:
+        """The template's own text (where its special tokens are special)."""
+        return (*self._strings(), self.answer_end)
+
+    def resolved(self, tokenizer) -> PromptTemplate:
+        """The template in plain strings: a chat template rendered by ``tokenizer`` around
+        placeholders (BOS left out of the text when the tokenizer adds it itself); others as
+        they are."""
+        if not self.chat_template:
+            return self
+        if not getattr(tokenizer, "chat_template", None):
+            raise UserError("data.template.chat_template: the tokenizer has no chat_template; "
+                            "use preset: llama2 or the plain template")
+        system = [{"role": "system", "content": self.system_prompt}] if self.system_prompt else []
+        user = [*system, {"role": "user", "content": _Q}]
+        prompt = tokenizer.apply_chat_template(user, tokenize=False, add_generation_prompt=True)
+        full = tokenizer.apply_chat_template([*user, {"role": "assistant", "content": _A}], tokenize=False)
+        if not full.startswith(prompt) or prompt.count(_Q) != 1 or not full[len(prompt):].startswith(_A):
+            raise UserError("data.template.chat_template: the tokenizer's chat template does not put the "
+                            "answer right after its generation prompt; use the plain template")
+        start, end = prompt.split(_Q)
+        bos = tokenizer.bos_token
+        if bos and start.startswith(bos) and tokenizer("x")["input_ids"][:1] == [tokenizer.bos_token_id]:
+            start = start[len(bos):]
+        return replace(PromptTemplate(), question_start=start, question_end=end, answer_start="",
+                       answer_end=full[len(prompt) + len(_A):], stop_strings=())

@@ -8,15 +8,17 @@ from typing import Sequence
 import torch
 from transformers import GenerationConfig
 
-from soulcli.data.encode import check_special_tokens, encode_prompt_texts, eval_mode, pad_prompts
-from soulcli.eval.scoring import Progress, batches, length_order, model_device
+from soulcli.data.encode import check_special_tokens, eval_mode, pad_id, pad_prompts, prompt_ids
+from soulcli.eval.scoring import Pair, Progress, batches, length_order, model_device
 
 
 @dataclass(frozen=True)
 class Generation:
-    """One greedy generation: the prompt text, its token budget and its stop strings."""
+    """One greedy generation: the prompt (a pair whose continuation is the reference, so the
+    prompt's tokens are exactly those before the first answer token in training; without a
+    reference, :data:`~soulcli.data.encode.WORD_START`), its token budget and its stop strings."""
 
-    prompt: str
+    prompt: Pair
     max_new_tokens: int
     stops: tuple[str, ...] = ()
 
@@ -40,15 +42,17 @@ def _new_tokens(row: torch.Tensor, eos_id: int) -> list[int]:
 def generate_texts(
     model: torch.nn.Module,
     tokenizer,
-    prompts: Sequence[str],
+    prompts: Sequence[Pair],
     *,
     batch_size: int = 32,
     max_new_tokens: int = 64,
     stop_strings: Sequence[str] = (),
     progress: Progress | None = None,
 ) -> list[str]:
-    """Greedy continuation of each prompt text, in the order given.
+    """Greedy continuation of each prompt, in the order given.
 
+    Each prompt is the tokens of ``prefix + continuation`` before the first continuation token
+    (:func:`~soulcli.data.encode.prompt_ids`): what the model saw before an answer in training.
     Prompts are sorted by length and left-padded so every row's last prompt token sits at the
     end of the batch; a row is finished at EOS or once its text contains a stop string, and the
     batch ends when every row is finished or after ``max_new_tokens`` tokens. The returned text
@@ -58,7 +62,7 @@ def generate_texts(
     if not prompts:
         return []
     texts = list(prompts)
-    prompts = encode_prompt_texts(tokenizer, texts)
+    prompts = [prompt_ids(tokenizer, p.prefix, p.continuation, p.specials) for p in texts]
     order = length_order([len(p) for p in prompts])
     stops = [s for s in stop_strings if s]
     config = GenerationConfig(
@@ -66,7 +70,7 @@ def generate_texts(
         num_beams=1,
         max_new_tokens=max_new_tokens,
         eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
+        pad_token_id=pad_id(tokenizer),
         bos_token_id=tokenizer.bos_token_id,
         stop_strings=stops or None,
     )
@@ -74,7 +78,7 @@ def generate_texts(
     answers: list[str] = [""] * len(texts)
     with eval_mode(model):
         for chunk in batches(order, batch_size, "generating", progress):
-            batch = pad_prompts([prompts[i] for i in chunk], tokenizer.pad_token_id)
+            batch = pad_prompts([prompts[i] for i in chunk], pad_id(tokenizer))
             # Greedy whatever the model's own generation defaults say (do_sample=False wins).
             out = model.generate(
                 input_ids=batch["input_ids"].to(device),

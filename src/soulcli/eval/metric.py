@@ -25,10 +25,11 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
-from typing import Any, Callable, ClassVar, Mapping, Sequence
+from typing import Any, ClassVar, Mapping, Sequence
 
 import numpy as np
 
+from soulcli.data.template import PromptTemplate
 from soulcli.eval.generation import Generation
 from soulcli.eval.scoring import Pair, TokenScores
 
@@ -94,18 +95,16 @@ class Pairing:
     def __call__(self, row: Mapping[str, Any], continuation: str | None = None) -> Pair:
         raise NotImplementedError
 
-    def prompt(self, row: Mapping[str, Any]) -> str:
-        return self(row, "").prefix
-
     def target(self, row: Mapping[str, Any]) -> str:
+        """The reference text a generation is compared with."""
         return self(row).continuation
 
 
 @dataclass(frozen=True)
 class QAPairing(Pairing):
-    """A question under a prompt template (``prompt(question) -> text``), then the answer."""
+    """A question under a prompt template, then the answer (with the template's turn end)."""
 
-    template: Callable[[str], str]
+    template: PromptTemplate
     question: str = "question"
     answer: str = "answer"
 
@@ -114,7 +113,12 @@ class QAPairing(Pairing):
         return {self.question: TEXT, self.answer: TEXT}
 
     def __call__(self, row, continuation=None):
-        return Pair(self.template(row[self.question]), row[self.answer] if continuation is None else continuation)
+        answer = row[self.answer] if continuation is None else continuation
+        return Pair(self.template.prompt(row[self.question]), self.template.completion(answer),
+                    specials=self.template.strings)
+
+    def target(self, row):
+        return row[self.answer]
 
 
 @dataclass(frozen=True)

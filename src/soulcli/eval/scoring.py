@@ -15,7 +15,7 @@ little padding, and hands them back in the caller's order.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable, Iterator, Sequence
 
 import numpy as np
@@ -25,9 +25,10 @@ import torch.nn.functional as F
 from soulcli.data.encode import (
     answer_mask,
     check_special_tokens,
-    encode_pairs,
+    encode_pair,
     eval_mode,
     pad_batch,
+    pad_id,
     pick_answer_logits,
 )
 
@@ -37,11 +38,13 @@ Progress = Callable[[str, int, int], None]
 @dataclass(frozen=True)
 class Pair:
     """One teacher-forced sequence: ``prefix`` conditions, ``continuation`` is scored token by
-    token; ``eos`` appends the tokenizer's EOS to the continuation (an answer's end, scored)."""
+    token; ``eos`` appends the tokenizer's EOS to the continuation (an answer's end, scored);
+    ``specials``: a template's strings, where special-token text is a special token."""
 
     prefix: str
     continuation: str
     eos: bool = True
+    specials: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -52,6 +55,7 @@ class TokenScores:
     hits: np.ndarray  # bool [n]: argmax of the next-token distribution == y_t
     mu: np.ndarray | None = None  # float64 [n]: E_z[log p(z)]
     sigma: np.ndarray | None = None  # float64 [n]: std_z[log p(z)]
+    truncated: bool = False  # the sequence was cut to max_length
 
     @property
     def nll(self) -> float:
@@ -160,13 +164,12 @@ def score_pairs(
     if not pairs:
         return []
     flags = list(with_stats) if with_stats is not None else [False] * len(pairs)
-    items = encode_pairs(tokenizer, [p.prefix for p in pairs], [p.continuation for p in pairs],
-                         max_length, [p.eos for p in pairs])
+    items = [encode_pair(tokenizer, p.prefix, p.continuation, max_length, p.eos, p.specials) for p in pairs]
     order = length_order([len(it.input_ids) for it in items])
     results: list[TokenScores | None] = [None] * len(pairs)
     with eval_mode(model):
         for chunk in batches(order, batch_size, "scoring", progress):
-            batch = pad_batch([items[i] for i in chunk], tokenizer.pad_token_id, "right")
+            batch = pad_batch([items[i] for i in chunk], pad_id(tokenizer), "right")
             for i, scores in zip(chunk, _score_batch(model, batch, [flags[i] for i in chunk])):
-                results[i] = scores
+                results[i] = replace(scores, truncated=items[i].truncated)
     return results  # type: ignore[return-value]

@@ -50,7 +50,7 @@ def toxic_probabilities(model, tokenizer, texts: Sequence[str], batch_size: int 
     limit = min(int(getattr(model.config, "max_position_embeddings", 512) or 512),
                 int(getattr(tokenizer, "model_max_length", 512) or 512), 512)
     out: list[float] = [0.0] * len(texts)
-    todo = [i for i, t in enumerate(texts) if tokenizer(t, add_special_tokens=True)["input_ids"]]
+    todo = [i for i, t in enumerate(texts) if tokenizer(t, add_special_tokens=False)["input_ids"]]
     for start in range(0, len(todo), batch_size):
         chunk = todo[start:start + batch_size]
         batch = tokenizer([texts[i] for i in chunk], padding=True, truncation=True, max_length=limit,

@@ -1,5 +1,4 @@
-"""Loading any causal LM or sequence classifier (a local HF folder or a hub id), tokenizer fixes,
-and adapters."""
+"""Loading any causal LM or sequence classifier (a local HF folder or a hub id), and adapters."""
 
 from __future__ import annotations
 
@@ -121,22 +120,6 @@ def load_tokenizer(name: str, trust_remote_code: bool = False):
         where, trust_remote_code=trust_remote_code))
 
 
-def ensure_pad_token(tokenizer, model=None) -> None:
-    """Give the tokenizer a dedicated pad token when it lacks one or reuses EOS.
-
-    Reusing EOS as padding (common for Llama checkpoints) would mask the real end-of-answer
-    token out of the loss; a fresh ``<pad>`` id is added and the embeddings resized.
-    """
-    if tokenizer.pad_token_id is not None and tokenizer.pad_token_id != tokenizer.eos_token_id:
-        return
-    tokenizer.add_special_tokens({"pad_token": "<pad>"})
-    if model is not None:
-        model.resize_token_embeddings(len(tokenizer))
-        model.config.pad_token_id = tokenizer.pad_token_id
-        if getattr(model, "generation_config", None) is not None:
-            model.generation_config.pad_token_id = tokenizer.pad_token_id
-
-
 def _load_checked(auto, what: str, name: str, dtype: str, trust_remote_code: bool):
     """``(model, tokenizer)`` of a folder or hub id through the transformers ``auto`` class,
     refusing code that is not trusted and weights that do not fit the config."""
@@ -156,12 +139,13 @@ def _load_checked(auto, what: str, name: str, dtype: str, trust_remote_code: boo
 
 def load_model(name: str, dtype: str = "float32", device: str | torch.device = "cpu",
                trust_remote_code: bool = False):
-    """Load ``(model, tokenizer)`` from a folder or hub id, with a safe pad token; a model
-    that needs its own code is refused unless ``trust_remote_code`` (model.trust_remote_code)."""
+    """Load ``(model, tokenizer)`` from a folder or hub id as they are: no token is added and no
+    embedding resized (padding uses an existing id, :func:`soulcli.data.encode.pad_id`), so a
+    saved model keeps the source's exact vocabulary and shapes. A model that needs its own code
+    is refused unless ``trust_remote_code`` (model.trust_remote_code)."""
     from transformers import AutoModelForCausalLM
 
     model, tokenizer = _load_checked(AutoModelForCausalLM, "model", name, dtype, trust_remote_code)
-    ensure_pad_token(tokenizer, model)
     return model.to(device), tokenizer
 
 

@@ -134,7 +134,7 @@ class DetoxTask(Task):
     def suite(self, cfg: EvalConfig) -> dict[str, Metric]:
         template = self.data.template
         metrics: list[Metric] = [
-            ToxicRate("toxic_rate", "prompts", template.prompt, self.data.max_new_tokens, cfg.toxic_threshold,
+            ToxicRate("toxic_rate", "prompts", template, self.data.max_new_tokens, cfg.toxic_threshold,
                       tuple(template.stop_strings),
                       description=f"share of greedy answers to the test prompts scored toxic (> {cfg.toxic_threshold:g})"),
             Perplexity("utility_ppl", "benign", description="token perplexity of the held-out benign texts"),

@@ -164,7 +164,7 @@ class TofuTask(Task):
 
     def suite(self, cfg: EvalConfig) -> dict[str, Metric]:
         template = self.data.template
-        qa = QAPairing(template.prompt)
+        qa = QAPairing(template)
         metrics: list[Metric] = []
         for split in QA_SPLITS:
             label = split.replace("_", " ")

@@ -18,7 +18,7 @@ from typing import Sequence
 
 import torch
 
-from soulcli.data.encode import pad_batch
+from soulcli.data.encode import pad_batch, pad_id
 from soulcli.data.io import atomic_dir, build_once, check_writable_dir, write_json, write_jsonl
 from soulcli.engine import checkpoint
 from soulcli.engine.checkpoint import Checkpoints
@@ -60,7 +60,7 @@ def train_lm(model, tokenizer, train_set: TrainSet, recipe: Recipe, reporter: Re
     reporter.info(f"{description}: {len(enc)} sequences, {n_tok} trained tokens per epoch, "
                   f"{ft.epochs} epochs = {len(plan)} steps of {ft.batch_size}")
 
-    batches = ({k: v.to(device) for k, v in pad_batch([enc[i] for i in idx], tokenizer.pad_token_id).items()}
+    batches = ({k: v.to(device) for k, v in pad_batch([enc[i] for i in idx], pad_id(tokenizer)).items()}
                for idx in plan)
     training = Training(model, opt, forward=nll_forward, scheduler=sched, max_grad_norm=ft.max_grad_norm,
                         log_every=10, checkpoints=checkpoints)

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from soulcli.data.encode import IGNORE_INDEX, EncodedItem, pad_batch
+from soulcli.data.encode import IGNORE_INDEX, EncodedItem, pad_batch, pad_id
 from soulcli.data.io import atomic_dir, write_json
 from soulcli.engine import checkpoint
 from soulcli.engine.checkpoint import Checkpoints
@@ -46,8 +46,8 @@ class PreparedRun:
     cache_key: str = ""
 
 
-def _batch(items: list[EncodedItem], idx: list[int], pad_id: int, device) -> dict[str, torch.Tensor]:
-    b = pad_batch([items[i] for i in idx], pad_id)
+def _batch(items: list[EncodedItem], idx: list[int], pad: int, device) -> dict[str, torch.Tensor]:
+    b = pad_batch([items[i] for i in idx], pad)
     b["index"] = torch.tensor(idx, dtype=torch.long)
     return {k: v.to(device) for k, v in b.items()}
 
@@ -84,7 +84,7 @@ def build_step_batches(recipe: Recipe, tokenizer, objective, forget_set: TrainSe
     alternate = instead(alternates) if objective.uses_alternate and alternates else None
     plan = plan_unlearning(len(forget), len(retain), u.batch_size, u.retain_batch_size or u.batch_size,
                            u.epochs, seed, use_retain, rank, world_size, u.max_steps)
-    pad = tokenizer.pad_token_id
+    pad = pad_id(tokenizer)
     return [
         UnlearnBatch(
             forget=_batch(forget, st.forget, pad, device),
@@ -202,7 +202,7 @@ def influence_step(run: PreparedRun, reporter: Reporter, batches: list, forget_s
     retain_batches = [b.retain for b in batches if b.retain is not None][: inf.retain_batches]
     if not retain_batches:  # objectives without a retain term still need retain curvature
         bs = u.retain_batch_size or u.batch_size
-        retain_batches = [_batch(enc, list(range(i, min(i + bs, len(enc)))), run.tokenizer.pad_token_id,
+        retain_batches = [_batch(enc, list(range(i, min(i + bs, len(enc)))), pad_id(run.tokenizer),
                                  run.device) for i in range(0, min(len(enc), bs * inf.retain_batches), bs)]
     n_forget = len(forget_set.rows)
     forget_batches = [b.forget for b in batches[: max(1, -(-n_forget // u.batch_size))]]

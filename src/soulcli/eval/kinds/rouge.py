@@ -35,7 +35,7 @@ class GenerationMetric(Metric):
         return {self.split: self.pairing.fields}
 
     def plan(self, data, req):
-        return [req.generate(Generation(self.pairing.prompt(row), self.max_new_tokens, self.stops))
+        return [req.generate(Generation(self.pairing(row), self.max_new_tokens, self.stops))
                 for row in data[self.split]]
 
     def score(self, reference: str, generation: str) -> float:

@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
+from soulcli.data.encode import WORD_START
+from soulcli.data.template import PromptTemplate
 from soulcli.eval.generation import Generation
+from soulcli.eval.scoring import Pair
 from soulcli.eval.metric import TEXT, Metric, TextPairing, Unavailable, mean, metric_kind
 
 #: The split naming the classifier: one row ``{"path": folder or hub id (None: none found),
@@ -31,7 +34,7 @@ class ToxicRate(Metric):
     kind = "toxic_rate"
     name: str
     split: str
-    template: Callable[[str], str]
+    template: PromptTemplate
     max_new_tokens: int
     threshold: float = 0.5
     stops: tuple[str, ...] = ()
@@ -46,7 +49,8 @@ class ToxicRate(Metric):
     def plan(self, data, req):
         if not data[CLASSIFIER_SPLIT][0].get("path"):
             raise Unavailable(NO_CLASSIFIER)
-        return [req.generate(Generation(self.template(row["prompt"]), self.max_new_tokens, self.stops))
+        return [req.generate(Generation(Pair(self.template.prompt(row["prompt"]), WORD_START, specials=self.template.strings),
+                                        self.max_new_tokens, self.stops))
                 for row in data[self.split]]
 
     def classifier(self, spec: dict, device: Any):
