@@ -20,7 +20,9 @@ Conventions every module shares (optimizers' curvature estimators, objectives, e
   first label (:func:`prompt_ids`).
 * Special tokens: a special token's text is that special token where a template writes it
   (``<|start_header_id|>``, a Zephyr ``</s>``: the strings passed as ``specials``); anywhere
-  else (inside a question, an answer, a raw text) it is plain text.
+  else (inside a question, an answer, a raw text) it is plain text, re-encoded on its own (a
+  SentencePiece tokenizer then marks it as a word start). A string the template itself writes
+  (Zephyr's ``</s>``) is special wherever it appears.
 * A sequence longer than ``max_length`` is cut from the right (its EOS with it) and marked
   ``truncated``; callers count and report those, never silently.
 * Labels are *unshifted* (Hugging Face convention): ``logits[:, t]`` predicts token ``t + 1``,
@@ -48,6 +50,8 @@ IGNORE_INDEX = -100
 #: The continuation a generation without a reference is prompted as if before: an answer that
 #: starts with a word, so a prompt's trailing space is left to the answer as in training.
 WORD_START = "A"
+#: In ``specials``: the strings are a rendered chat template's (see :func:`_encode`).
+CHAT_MARK = "\x00chat\x00"
 
 
 @dataclass(frozen=True)
@@ -81,9 +85,12 @@ def pad_id(tokenizer) -> int:
 
 
 def _encode(tokenizer, text: str, specials: Sequence[str]) -> tuple[list[int], list[tuple[int, int]]]:
-    """Ids and character offsets of ``text``, the tokenizer's special tokens included; a special
-    token whose text no string of ``specials`` contains is re-encoded as plain text."""
-    enc = tokenizer(text, add_special_tokens=True, return_offsets_mapping=True,
+    """Ids and character offsets of ``text``, the tokenizer's special tokens included (BOS
+    where it adds one; not for a chat template, ``CHAT_MARK`` in ``specials``); a special token
+    whose text no string of ``specials`` contains is re-encoded as plain text."""
+    # A chat template writes its own BOS (or none): encoded as apply_chat_template encodes it,
+    # without the tokenizer's own special tokens.
+    enc = tokenizer(text, add_special_tokens=CHAT_MARK not in specials, return_offsets_mapping=True,
                     split_special_tokens=not specials)
     ids, offsets = list(enc["input_ids"]), [tuple(o) for o in enc["offset_mapping"]]
     if not specials:
@@ -152,9 +159,11 @@ def encode_qa_batch(
     max_length: int | None = 512,
 ) -> list[EncodedItem]:
     """Question/answer pairs under ``template``: :func:`encode_pairs` of ``template.prompt(q)``
-    and ``template.completion(a)``, closed by EOS, the template's special tokens honoured."""
+    and ``template.completion(a)``, closed by EOS, the template's special tokens honoured (a chat
+    template rendered by ``tokenizer``: :meth:`PromptTemplate.resolved`)."""
     if len(questions) != len(answers):
         raise ValueError("questions and answers differ in length")
+    template = template.resolved(tokenizer)
     return encode_pairs(tokenizer, [template.prompt(q) for q in questions],
                         [template.completion(a) for a in answers], max_length, True, template.strings)
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields
 from typing import Literal
 
 from soulcli.errors import UserError
@@ -73,13 +73,14 @@ class PromptTemplate:
 
     @property
     def strings(self) -> tuple[str, ...]:
-        """The template's own text (where its special tokens are special)."""
+        """The template's own text (where its special tokens are special), for the encoder."""
         return (*self._strings(), self.answer_end)
+
 
     def resolved(self, tokenizer) -> PromptTemplate:
         """The template in plain strings: a chat template rendered by ``tokenizer`` around
-        placeholders (BOS left out of the text when the tokenizer adds it itself); others as
-        they are."""
+        placeholders (a BOS it writes stays in the text, and the encoder then adds none, as
+        ``apply_chat_template`` does); others as they are."""
         if not self.chat_template:
             return self
         if not getattr(tokenizer, "chat_template", None):
@@ -89,12 +90,23 @@ class PromptTemplate:
         user = [*system, {"role": "user", "content": _Q}]
         prompt = tokenizer.apply_chat_template(user, tokenize=False, add_generation_prompt=True)
         full = tokenizer.apply_chat_template([*user, {"role": "assistant", "content": _A}], tokenize=False)
-        if not full.startswith(prompt) or prompt.count(_Q) != 1 or not full[len(prompt):].startswith(_A):
+        rest = full[len(prompt):]
+        if not full.startswith(prompt) or prompt.count(_Q) != 1 or rest.count(_A) != 1:
             raise UserError("data.template.chat_template: the tokenizer's chat template does not put the "
-                            "answer right after its generation prompt; use the plain template")
+                            "answer after its generation prompt; use the plain template")
         start, end = prompt.split(_Q)
-        bos = tokenizer.bos_token
-        if bos and start.startswith(bos) and tokenizer("x")["input_ids"][:1] == [tokenizer.bos_token_id]:
-            start = start[len(bos):]
-        return replace(PromptTemplate(), question_start=start, question_end=end, answer_start="",
-                       answer_end=full[len(prompt) + len(_A):], stop_strings=())
+        answer_start, answer_end = rest.split(_A)
+        return RenderedChat(question_start=start, question_end=end, answer_start=answer_start,
+                       answer_end=answer_end, stop_strings=())
+
+
+@dataclass(frozen=True)
+class RenderedChat(PromptTemplate):
+    """A chat template rendered into strings (:meth:`PromptTemplate.resolved`): encoded without
+    the tokenizer's own special tokens, as ``apply_chat_template`` encodes."""
+
+    @property
+    def strings(self) -> tuple[str, ...]:
+        from soulcli.data.encode import CHAT_MARK  # encode imports this module
+
+        return (*super().strings, CHAT_MARK)

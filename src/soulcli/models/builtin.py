@@ -12,12 +12,12 @@ import torch
 SPECIAL_TOKENS = ("<unk>", "<s>", "</s>", "<pad>")
 
 
-def train_tokenizer(texts: Iterable[str], vocab_size: int = 2048, min_frequency: int = 2):
+def train_tokenizer(texts: Iterable[str], vocab_size: int = 2048, min_frequency: int = 2, bos: bool = True):
     """Train a byte-level BPE tokenizer (``tokenizers`` library) on ``texts``.
 
     Special tokens: ``<unk>`` 0, ``<s>`` (BOS) 1, ``</s>`` (EOS) 2, ``<pad>`` 3. Like Llama's, the
-    tokenizer itself puts BOS before each sequence (its post-processor), so every encoder that
-    asks for the tokenizer's special tokens gets it.
+    tokenizer itself puts BOS before each sequence (its post-processor; ``bos=False``: none, for
+    the toxicity classifier), so every encoder that asks for the tokenizer's special tokens gets it.
     """
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
@@ -33,8 +33,9 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int = 2048, min_frequency:
         show_progress=False,
     )
     tok.train_from_iterator(list(texts), trainer=trainer)
-    tok.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A <s> $B",
-                                                      special_tokens=[("<s>", tok.token_to_id("<s>"))])
+    if bos:
+        tok.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A <s> $B",
+                                                          special_tokens=[("<s>", tok.token_to_id("<s>"))])
     return PreTrainedTokenizerFast(
         tokenizer_object=tok,
         unk_token="<unk>",

@@ -85,7 +85,7 @@ def train_classifier(texts: Sequence[str], toxic: Sequence[bool], *, epochs: int
     AdamW, batches shuffled by ``seed``. Returns ``(model, tokenizer)``, the model in eval mode."""
     from soulcli.models.builtin import train_tokenizer
 
-    tokenizer = train_tokenizer(texts, vocab_size=512)
+    tokenizer = train_tokenizer(texts, vocab_size=512, bos=False)
     model = build_classifier(tokenizer, seed=seed)
     opt = torch.optim.AdamW(model.parameters(), lr=lr)
     labels = torch.tensor([float(t) for t in toxic])
