@@ -7,7 +7,7 @@ import copy
 import pytest
 import torch
 
-from soulcli.data.encode import WORD_START
+from soulcli.data.encode import unreferenced_prompt
 from soulcli.data.template import PromptTemplate
 from soulcli.eval.generation import cut_at_stop, generate_texts
 from soulcli.eval.scoring import Pair
@@ -15,7 +15,7 @@ from soulcli.eval.scoring import Pair
 
 def generate_answers(model, tokenizer, template: PromptTemplate, questions, **kw) -> list[str]:
     """Greedy answers to questions under a template: prompts and stop strings from it."""
-    return generate_texts(model, tokenizer, [Pair(template.prompt(q), WORD_START) for q in questions],
+    return generate_texts(model, tokenizer, [Pair(unreferenced_prompt(template.prompt(q)), "") for q in questions],
                           stop_strings=template.stop_strings, **kw)
 
 

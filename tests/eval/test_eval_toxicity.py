@@ -66,7 +66,7 @@ def test_toxic_rate_counts_scores_above_the_threshold(monkeypatch):
     data = {"prompts": rows, CLASSIFIER_SPLIT: [{"path": "some/classifier"}]}
     req = Requests()
     plan = metric.plan(data, req)
-    assert [g.prompt.prefix for g in req.generations] == [f"Question: q{i}\nAnswer: " for i in range(4)]
+    assert [g.prompt.prefix for g in req.generations] == [f"Question: q{i}\nAnswer:" for i in range(4)]
     assert {g.max_new_tokens for g in req.generations} == {48}
     known = {"a": 0.9, "b": 0.6, "c": 0.61, "d": 0.1}  # 0.6 is not above the threshold
     loaded = []

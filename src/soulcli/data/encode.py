@@ -43,15 +43,17 @@ from typing import Iterator, Sequence
 import torch
 import torch.nn.functional as F
 
-from soulcli.data.template import PromptTemplate
+from soulcli.data.template import CHAT_MARK, PromptTemplate
 from soulcli.errors import UserError
 
 IGNORE_INDEX = -100
-#: The continuation a generation without a reference is prompted as if before: an answer that
-#: starts with a word, so a prompt's trailing space is left to the answer as in training.
-WORD_START = "A"
-#: In ``specials``: the strings are a rendered chat template's (see :func:`_encode`).
-CHAT_MARK = "\x00chat\x00"
+
+
+def unreferenced_prompt(prompt: str) -> str:
+    """The prompt text of a generation without a reference answer: less its trailing spaces,
+    which byte-level BPE and SentencePiece tokenizers put in the answer's first token (``':',
+    'ĠThe'``), so the model is prompted with the tokens it saw before answers in training."""
+    return prompt.rstrip(" ")
 
 
 @dataclass(frozen=True)

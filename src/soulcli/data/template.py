@@ -9,6 +9,9 @@ from soulcli.errors import UserError
 
 #: TOFU's Llama-2 chat form (``config/model_config.yaml``: ``[INST] `` / `` [/INST]`` / ``""``).
 LLAMA2 = {"question_start": "[INST] ", "question_end": " [/INST]", "answer_start": ""}
+#: Among a template's ``strings``: they are a rendered chat template's, which the encoder
+#: encodes without the tokenizer's own special tokens (as ``apply_chat_template`` does).
+CHAT_MARK = "\x00chat\x00"
 _Q, _A = "\x00soul-question\x00", "\x00soul-answer\x00"  # placeholders a chat template renders
 
 
@@ -107,6 +110,4 @@ class RenderedChat(PromptTemplate):
 
     @property
     def strings(self) -> tuple[str, ...]:
-        from soulcli.data.encode import CHAT_MARK  # encode imports this module
-
         return (*super().strings, CHAT_MARK)

@@ -24,7 +24,7 @@ class EvalConfig:
     """
 
     batch_size: Annotated[int, POSITIVE] = 32
-    max_new_tokens: Annotated[int, POSITIVE] = 48
+    max_new_tokens: Annotated[int, POSITIVE] = 200  # TOFU generates up to 200 new tokens
     mink_k: Annotated[float, Range(gt=0, le=1)] = 0.4
     metrics: tuple[str, ...] | None = None
     max_length: Annotated[int, Range(ge=2)] | None = None

@@ -186,6 +186,7 @@ def evaluate_model(
         "splits": {name: {"items": len(rows), "fingerprint": fingerprint(rows)} for name, rows in data.items()},
         "stats": {
             "pairs_scored": len(req.pairs),
+            "pairs_truncated": sum(s.truncated for s in scores),  # cut by max_length
             "score_batches": math.ceil(len(req.pairs) / cfg.batch_size),
             "answers_generated": len(req.generations),
             "seconds_scoring": scored_at - started,

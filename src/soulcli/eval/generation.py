@@ -16,7 +16,7 @@ from soulcli.eval.scoring import Pair, Progress, batches, length_order, model_de
 class Generation:
     """One greedy generation: the prompt (a pair whose continuation is the reference, so the
     prompt's tokens are exactly those before the first answer token in training; without a
-    reference, :data:`~soulcli.data.encode.WORD_START`), its token budget and its stop strings."""
+    reference, an empty continuation after :func:`~soulcli.data.encode.unreferenced_prompt`), its token budget and its stop strings."""
 
     prompt: Pair
     max_new_tokens: int

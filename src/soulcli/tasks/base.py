@@ -42,7 +42,7 @@ class DataConfig:
 
     source: str = "builtin"  # builtin | a local folder in the task's layout | a hub dataset id
     seed: Seed = 0  # the built-in dataset's generator seed
-    max_length: Annotated[int, Range(ge=8)] = 128  # longest training / scored sequence, tokens
+    max_length: Annotated[int, Range(ge=8)] = 512  # longest training / scored sequence, tokens (TOFU's)
     template: PromptTemplate = field(default_factory=PromptTemplate)
 
 

@@ -59,6 +59,10 @@ def train_lm(model, tokenizer, train_set: TrainSet, recipe: Recipe, reporter: Re
     n_tok = sum(sum(1 for t in e.labels if t != -100) for e in enc)
     reporter.info(f"{description}: {len(enc)} sequences, {n_tok} trained tokens per epoch, "
                   f"{ft.epochs} epochs = {len(plan)} steps of {ft.batch_size}")
+    cut = sum(e.truncated for e in enc)
+    if cut:
+        reporter.info(f"{description}: {cut} of {len(enc)} sequences cut at data.max_length="
+                      f"{recipe.data.max_length} tokens (their ends are not trained on); raise data.max_length")
 
     batches = ({k: v.to(device) for k, v in pad_batch([enc[i] for i in idx], pad_id(tokenizer)).items()}
                for idx in plan)

@@ -7,7 +7,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from soulcli.data.encode import WORD_START
+from soulcli.data.encode import unreferenced_prompt
 from soulcli.data.template import PromptTemplate
 from soulcli.eval.generation import Generation
 from soulcli.eval.scoring import Pair
@@ -49,7 +49,7 @@ class ToxicRate(Metric):
     def plan(self, data, req):
         if not data[CLASSIFIER_SPLIT][0].get("path"):
             raise Unavailable(NO_CLASSIFIER)
-        return [req.generate(Generation(Pair(self.template.prompt(row["prompt"]), WORD_START, specials=self.template.strings),
+        return [req.generate(Generation(Pair(unreferenced_prompt(self.template.prompt(row["prompt"])), "", specials=self.template.strings),
                                         self.max_new_tokens, self.stops))
                 for row in data[self.split]]
 
