@@ -260,7 +260,8 @@ def plot(cells: list[dict], selected: list[dict], target: dict, out_dir: Path, h
     ax.legend(handles=handles, loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8)
     if headline.forget_log_scale:
         ax.set_yscale("log")
-    better = "higher" if headline.forget_higher else "lower"
+    better = ("nearer " + f"{headline.forget_goal:g}" if headline.forget_goal is not None
+              else "higher" if headline.forget_higher else "lower")
     ax.set_xlabel(f"{uk} (mean over seeds; {'higher' if headline.utility_higher else 'lower'} is better)")
     ax.set_ylabel(f"{fk} ({better} is better{', log scale' if headline.forget_log_scale else ''})")
     ax.set_title(f"{fk} vs {uk}, selected setting per optimizer x objective", fontsize=9)
@@ -409,8 +410,7 @@ def compare_into(recipe: Recipe, reporter: Reporter, out_dir: Path) -> dict[str,
 
     seeds_text = (f"lr chosen on seed {c.seeds[0]}, step by the mean over seeds {list(c.seeds)} at that lr"
                   if staged else f"mean over seeds {list(c.seeds)}")
-    better = "highest" if headline.forget_higher else "lowest"
-    rule = (f"selected per optimizer x objective: {better} {headline.forget} with "
+    rule = (f"selected per optimizer x objective: {headline.forget_better} {headline.forget} with "
             f"{headline.utility_rule(target[headline.utility], c.utility_ratio)}; {seeds_text}; "
             f"* = no setting met the rule, best utility shown")
     pool = at_selected_lr(results, tuned) if staged else results
