@@ -96,7 +96,7 @@ def cell_recipe(recipe: Recipe, cell: Cell) -> Recipe:
     from soulcli.optim import optimizer_hparams
 
     if cell.optimizer == "influence":
-        return replace(recipe, seed=cell.seed, unlearn={"method": "influence", "objective": "ga"})
+        return replace(recipe, seed=cell.seed, unlearn={"method": "influence", "objective": "ga", "objective_args": {}})
     known = optimizer_hparams(cell.optimizer)
     args = {k: v for k, v in recipe.optimizer.args.items() if k in known}
     okeys = objective_hparams(cell.objective)
