@@ -45,6 +45,7 @@ fills the reference cache from them.
 from __future__ import annotations
 
 import abc
+import dataclasses
 import pathlib
 from dataclasses import dataclass
 from typing import Annotated, Any, Callable, ClassVar, Literal
@@ -308,6 +309,15 @@ class Objective(abc.ABC):
     def _reference_rows(self, table: str, data: Batch, device: torch.device) -> torch.Tensor:
         """Cached per-sequence scalars of ``table`` for the rows of ``data``, ``[B]``."""
         return torch.stack(self.cache.rows(table, data)).to(device)
+
+
+def with_shares(objective: Objective, micro: list[UnlearnBatch]) -> list[UnlearnBatch]:
+    """A step's micro-batches, each with its share of the step's forget and retain counts
+    (:meth:`Objective.counts`), so that the sum of their losses is the step's: a token mean over
+    the whole step, not a mean of the micro-batches' means."""
+    counts = [objective.counts(m) for m in micro]
+    totals = [max(1, sum(c[i] for c in counts)) for i in (0, 1)]
+    return [dataclasses.replace(m, share=(c[0] / totals[0], c[1] / totals[1])) for m, c in zip(micro, counts)]
 
 
 def answer_count(data: Batch | None) -> int:

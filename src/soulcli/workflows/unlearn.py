@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -69,7 +69,7 @@ def build_step_batches(recipe: Recipe, tokenizer, objective, forget_set: TrainSe
     the plan takes N times the batch sizes and a step is :class:`MicroBatches`: its forget and
     retain indices split into N micro-batches (fewer when a step has fewer than N forget items),
     each with its share of the step's :meth:`~soulcli.objectives.base.Objective.counts`."""
-    from soulcli.objectives.base import UnlearnBatch
+    from soulcli.objectives.base import UnlearnBatch, with_shares
     from soulcli.objectives.refusals import load_refusals, pick_refusal
 
     u = recipe.unlearn
@@ -105,11 +105,7 @@ def build_step_batches(recipe: Recipe, tokenizer, objective, forget_set: TrainSe
     for st in plan:
         pieces = split(st.forget, grad_accum)
         retains = split(st.retain, len(pieces)) if st.retain is not None else [None] * len(pieces)
-        micro = [step_batch(idx, r) for idx, r in zip(pieces, retains)]
-        counts = [objective.counts(m) for m in micro]
-        totals = [max(1, sum(c[i] for c in counts)) for i in (0, 1)]
-        steps.append(MicroBatches(replace(m, share=(c[0] / totals[0], c[1] / totals[1]))
-                                  for m, c in zip(micro, counts)))
+        steps.append(MicroBatches(with_shares(objective, [step_batch(idx, r) for idx, r in zip(pieces, retains)])))
     return steps
 
 
