@@ -160,7 +160,7 @@ def test_finetune_grad_accum_matches_the_larger_batch():
     models = []
     for grad_accum in (1, 2):
         model = tiny_llama()
-        opt = adamw(list(model.parameters()), 1e-2, 0.01, torch.device("cpu"))
+        opt = adamw(list(model.parameters()), 1e-3, 0.01, torch.device("cpu"))
         train(Training(model, opt, nll_forward, max_grad_norm=1.0), steps(grad_accum), 3, QUIET, "t")
         models.append(model)
     diff = max(float((p - q).abs().max()) for p, q in zip(*(m.parameters() for m in models)))
