@@ -7,54 +7,17 @@ sampled as for the larger batch too.
 
 from __future__ import annotations
 
-import copy
-
 import pytest
 import torch
-from rich.console import Console
-from transformers import LlamaConfig, LlamaForCausalLM
+from tiny_llama_helpers import FORGET, PLAN, QUIET, RETAIN, batch, items, tiny_llama
 
-from soulcli.data.encode import IGNORE_INDEX, EncodedItem, pad_batch
+from soulcli.data.encode import IGNORE_INDEX, pad_batch
 from soulcli.engine.loop import MicroBatches, Training, train
-from soulcli.engine.progress import Reporter
 from soulcli.engine.sampling import split
 from soulcli.objectives import UnlearnBatch, build_objective
 from soulcli.objectives.base import with_shares
 from soulcli.optim import build_curvature, build_optimizer
 from soulcli.workflows.finetune import adamw, nll_forward
-
-QUIET = Reporter(Console(quiet=True), quiet=True)
-STEPS = 3
-
-
-def tiny_llama(seed: int = 0) -> LlamaForCausalLM:
-    torch.manual_seed(seed)
-    config = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=64,
-                         pad_token_id=0, bos_token_id=1, eos_token_id=2)
-    return LlamaForCausalLM(config)
-
-
-def items(n: int, seed: int) -> list[EncodedItem]:
-    """QA items with prompts of 2-4 and answers of 1-9 tokens (very unequal answer lengths)."""
-    g = torch.Generator().manual_seed(seed)
-    out = []
-    for i in range(n):
-        prompt = torch.randint(3, 64, (2 + i % 3,), generator=g).tolist()
-        answer = torch.randint(3, 64, (1 + (4 * i) % 9,), generator=g).tolist()
-        out.append(EncodedItem([1, *prompt, *answer, 2], [IGNORE_INDEX] * (1 + len(prompt)) + [*answer, 2]))
-    return out
-
-
-def batch(pool: list[EncodedItem], idx: list[int]) -> dict[str, torch.Tensor]:
-    b = pad_batch([pool[i] for i in idx], 0)
-    b["index"] = torch.tensor(idx)
-    return b
-
-
-FORGET, RETAIN = items(12, 1), items(12, 2)
-PLAN = [([0, 1, 2, 3], [4, 5, 6, 7]), ([4, 5, 6, 7], [8, 9, 10, 11]), ([8, 9, 10, 11], [0, 1, 2, 3])]
-
 
 def unlearn_steps(objective, grad_accum: int) -> list:
     steps = []
@@ -80,7 +43,7 @@ def run_unlearn(optimizer: str, grad_accum: int, rho: float = 10.0, eps: float =
     opt = build_optimizer(optimizer, [p for p in model.parameters()], lr=1e-2, **args)
     curvature = build_curvature("gnb", seed=3) if optimizer == "sophiag" else None
     run = Training(model, opt, objective, curvature=curvature, hessian_interval=1, max_grad_norm=None)
-    result = train(run, unlearn_steps(objective, grad_accum), STEPS, QUIET, "t")
+    result = train(run, unlearn_steps(objective, grad_accum), len(PLAN), QUIET, "t")
     return model, result
 
 
@@ -124,10 +87,10 @@ def test_a_mean_of_micro_batch_means_would_differ():
         for step in unlearn_steps(objective, 2)]
     model = tiny_llama()
     opt = build_optimizer("sgd", list(model.parameters()), lr=1.0)
-    train(Training(model, opt, objective, max_grad_norm=None), steps, STEPS, QUIET, "t")
+    train(Training(model, opt, objective, max_grad_norm=None), steps, len(PLAN), QUIET, "t")
     ref = tiny_llama()
     opt = build_optimizer("sgd", list(ref.parameters()), lr=1.0)
-    train(Training(ref, opt, objective, max_grad_norm=None), unlearn_steps(objective, 1), STEPS, QUIET, "t")
+    train(Training(ref, opt, objective, max_grad_norm=None), unlearn_steps(objective, 1), len(PLAN), QUIET, "t")
     assert max(float((p - q).abs().max()) for p, q in zip(model.parameters(), ref.parameters())) > 1e-4
 
 
