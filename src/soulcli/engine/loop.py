@@ -4,7 +4,10 @@ A step: the forward returns its loss, its logged terms and the logits it compute
 batches they belong to); every ``hessian_interval`` steps the curvature estimator takes its
 sample from those logits (one extra backward, no extra forward); backward; clip; the
 estimator's after-backward part (the empirical Fisher reads ``p.grad``); optimizer step;
-diagnostics; scheduler; a metrics row. A zeroth-order optimizer (``zeroth_order``: MeZO) takes
+diagnostics; scheduler; a metrics row. A step given as :class:`MicroBatches` (gradient
+accumulation) forwards and backwards each in turn, then takes the curvature sample of them all
+(``estimate_accumulated``); ``Training.autocast`` runs the forwards under autocast
+(``train.precision: bf16-mixed``). A zeroth-order optimizer (``zeroth_order``: MeZO) takes
 the forward as a loss closure instead, runs it twice without a graph and needs no backward. A non-finite loss (checked before the curvature sample,
 which would carry it into the optimizer's state) or gradient norm stops the run with
 :class:`~soulcli.errors.DivergedError`, or, with ``on_nonfinite="skip"``, drops that step's

@@ -157,6 +157,8 @@ class Objective(abc.ABC):
     # whether micro-batches of a step add up to the step (False: the objective changes its own
     # state at every call, as PDU's dual step does; unlearn.grad_accum must be 1)
     accumulates: ClassVar[bool] = True
+    # the forget term is a mean over sequences, not answer tokens (NPO, SimNPO, DPO)
+    sequence_mean: ClassVar[bool] = False
 
     forget_weight: Annotated[float, NON_NEGATIVE, "gamma: the forget term's weight"] = 1.0
     retain_weight: Annotated[float, NON_NEGATIVE, "alpha: the retain term's weight"] = 1.0
@@ -217,9 +219,10 @@ class Objective(abc.ABC):
     def counts(self, batch: UnlearnBatch) -> tuple[int, int]:
         """How many things the forget and the retain term average over in ``batch`` (the
         denominators of their means): answer tokens, the default's NLL and KL being token
-        means; an objective whose term is a mean over sequences counts rows. Gradient
-        accumulation weights each micro-batch by its share of the step's counts."""
-        return answer_count(batch.forget), answer_count(batch.retain)
+        means; a forget term that is a mean over sequences (``sequence_mean``) counts rows.
+        Gradient accumulation weights each micro-batch by its share of the step's counts."""
+        forget = row_count(batch.forget) if self.sequence_mean else answer_count(batch.forget)
+        return forget, answer_count(batch.retain)
 
     def retain_term(self, fwd: Forward, data: Batch) -> torch.Tensor:
         """NLL or KL-to-start on the retain batch (see the module docstring)."""

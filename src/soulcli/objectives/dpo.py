@@ -7,8 +7,7 @@ from typing import Annotated, ClassVar
 import torch
 import torch.nn.functional as F
 
-from soulcli.objectives.base import (Forward, Objective, ReferenceFn, Terms, UnlearnBatch, answer_count,
-                                     reference_logprobs, row_count)
+from soulcli.objectives.base import Forward, Objective, ReferenceFn, Terms, UnlearnBatch, reference_logprobs
 from soulcli.objectives.logprobs import sequence_logprob
 from soulcli.schema import POSITIVE
 
@@ -25,15 +24,12 @@ class DPO(Objective):
     """
 
     name = "dpo"
+    sequence_mean = True
     uses_refusal = True
     needs_setup = True
     beta: Annotated[float, POSITIVE, "inverse temperature beta (0.1 as in the paper)"] = 0.1
     # the UnlearnBatch field holding the preferred answers, and its reference table
     preferred: ClassVar[tuple[str, str]] = ("forget_refusal", "refusal_logp")
-
-    def counts(self, batch: UnlearnBatch) -> tuple[int, int]:
-        """The forget term is a mean over sequences: its count is rows."""
-        return row_count(batch.forget), answer_count(batch.retain)
 
     def reference_tables(self) -> dict[str, tuple[str, ReferenceFn]]:
         field, table = self.preferred

@@ -7,8 +7,7 @@ from typing import Annotated, Any
 import torch
 import torch.nn.functional as F
 
-from soulcli.objectives.base import (Forward, Objective, ReferenceFn, Terms, UnlearnBatch, answer_count,
-                                     reference_logprobs, row_count)
+from soulcli.objectives.base import Forward, Objective, ReferenceFn, Terms, UnlearnBatch, reference_logprobs
 from soulcli.objectives.logprobs import sequence_logprob
 from soulcli.schema import POSITIVE
 
@@ -32,12 +31,9 @@ class NPO(Objective):
     """
 
     name = "npo"
+    sequence_mean = True
     needs_setup = True
     beta: Annotated[float, POSITIVE, "inverse temperature beta (the paper's default 0.1)"] = 0.1
-
-    def counts(self, batch: UnlearnBatch) -> tuple[int, int]:
-        """The forget term is a mean over sequences: its count is rows."""
-        return row_count(batch.forget), answer_count(batch.retain)
 
     def reference_tables(self) -> dict[str, tuple[str, ReferenceFn]]:
         return {**super().reference_tables(), "forget_logp": ("forget", reference_logprobs)}

@@ -6,7 +6,7 @@ from typing import Annotated
 
 import torch.nn.functional as F
 
-from soulcli.objectives.base import Forward, Objective, Terms, UnlearnBatch, answer_count, row_count
+from soulcli.objectives.base import Forward, Objective, Terms, UnlearnBatch
 from soulcli.objectives.logprobs import answer_lengths, sequence_logprob
 from soulcli.schema import POSITIVE
 
@@ -24,12 +24,9 @@ class SimNPO(Objective):
     """
 
     name = "simnpo"
+    sequence_mean = True
     beta: Annotated[float, POSITIVE, "inverse temperature beta (2.5 as in the paper's TOFU runs)"] = 2.5
     delta: Annotated[float, "reward margin delta on the mean answer log-likelihood"] = 0.0
-
-    def counts(self, batch: UnlearnBatch) -> tuple[int, int]:
-        """The forget term is a mean over sequences: its count is rows."""
-        return row_count(batch.forget), answer_count(batch.retain)
 
     def forget_term(self, fwd: Forward, batch: UnlearnBatch) -> Terms:
         data = batch.forget
