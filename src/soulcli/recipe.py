@@ -103,6 +103,9 @@ class FinetuneConfig:
     batch_size: PosInt = 32
     weight_decay: NonNeg = 0.01
     max_grad_norm: Pos = 1.0
+    # micro-batches of batch_size per step: the step's update is that of one batch of
+    # batch_size x grad_accum (the loss is its token mean), with the memory of one micro-batch
+    grad_accum: PosInt = 1
     # steps between checkpoints (0: none); `soul finetune --resume` continues the latest one
     # (README, "Checkpoints and resume")
     save_every: NonNegInt = 0
@@ -147,6 +150,9 @@ class UnlearnConfig:
     max_steps: PosInt | None = None
     batch_size: PosInt = 8
     retain_batch_size: PosInt | None = None  # default: batch_size
+    # micro-batches per step (forget batch_size and retain_batch_size items each): the update,
+    # the logged loss and the curvature sample are those of the batch grad_accum times larger
+    grad_accum: PosInt = 1
     lr_scheduler: Literal["constant", "linear", "cosine"] = "constant"
     warmup_steps: NonNegInt = 0
     max_grad_norm: Pos | None = 1.0
@@ -168,6 +174,23 @@ class UnlearnConfig:
     keep: Literal["last", "best"] = "last"
     utility_floor: Annotated[float, Range(gt=0, le=1)] = 0.95
     influence: InfluenceConfig = field(default_factory=InfluenceConfig)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How `finetune` and `unlearn` run their training steps (README, "Precision and memory").
+
+    ``precision``: ``fp32``; ``bf16-mixed``: fp32 master copies of the trained parameters, the
+    forward under bf16 autocast (frozen parameters stay in ``model.dtype``); ``bf16-true``: bf16
+    weights updated in place, lossy (an update below a weight's bf16 resolution is lost; the
+    run warns). None: fp32 for a float32 ``model.dtype``, bf16-mixed for bfloat16 / float16.
+    ``model.dtype`` stays the dtype a model is loaded and saved in.
+    """
+
+    precision: Literal["fp32", "bf16-mixed", "bf16-true"] | None = None
+    # recompute each decoder layer's activations in the backward instead of keeping them
+    # (transformers' gradient checkpointing, non-reentrant; LoRA included)
+    gradient_checkpointing: bool = False
 
 
 @dataclass(frozen=True)
@@ -243,6 +266,7 @@ class Recipe:
     data: DataConfig = field(default_factory=TofuData)
     model: ModelConfig = field(default_factory=ModelConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     unlearn: UnlearnConfig = field(default_factory=UnlearnConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
@@ -292,6 +316,14 @@ def _check_values(recipe: Recipe, errors: list[str]) -> None:
             f"{did_you_mean(opt.curvature, CURVATURE_ESTIMATORS)}; choose one of: "
             f"{', '.join(sorted(CURVATURE_ESTIMATORS))}"
         )
+    if recipe.unlearn.grad_accum > 1 and opt.name in OPTIMIZERS:
+        kind = opt.curvature or OPTIMIZERS[opt.name].default_curvature
+        if OPTIMIZERS[opt.name].zeroth_order:
+            errors.append(f"unlearn.grad_accum: {opt.name} estimates its gradient from two losses "
+                          "of one batch; set unlearn.grad_accum: 1 (raise unlearn.batch_size)")
+        elif kind is not None and not hasattr(CURVATURE_ESTIMATORS.get(kind), "estimate_accumulated"):
+            errors.append(f"unlearn.grad_accum: the {kind} curvature estimate does not accumulate "
+                          "micro-batches; set unlearn.grad_accum: 1 or optimizer.curvature: gnb")
     obj = recipe.unlearn
     if obj.objective not in OBJECTIVES:
         errors.append(
@@ -301,6 +333,9 @@ def _check_values(recipe: Recipe, errors: list[str]) -> None:
     else:
         schema.check(OBJECTIVES[obj.objective].hyperparameters(), obj.objective_args,
                      "unlearn.objective_args", errors, owner=f"objective '{obj.objective}'")
+        if obj.grad_accum > 1 and not OBJECTIVES[obj.objective].accumulates:
+            errors.append(f"unlearn.grad_accum: objective '{obj.objective}' updates its own state "
+                          "at every call, so micro-batches are not one batch; set unlearn.grad_accum: 1")
     if recipe.eval.metrics is not None:
         from soulcli.eval import resolve_metrics
 
