@@ -91,6 +91,8 @@ class Headline:
     forget_log_scale: bool = False
     plot_file: str = "forget_vs_utility.png"
     utility_higher: bool = True
+    # what compare-optimizers tabulates after each attack (compare.attacks); empty: ``forget``
+    attacked: tuple[str, ...] = ()
 
     @property
     def utility_sign(self) -> float:
