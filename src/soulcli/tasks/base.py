@@ -80,7 +80,8 @@ class Headline:
     value (``forget_higher`` says which way is better) among those keeping ``utility`` within
     :meth:`utility_bound` (``utility_higher``: at least ``compare.utility_ratio`` x the target's;
     a lower-is-better utility such as perplexity: at most the target's / ``compare.utility_ratio``);
-    it tabulates ``columns`` (name, short label) and plots ``forget`` against ``utility``. ``unlearn.keep: best``
+    it tabulates ``columns`` (name, short label), and ``attacked`` after each attack of
+    ``compare.attacks``, and plots ``forget`` against ``utility``. ``unlearn.keep: best``
     keeps a run's step by the same rule (``unlearn.utility_floor``; :mod:`soulcli.workflows.tracking`).
     """
 
@@ -91,8 +92,7 @@ class Headline:
     forget_log_scale: bool = False
     plot_file: str = "forget_vs_utility.png"
     utility_higher: bool = True
-    # what compare-optimizers tabulates after each attack (compare.attacks); empty: ``forget``
-    attacked: tuple[str, ...] = ()
+    attacked: tuple[str, ...] = ()  # empty: ``forget`` alone
 
     @property
     def utility_sign(self) -> float:
