@@ -54,6 +54,7 @@ Pos = Annotated[float, POSITIVE]
 PosInt = Annotated[int, POSITIVE]
 NonNeg = Annotated[float, NON_NEGATIVE]
 NonNegInt = Annotated[int, NON_NEGATIVE]
+AttackName = Literal["relearn", "quantize", "probe"]  # the attacks of `soul attack`
 
 
 @dataclass(frozen=True)
@@ -204,6 +205,9 @@ class CompareConfig:
     # "all": every lr runs every seed; "selected": the lr grid runs on the first seed, the rule
     # picks the lr per optimizer x objective, and only that lr runs the other seeds
     seed_policy: Literal["all", "selected"] = "all"
+    # attacks (`soul attack`'s, with the attack section's settings) run on the model of each
+    # selected optimizer x objective at its selected step, per seed; empty: none
+    attacks: tuple[AttackName, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -245,7 +249,7 @@ class ProbeConfig:
 class AttackConfig:
     """`soul attack`: which attacks run, and each one's settings."""
 
-    attacks: tuple[Literal["relearn", "quantize", "probe"], ...] = ("relearn", "quantize", "probe")
+    attacks: tuple[AttackName, ...] = ("relearn", "quantize", "probe")
     relearn: RelearnConfig = field(default_factory=RelearnConfig)
     quantize: QuantizeConfig = field(default_factory=QuantizeConfig)
     probe: ProbeConfig = field(default_factory=ProbeConfig)

@@ -80,7 +80,8 @@ class Headline:
     value (``forget_higher`` says which way is better; with ``forget_goal``, the nearest to it) among those keeping ``utility`` within
     :meth:`utility_bound` (``utility_higher``: at least ``compare.utility_ratio`` x the target's;
     a lower-is-better utility such as perplexity: at most the target's / ``compare.utility_ratio``);
-    it tabulates ``columns`` (name, short label) and plots ``forget`` against ``utility``. ``unlearn.keep: best``
+    it tabulates ``columns`` (name, short label), and ``attacked`` after each attack of
+    ``compare.attacks``, and plots ``forget`` against ``utility``. ``unlearn.keep: best``
     keeps a run's step by the same rule (``unlearn.utility_floor``; :mod:`soulcli.workflows.tracking`).
     """
 
@@ -92,6 +93,7 @@ class Headline:
     plot_file: str = "forget_vs_utility.png"
     utility_higher: bool = True
     forget_goal: float | None = None  # set: the forget value is better the closer it is to this
+    attacked: tuple[str, ...] = ()  # empty: ``forget`` alone
 
     def forget_score(self, value: float) -> float:
         """The forget value as a score, higher is better: ``-|value - forget_goal|`` when the

@@ -139,9 +139,12 @@ def build_optimizer_for(recipe: Recipe, model):
 
 
 def unlearn_model(run: PreparedRun, reporter: Reporter, on_row=None, on_step_end=None,
-                  checkpoints: Checkpoints | None = None) -> dict[str, Any]:
+                  checkpoints: Checkpoints | None = None, stop_after: int | None = None) -> dict[str, Any]:
     """Unlearn ``run.model`` in place; returns the training record (steps, seconds, last row, rows).
     ``checkpoints``: where to write checkpoints, and the one to resume (engine.checkpoint).
+    ``stop_after``: take only the plan's first N steps, the learning-rate schedule still spanning
+    the whole plan, which leaves the model as a full run had it at step N (compare-optimizers
+    re-creates a selected step so; the one-shot influence step ignores it).
 
     Under torchrun (``run.dist.enabled``) the loss runs through DDP, each rank on its own
     shard of the batch plan, and curvature estimates are reduced across ranks.
@@ -193,7 +196,8 @@ def unlearn_model(run: PreparedRun, reporter: Reporter, on_row=None, on_step_end
         scheduler=make_scheduler(opt, u.lr_scheduler, len(batches), u.warmup_steps),
         curvature=curvature, hessian_interval=o.hessian_interval, max_grad_norm=u.max_grad_norm,
         log_every=u.log_every, on_nonfinite=u.on_nonfinite, checkpoints=checkpoints, autocast=autocast)
-    result = train(training, batches, len(batches), reporter, "unlearn", on_row, on_step_end)
+    steps = min(stop_after or len(batches), len(batches))
+    result = train(training, batches[:steps], steps, reporter, "unlearn", on_row, on_step_end)
     store(run.model, DTYPES[recipe.model.dtype])
     run.model.eval()
     return {"steps": result.steps, "seconds": result.seconds, "last": result.last, "rows": result.rows,
