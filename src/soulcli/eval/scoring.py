@@ -160,7 +160,7 @@ def _score_batch(
     ).logits
     labels = batch["labels"].to(device)
     flags = torch.tensor(list(with_stats), device=device)
-    logprobs, hits, mu, sigma = position_scores(logits, labels, flags)
+    logprobs, hits, mu, sigma = position_scores(logits, labels, flags, CHUNK_ELEMENTS)
     del logits
     counts = answer_mask(labels).sum(-1).tolist()
     logprobs_np = logprobs.double().cpu().numpy()
