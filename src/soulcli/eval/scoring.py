@@ -10,7 +10,9 @@ its continuation, a raw text) yields at each continuation token:
 * optionally the mean and standard deviation of ``log p(z)`` under that distribution (Min-K%++).
 
 :func:`score_pairs` computes these once per distinct pair, sorted by length so batches carry
-little padding, and hands them back in the caller's order.
+little padding, and hands them back in the caller's order; within a batch the answer positions
+go through :func:`position_scores` in chunks, so memory beyond the model's logits stays one
+chunk's whatever the vocabulary.
 """
 
 from __future__ import annotations
