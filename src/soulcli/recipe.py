@@ -88,6 +88,10 @@ class ModelConfig:
     trust_remote_code: bool = False
     adapter: Literal["full", "lora"] = "full"
     lora: LoraConfig = field(default_factory=LoraConfig)
+    # what a LoRA run writes to model/: both (the merged model, a plain HF folder any tool loads,
+    # and its adapter in model/adapter/), merged (no adapter), adapter (the adapter alone, with
+    # its base recorded in adapter_config.json: megabytes, and no merged copy held in memory)
+    save: Literal["both", "merged", "adapter"] = "both"
     # full-parameter unlearning: train only the parameters whose names match one of these
     # regexes (re.search; empty: all), e.g. RMU's ["layers\\.(0|1|2)\\.mlp\\.down_proj\\.weight"]
     trainable: tuple[str, ...] = ()
@@ -291,6 +295,9 @@ def _check_values(recipe: Recipe, errors: list[str]) -> None:
             re.compile(pattern)
         except re.error as exc:
             errors.append(f"model.trainable[{i}]: {pattern!r} is not a regular expression ({exc})")
+    if recipe.model.save == "adapter" and recipe.model.adapter != "lora":
+        errors.append("model.save: adapter saves a LoRA adapter; set model.adapter: lora, or "
+                      "model.save: merged for a full-parameter run's weights")
     if recipe.model.trainable and recipe.model.adapter == "lora":
         errors.append("model.trainable: selects parameters for model.adapter: full; with LoRA choose "
                       "the adapted modules with model.lora.target_modules")

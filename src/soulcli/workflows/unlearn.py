@@ -302,7 +302,7 @@ def run_unlearn(recipe: Recipe, reporter: Reporter, output: Path | None = None,
                             "(non-finite loss or gradient; unlearn.on_nonfinite: skip)")
         for warning in warnings:
             reporter.info(f"[yellow]warning:[/] {warning}")
-        export_model(model, tokenizer, tmp / "model")
+        export_model(model, tokenizer, tmp / "model", recipe.model.save)
         evaluation = evaluate_and_report(recipe, model, tokenizer, data_dir, reporter, tmp / "eval.json",
                                          reference_model=reference, reference=stats,
                                          model_label=str(out_dir / "model"),
