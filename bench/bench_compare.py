@@ -4,7 +4,14 @@ Runs `soul compare-optimizers` with the shipped recipe's settings over first- an
 optimizers, the three shipped objectives and >= 3 seeds, then writes bench/out/compare.json
 (the selected rows with their spread over seeds, the time of the whole comparison, per-step
 cost ratios versus AdamW) and bench/out/compare.md (the table for bench/README.md).
+With ``--attacks relearn,quantize`` each selected setting is also attacked (compare's
+``--attacks``: the model re-created at its step on every seed, relearned on 10% of the forget set
+and evaluated after each of ``attack.relearn.steps``, quantized to each of ``attack.quantize.bits``)
+and a second table gives forget quality and forget ROUGE-L before and after each attack (mean
+[min, max] over seeds; issue 13's figures: ``--optimizers adamw,signum,sophiag,zo --objectives
+graddiff,npo --attacks relearn,quantize``).
 Run: .venv/bin/python bench/bench_compare.py [--optimizers ...] [--objectives ...] [--lr-grid ...]
+     [--attacks relearn,quantize] [--set key=value ...]
 """
 
 from __future__ import annotations
@@ -26,6 +33,25 @@ def fmt(v, digits=3):
     return f"{v:.1e}" if 0 < abs(v) < 1e-2 else f"{v:.{digits}f}"
 
 
+def attack_table(selected: list[dict], target: dict) -> list[str]:
+    """Forget quality and forget ROUGE-L of each selected setting before and after each attack
+    point (`soul attack`'s gate names: ``relearn10.forget_quality``, ``quantize4.forget_rougeL_recall``)."""
+    points = sorted({k.split(".")[0] for s in selected for k in s.get("attacks", {}) if ".recovered." not in k},
+                    key=lambda p: (not p.startswith("relearn"), int("".join(c for c in p if c.isdigit()) or 0)))
+    head = ["before", *points]
+    lines = [f"Attacks (target: FQ {fmt(target['forget_quality'])}, forget R-L {fmt(target['forget_rougeL_recall'])}); "
+             "each cell FQ / forget R-L, mean over seeds [forget R-L min, max]:", "",
+             "| objective | optimizer | " + " | ".join(head) + " |", "| --- | --- | " + " | ".join("---" for _ in head) + " |"]
+    for s in sorted(selected, key=lambda s: (s["objective"], s["optimizer"])):
+        a = s.get("attacks", {})
+        cells = [f"{fmt(s['forget_quality']['mean'])} / {fmt(s['forget_rougeL_recall']['mean'])}"]
+        for p in points:
+            fq, rl = a.get(f"{p}.forget_quality") or {}, a.get(f"{p}.forget_rougeL_recall") or {}
+            cells.append(f"{fmt(fq.get('mean'))} / {fmt(rl.get('mean'))} [{fmt(rl.get('min'))}, {fmt(rl.get('max'))}]")
+        lines.append(f"| {s['objective']} | {s['optimizer']} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--recipe", default="recipes/tofu_sophia.yaml")
@@ -37,6 +63,7 @@ def main() -> None:
     ap.add_argument("--eval-every", default="26")
     ap.add_argument("--output", default=str(ROOT / "bench" / "out" / "compare_run"))
     ap.add_argument("--set", action="append", default=[])
+    ap.add_argument("--attacks", default="", help="comma-separated attacks of each selected setting")
     ap.add_argument("--resume", action="store_true",
                     help="keep finished cells of an earlier run (the time then is not a full run's)")
     args = ap.parse_args()
@@ -49,6 +76,8 @@ def main() -> None:
            "--objectives", args.objectives, "--lr-grid", args.lr_grid, "--seeds", args.seeds,
            "--seed-policy", args.seed_policy,
            "--set", f"unlearn.eval_every={args.eval_every}", "--output", args.output, "--json"]
+    if args.attacks:
+        cmd += ["--attacks", args.attacks]
     for s in args.set:
         cmd += ["--set", s]
     t0 = time.perf_counter()
@@ -87,6 +116,8 @@ def main() -> None:
             f"{fmt(mu['mean'])} ± {fmt(mu['std'])} | {fmt(s['forget_rougeL_recall']['mean'])} | "
             f"{fmt(s['retain_rougeL_recall']['mean'])} | {fmt(s['mean_win_rate'])} | "
             f"{fmt(s['time_per_step'])} ({cost.get(s['optimizer'], float('nan')):.2f}x) |")
+    if args.attacks:
+        lines += ["", *attack_table(res["selected"], target)]
     lines += ["", f"Whole comparison: {len(cells)} cells in {seconds:.0f} s."]
     out = {"seconds": seconds, "cells": len(cells), "step_cost_vs_adamw": cost, "target": target,
            "selected": res["selected"], "command": " ".join(cmd[1:])}

@@ -13,8 +13,9 @@ BENCHES = [
     ["bench/bench_unlearn_step.py"],
     ["bench/bench_objectives_memory.py"],
     ["bench/bench_eval.py"],
+    ["bench/bench_eval_memory.py"],
     ["bench/bench_compare.py"],
-    ["bench/bench_muse.py"],
+    ["bench/bench_tasks.py"],
     ["bench/bench_keep.py"],
 ]
 

@@ -346,6 +346,7 @@ def compare_optimizers(
         None, "--seed-policy",
         help="all: every lr runs every seed; selected: the lr grid runs on the first seed and only "
              "the selected lr runs the others (default: compare.seed_policy)."),
+    attacks: Optional[str] = typer.Option(None, "--attacks", help="Comma-separated attacks (relearn, quantize, probe; as `soul attack` runs them, with the recipe's attack section) on each selected setting's model, per seed (default: compare.attacks, none)."),
     output: Optional[Path] = OutputOpt,
     overwrite: bool = typer.Option(False, "--overwrite", help="Start an earlier comparison at --output over (its cells are deleted); without it, finished cells are reused."),
 ) -> None:
@@ -354,16 +355,21 @@ def compare_optimizers(
     Same data order and seed in every cell; picks, per optimizer x objective, the setting with
     the best forget quality among those keeping model utility >= compare.utility_ratio x the
     target's. Writes results.json, results.csv and plots; finished cells are not recomputed. A
-    cell whose training diverges (NaN/inf) is recorded as diverged and never selected.
+    cell whose training diverges (NaN/inf) is recorded as diverged and never selected. With
+    --attacks, each selected setting's model is re-created and attacked (attacks/), the attack
+    values join the table and results.csv, and robustness.png plots them.
 
-    [bold]Example[/]
+    [bold]Examples[/]
 
       soul compare-optimizers --recipe recipes/tofu_sophia.yaml --optimizers adamw,sophiag --objectives graddiff --lr-grid 3e-5,1e-4 --output runs/compare
+
+      soul compare-optimizers --recipe recipes/tofu_sophia.yaml --optimizers adamw,sophiag --attacks relearn,quantize --output runs/compare
     """
     from soulcli.workflows.compare import run_compare
 
     extra = []
-    for key, value in (("optimizers", optimizers), ("objectives", objectives), ("lr_grid", lr_grid), ("seeds", seeds)):
+    for key, value in (("optimizers", optimizers), ("objectives", objectives), ("lr_grid", lr_grid), ("seeds", seeds),
+                       ("attacks", attacks)):
         if value:
             extra.append(f"compare.{key}=[{value}]")
     if seed_policy:

@@ -54,6 +54,7 @@ Pos = Annotated[float, POSITIVE]
 PosInt = Annotated[int, POSITIVE]
 NonNeg = Annotated[float, NON_NEGATIVE]
 NonNegInt = Annotated[int, NON_NEGATIVE]
+AttackName = Literal["relearn", "quantize", "probe"]  # the attacks of `soul attack`
 
 
 @dataclass(frozen=True)
@@ -87,6 +88,10 @@ class ModelConfig:
     trust_remote_code: bool = False
     adapter: Literal["full", "lora"] = "full"
     lora: LoraConfig = field(default_factory=LoraConfig)
+    # what a LoRA run writes to model/: both (the merged model, a plain HF folder any tool loads,
+    # and its adapter in model/adapter/), merged (no adapter), adapter (the adapter alone, with
+    # its base recorded in adapter_config.json: megabytes, and no merged copy held in memory)
+    save: Literal["both", "merged", "adapter"] = "both"
     # full-parameter unlearning: train only the parameters whose names match one of these
     # regexes (re.search; empty: all), e.g. RMU's ["layers\\.(0|1|2)\\.mlp\\.down_proj\\.weight"]
     trainable: tuple[str, ...] = ()
@@ -103,6 +108,9 @@ class FinetuneConfig:
     batch_size: PosInt = 32
     weight_decay: NonNeg = 0.01
     max_grad_norm: Pos = 1.0
+    # micro-batches of batch_size per step: the step's update is that of one batch of
+    # batch_size x grad_accum (the loss is its token mean), with the memory of one micro-batch
+    grad_accum: PosInt = 1
     # steps between checkpoints (0: none); `soul finetune --resume` continues the latest one
     # (README, "Checkpoints and resume")
     save_every: NonNegInt = 0
@@ -147,6 +155,9 @@ class UnlearnConfig:
     max_steps: PosInt | None = None
     batch_size: PosInt = 8
     retain_batch_size: PosInt | None = None  # default: batch_size
+    # micro-batches per step (forget batch_size and retain_batch_size items each): the update,
+    # the logged loss and the curvature sample are those of the batch grad_accum times larger
+    grad_accum: PosInt = 1
     lr_scheduler: Literal["constant", "linear", "cosine"] = "constant"
     warmup_steps: NonNegInt = 0
     max_grad_norm: Pos | None = 1.0
@@ -171,6 +182,23 @@ class UnlearnConfig:
 
 
 @dataclass(frozen=True)
+class TrainConfig:
+    """How `finetune` and `unlearn` run their training steps (README, "Precision and memory").
+
+    ``precision``: ``fp32``; ``bf16-mixed``: fp32 master copies of the trained parameters, the
+    forward under bf16 autocast (frozen parameters stay in ``model.dtype``); ``bf16-true``: bf16
+    weights updated in place, lossy (an update below a weight's bf16 resolution is lost; the
+    run warns). None: fp32 for a float32 ``model.dtype``, bf16-mixed for bfloat16 / float16.
+    ``model.dtype`` stays the dtype a model is loaded and saved in.
+    """
+
+    precision: Literal["fp32", "bf16-mixed", "bf16-true"] | None = None
+    # recompute each decoder layer's activations in the backward instead of keeping them
+    # (transformers' gradient checkpointing, non-reentrant; LoRA included)
+    gradient_checkpointing: bool = False
+
+
+@dataclass(frozen=True)
 class CompareConfig:
     optimizers: tuple[str, ...] = ("adamw", "signum", "sophiag")
     objectives: tuple[str, ...] = ("graddiff",)
@@ -181,6 +209,9 @@ class CompareConfig:
     # "all": every lr runs every seed; "selected": the lr grid runs on the first seed, the rule
     # picks the lr per optimizer x objective, and only that lr runs the other seeds
     seed_policy: Literal["all", "selected"] = "all"
+    # attacks (`soul attack`'s, with the attack section's settings) run on the model of each
+    # selected optimizer x objective at its selected step, per seed; empty: none
+    attacks: tuple[AttackName, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -222,7 +253,7 @@ class ProbeConfig:
 class AttackConfig:
     """`soul attack`: which attacks run, and each one's settings."""
 
-    attacks: tuple[Literal["relearn", "quantize", "probe"], ...] = ("relearn", "quantize", "probe")
+    attacks: tuple[AttackName, ...] = ("relearn", "quantize", "probe")
     relearn: RelearnConfig = field(default_factory=RelearnConfig)
     quantize: QuantizeConfig = field(default_factory=QuantizeConfig)
     probe: ProbeConfig = field(default_factory=ProbeConfig)
@@ -243,6 +274,7 @@ class Recipe:
     data: DataConfig = field(default_factory=TofuData)
     model: ModelConfig = field(default_factory=ModelConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     unlearn: UnlearnConfig = field(default_factory=UnlearnConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
@@ -263,6 +295,9 @@ def _check_values(recipe: Recipe, errors: list[str]) -> None:
             re.compile(pattern)
         except re.error as exc:
             errors.append(f"model.trainable[{i}]: {pattern!r} is not a regular expression ({exc})")
+    if recipe.model.save == "adapter" and recipe.model.adapter != "lora":
+        errors.append("model.save: adapter saves a LoRA adapter; set model.adapter: lora, or "
+                      "model.save: merged for a full-parameter run's weights")
     if recipe.model.trainable and recipe.model.adapter == "lora":
         errors.append("model.trainable: selects parameters for model.adapter: full; with LoRA choose "
                       "the adapted modules with model.lora.target_modules")
@@ -292,6 +327,14 @@ def _check_values(recipe: Recipe, errors: list[str]) -> None:
             f"{did_you_mean(opt.curvature, CURVATURE_ESTIMATORS)}; choose one of: "
             f"{', '.join(sorted(CURVATURE_ESTIMATORS))}"
         )
+    if recipe.unlearn.grad_accum > 1 and opt.name in OPTIMIZERS:
+        kind = opt.curvature or OPTIMIZERS[opt.name].default_curvature
+        if OPTIMIZERS[opt.name].zeroth_order:
+            errors.append(f"unlearn.grad_accum: {opt.name} estimates its gradient from two losses "
+                          "of one batch; set unlearn.grad_accum: 1 (raise unlearn.batch_size)")
+        elif kind is not None and not hasattr(CURVATURE_ESTIMATORS.get(kind), "estimate_accumulated"):
+            errors.append(f"unlearn.grad_accum: the {kind} curvature estimate does not accumulate "
+                          "micro-batches; set unlearn.grad_accum: 1 or optimizer.curvature: gnb")
     obj = recipe.unlearn
     if obj.objective not in OBJECTIVES:
         errors.append(
@@ -301,6 +344,9 @@ def _check_values(recipe: Recipe, errors: list[str]) -> None:
     else:
         schema.check(OBJECTIVES[obj.objective].hyperparameters(), obj.objective_args,
                      "unlearn.objective_args", errors, owner=f"objective '{obj.objective}'")
+        if obj.grad_accum > 1 and not OBJECTIVES[obj.objective].accumulates:
+            errors.append(f"unlearn.grad_accum: objective '{obj.objective}' updates its own state "
+                          "at every call, so micro-batches are not one batch; set unlearn.grad_accum: 1")
     if recipe.eval.metrics is not None:
         from soulcli.eval import resolve_metrics
 

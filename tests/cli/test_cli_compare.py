@@ -108,6 +108,20 @@ def test_follow_up_cells_and_selected_lr_filter():
     assert [(c["optimizer"], c["lr"]) for c in at_selected_lr(cells, sel)] == [("adamw", 3e-4)]
 
 
+def test_cells_carry_only_the_objective_args_their_objective_takes():
+    """An RMU recipe's layer / steering_coeff reach RMU cells, not GradDiff's nor the one-shot
+    influence baseline's (whose GA once inherited them and failed validation mid-grid)."""
+    from pathlib import Path
+
+    from soulcli.recipe import load_recipe
+    from soulcli.workflows.compare import Cell, cell_recipe
+
+    recipe = load_recipe(Path(__file__).parents[1] / "assets" / "micro_wmdp.yaml")
+    args = {obj: cell_recipe(recipe, Cell(obj, opt, lr, 0)).unlearn.objective_args
+            for obj, opt, lr in (("rmu", "adamw", 1e-3), ("graddiff", "adamw", 1e-3), ("ga", "influence", None))}
+    assert args == {"rmu": {"layer": 1, "steering_coeff": 6.5}, "graddiff": {}, "ga": {}}  # each one validated
+
+
 def test_cell_names_spell_the_exact_lr():
     from soulcli.workflows.compare import Cell
 

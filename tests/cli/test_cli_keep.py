@@ -8,11 +8,11 @@ import math
 
 import pytest
 
-from soulcli.tasks import DetoxTask, MuseTask, TofuTask
+from soulcli.tasks import DetoxTask, MuseTask, TofuTask, WmdpTask
 from soulcli.workflows.compare import select
 from soulcli.workflows.tracking import choose
 
-TOFU, MUSE, DETOX = TofuTask.headline, MuseTask.headline, DetoxTask.headline
+TOFU, MUSE, DETOX, WMDP = TofuTask.headline, MuseTask.headline, DetoxTask.headline, WmdpTask.headline
 NAN = math.nan
 
 
@@ -41,6 +41,15 @@ def test_the_rule_keeps_the_best_forget_quality_among_steps_that_keep_utility(po
 def test_a_lower_is_better_forget_metric_keeps_the_lowest():
     points = [(0, 0.5, 0.4), (2, 0.3, 0.39), (4, 0.1, 0.2), (6, 0.35, 0.4)]  # floor 0.38
     assert choose(curve(*points, headline=MUSE), MUSE, 0.38)["step"] == 2
+
+
+def test_wmdp_keeps_the_forget_accuracy_nearest_chance_not_the_lowest():
+    """Step 4's accuracy 0.05 is the lowest but 0.20 from chance (the model still tells the
+    answers apart, by avoiding them); step 6's 0.27 is 0.02 from it. Utility floor 0.9."""
+    points = [(0, 1.0, 1.0), (2, 0.6, 1.0), (4, 0.05, 0.97), (6, 0.27, 0.95), (8, 0.25, 0.5)]
+    assert choose(curve(*points, headline=WMDP), WMDP, 0.9)["step"] == 6
+    assert [WMDP.forget_score(v) for v in (0.05, 0.27, 0.25)] == pytest.approx([-0.2, -0.02, 0.0])
+    assert WMDP.forget_better == "closest to 0.25" and MUSE.forget_better == "lowest"
 
 
 def test_a_lower_is_better_utility_keeps_steps_at_most_the_bound():

@@ -80,7 +80,7 @@ def test_compare_optimizers_tabulates_and_plots_the_wmdp_headline(soul, wmdp_run
                     "--lr-grid", "1e-3", "--set", "compare.include_influence=false", "--output", str(out),
                     recipe=MICRO_WMDP)
     assert (out / "forget_vs_utility_accuracy.png").is_file()
-    assert "lowest forget_mc_accuracy with utility_mc_accuracy >= 0.9" in res["rule"]
+    assert "closest to 0.25 forget_mc_accuracy with utility_mc_accuracy >= 0.9" in res["rule"]
     header = (out / "results.csv").read_text().splitlines()[0].split(",")
     assert {"forget_mc_accuracy", "utility_mc_accuracy", "forget_mc_choice_accuracy",
             "utility_mc_choice_accuracy"} <= set(header)

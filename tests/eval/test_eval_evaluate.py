@@ -56,9 +56,10 @@ def _by_hand_metrics(model, splits, score_by_hand, pairwise_auc, k: float) -> di
         scores = {"loss": [], "zlib": [], "mink": [], "minkpp": []}
         for row in splits[split]:
             lp, _, mu, sigma = score_by_hand(model, row["question"], row["answer"])
-            lowest = max(1, int(len(lp) * k))
             scores["loss"].append(lp.mean())
             scores["zlib"].append(lp.mean() / len(zlib.compress(row["answer"].encode("utf-8"))))
+            lp, mu, sigma = lp[:-1], mu[:-1], sigma[:-1]  # Min-K% / Min-K%++ without the EOS
+            lowest = max(1, int(len(lp) * k))
             scores["mink"].append(np.sort(lp)[:lowest].mean())
             scores["minkpp"].append(np.sort((lp - mu) / sigma)[:lowest].mean())
         return scores
@@ -68,8 +69,9 @@ def _by_hand_metrics(model, splits, score_by_hand, pairwise_auc, k: float) -> di
         out[f"mia_{attack}_auc"] = pairwise_auc(members[attack], nonmembers[attack])
     es, em = [], []
     for row in splits["forget"]:
-        hits = list(score_by_hand(model, row["question"], row["answer"])[1])
-        es.append(1 - next(i for i in range(len(hits) + 1) if all(hits[i:])) / len(hits))
+        hits = list(score_by_hand(model, row["question"], row["answer"])[1])[:-1]  # no EOS
+        # open-unlearning's search over k = 0..n-1, left at n-1 when no suffix matches
+        es.append(1 - next((i for i in range(len(hits)) if all(hits[i:])), len(hits) - 1) / len(hits))
         em.append(sum(hits) / len(hits))
     out["extraction_strength"] = sum(es) / len(es)
     out["exact_memorization"] = sum(em) / len(em)

@@ -10,7 +10,12 @@ import zlib
 import numpy as np
 import pytest
 
+from soulcli.data.template import PromptTemplate
 from soulcli.eval import metrics as M
+from soulcli.eval.kinds import ExactMemorization, ExtractionStrength
+from soulcli.eval.kinds.mia import MembershipAUC
+from soulcli.eval.metric import QAPairing, Requests, Results
+from soulcli.eval.scoring import TokenScores
 
 TOL = 1e-6
 
@@ -164,15 +169,18 @@ def test_membership_scores():
 
 
 def _es_by_definition(hits: list[bool]) -> float:
+    """open-unlearning's search: the first k in 0..n-1 whose suffix is all right, n-1 if none."""
     n = len(hits)
-    k_star = next(k for k in range(n + 1) if all(hits[k:]))
-    return 1 - k_star / n
+    k = next((k for k in range(n) if all(hits[k:])), n - 1)
+    return 1 - k / n
 
 
 def test_extraction_strength_and_exact_memorization():
     cases = {
         (False, True, True): 2 / 3,
-        (True, True, False): 0.0,
+        (True, True, False): 1 / 3,  # even the last token wrong: 1/n, as open-unlearning
+        (False, False, False, False): 1 / 4,
+        (False,): 1.0,  # one wrong token: 1/1
         (True, True, True): 1.0,
         (True, False, True, True): 0.5,
     }
@@ -183,3 +191,27 @@ def test_extraction_strength_and_exact_memorization():
         hits = list(rng.random(rng.integers(1, 12)) < 0.7)
         assert M.extraction_strength(hits) == pytest.approx(_es_by_definition(hits), abs=TOL)
         assert M.exact_memorization(hits) == pytest.approx(sum(hits) / len(hits), abs=TOL)
+
+
+def _run_metric(metric, rows: dict[str, list[dict]], scores: list[TokenScores]) -> dict:
+    req = Requests()
+    plan = metric.plan(rows, req)
+    return metric.compute(plan, Results(scores=scores, generations=[]), {}, None, rows)
+
+
+def test_memorization_and_min_k_leave_the_appended_eos_out():
+    """open-unlearning scores EM, ES, Min-K% and Min-K%++ without the EOS prediction; LOSS keeps
+    it. Hand-built per-token results: the EOS (last token) decides the outcome if counted."""
+    pairing = QAPairing(template=PromptTemplate())
+    forget = {"forget": [{"question": "q", "answer": "a"}]}
+    hits = TokenScores(np.zeros(5), np.array([True, False, True, True, False]), eos=True)
+    em = _run_metric(ExactMemorization("em", "forget", pairing), forget, [hits])
+    es = _run_metric(ExtractionStrength("es", "forget", pairing), forget, [hits])
+    assert em["value"] == pytest.approx(3 / 4)  # with the EOS it would be 3/5
+    assert es["value"] == pytest.approx(1 - 2 / 4)  # with the EOS: 1/5
+    rows = {"members": [{"question": "m", "answer": "a"}], "others": [{"question": "o", "answer": "a"}]}
+    member = TokenScores(np.array([-1.0, -1.0, -9.0]), np.zeros(3, bool), np.zeros(3), np.ones(3), eos=True)
+    other = TokenScores(np.array([-2.0, -2.0, -0.1]), np.zeros(3, bool), np.zeros(3), np.ones(3), eos=True)
+    for attack, value in (("mink", 1.0), ("minkpp", 1.0), ("loss", 0.0)):
+        auc = MembershipAUC("auc", attack, "members", "others", pairing, k=0.4)
+        assert _run_metric(auc, rows, [member, other])["value"] == value, attack

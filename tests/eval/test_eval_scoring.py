@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from soulcli.errors import UserError
-from soulcli.eval.scoring import Pair, length_order, score_pairs
+from soulcli.eval.scoring import Pair, TokenScores, length_order, position_scores, score_pairs
 
 
 def _pairs(splits) -> list[tuple[str, str]]:
@@ -90,3 +91,67 @@ def test_a_raw_text_is_scored_from_its_first_token_without_eos(model, tokenizer,
     assert tokenizer(text)["input_ids"][0] != tokenizer.bos_token_id
     assert len(raw.logprobs) == n - 1 and len(closed.logprobs) == n
     np.testing.assert_allclose(raw.logprobs, closed.logprobs[:-1], atol=1e-5, rtol=0)
+
+
+def _reference_scores(logits: np.ndarray, labels: np.ndarray, stats: list[bool]):
+    """Each answer position of ``[B, T, V]`` logits scored on its own, float64 numpy: the
+    straightforward computation the chunked one must equal."""
+    lp, hits, mu, sigma = [], [], [], []
+    for b in range(logits.shape[0]):
+        for t in range(logits.shape[1] - 1):
+            y = labels[b, t + 1]
+            if y == -100:
+                continue
+            row = logits[b, t].astype(np.float64)
+            logp = row - row.max() - np.log(np.exp(row - row.max()).sum())
+            lp.append(logp[y])
+            hits.append(row.argmax() == y)
+            p = np.exp(logp)
+            m = (p * logp).sum()
+            mu.append(m if stats[b] else 0.0)
+            sigma.append(np.sqrt(max((p * (logp - m) ** 2).sum(), 1e-6)) if stats[b] else 1.0)
+    return np.array(lp), np.array(hits), np.array(mu), np.array(sigma)
+
+
+def test_chunked_position_scores_equal_a_direct_computation():
+    """Random logits at vocabulary 50, prefix and padding positions masked, statistics for two
+    of three rows; every chunk size (one position per chunk up to all at once) gives the
+    reference values, and the chunk sizes agree with each other exactly."""
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.randn(3, 7, 50, generator=gen) * 3
+    logits[1, 3] = 0.0
+    logits[1, 3, 5] = 40.0  # near one-hot: the variance floor 1e-6 applies, sigma = 1e-3
+    labels = torch.randint(0, 50, (3, 7), generator=gen)
+    labels[1, 4] = 5
+    labels[0, :3] = labels[1, :2] = labels[2, :4] = -100  # BOS + prompt
+    labels[2, 6] = -100  # padding
+    stats = [True, True, False]
+    want = _reference_scores(logits.numpy(), labels.numpy(), stats)
+    runs = [position_scores(logits, labels, torch.tensor(stats), chunk_elements=c)
+            for c in (1, 120, 10**9)]
+    for lp, hits, mu, sigma in runs:
+        np.testing.assert_allclose(lp.double().numpy(), want[0], atol=1e-6, rtol=0)
+        np.testing.assert_array_equal(hits.numpy(), want[1])
+        np.testing.assert_allclose(mu.numpy(), want[2], atol=1e-9, rtol=0)
+        np.testing.assert_allclose(sigma.numpy(), want[3], atol=1e-9, rtol=0)
+        for got, first in zip((lp, hits, mu, sigma), runs[0]):
+            assert torch.equal(got, first)
+    assert len(want[0]) == 4 + 5 + 2
+    assert runs[0][3][4 + 2].item() == pytest.approx(1e-3)  # labels[1, 4]: the one-hot row
+
+
+def test_an_appended_eos_is_marked_and_left_out_of_content(model, tokenizer, template):
+    """A QA answer ends in its EOS (content: all but it); a raw text has none; an answer cut by
+    max_length has lost its EOS, so every token is its own. (This tokenizer adds no BOS, so a
+    raw text's first token has nothing before it and is not scored.)"""
+    qa, raw = Pair(template.prompt("Who wrote Emma?"), "Jane Austen"), Pair("", "Jane Austen", eos=False)
+    closed, text = score_pairs(model, tokenizer, [qa, raw])
+    n = len(tokenizer("Jane Austen", add_special_tokens=False)["input_ids"])
+    assert closed.eos and len(closed.logprobs) == n + 1 and closed.content == slice(0, n)
+    assert not text.eos and len(text.logprobs) == n - 1 and text.content == slice(0, n - 1)
+    assert not closed.truncated and not text.truncated
+    prompt = len(tokenizer(template.prompt("Who wrote Emma?"), add_special_tokens=False)["input_ids"])
+    (cut,) = score_pairs(model, tokenizer, [qa], max_length=prompt + n)
+    assert cut.truncated and not cut.eos and len(cut.logprobs) == n and cut.content == slice(0, n)
+    only_eos = TokenScores(np.zeros(1), np.zeros(1, bool), eos=True)
+    assert only_eos.content == slice(0, 1)  # nothing but the EOS: kept, so the item has a value

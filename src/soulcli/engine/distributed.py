@@ -118,10 +118,19 @@ class DistributedCurvature:
         return {"curvature_tokens": float(global_bs)} if global_bs else {}
 
     def estimate(self, model: torch.nn.Module, parts: Sequence[Part], opt) -> dict[str, float]:
+        return self._sample(lambda raw, proxy: self.inner.estimate(
+            raw, [(data, None) for data, _ in parts], proxy), model, parts[0][0], opt)
+
+    def estimate_accumulated(self, model: torch.nn.Module, micro: Sequence[Sequence[Part]],
+                             opt) -> dict[str, float]:
+        """The inner estimate over this rank's micro-batches, reduced as :meth:`estimate`'s."""
+        return self._sample(lambda raw, proxy: self.inner.estimate_accumulated(raw, micro, proxy),
+                            model, micro[0][0][0], opt)
+
+    def _sample(self, run, model: torch.nn.Module, batch, opt) -> dict[str, float]:
         proxy = _Capture(opt)
-        raw = getattr(model, "module", model)
-        diag = self.inner.estimate(raw, [(data, None) for data, _ in parts], proxy)
-        device = parts[0][0]["input_ids"].device
+        diag = run(getattr(model, "module", model), proxy)
+        device = batch["input_ids"].device
         flag = torch.tensor([1.0 if proxy.call is not None else 0.0], device=device)
         dist.all_reduce(flag)  # every rank takes part in the reductions, or none does
         if flag.item() == 0:

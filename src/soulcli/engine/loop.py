@@ -4,7 +4,10 @@ A step: the forward returns its loss, its logged terms and the logits it compute
 batches they belong to); every ``hessian_interval`` steps the curvature estimator takes its
 sample from those logits (one extra backward, no extra forward); backward; clip; the
 estimator's after-backward part (the empirical Fisher reads ``p.grad``); optimizer step;
-diagnostics; scheduler; a metrics row. A zeroth-order optimizer (``zeroth_order``: MeZO) takes
+diagnostics; scheduler; a metrics row. A step given as :class:`MicroBatches` (gradient
+accumulation) forwards and backwards each in turn, then takes the curvature sample of them all
+(``estimate_accumulated``); ``Training.autocast`` runs the forwards under autocast
+(``train.precision: bf16-mixed``). A zeroth-order optimizer (``zeroth_order``: MeZO) takes
 the forward as a loss closure instead, runs it twice without a graph and needs no backward. A non-finite loss (checked before the curvature sample,
 which would carry it into the optimizer's state) or gradient norm stops the run with
 :class:`~soulcli.errors.DivergedError`, or, with ``on_nonfinite="skip"``, drops that step's
@@ -17,6 +20,7 @@ nanoGPT loop.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import math
 import time
@@ -54,6 +58,7 @@ class Training:
     log_every: int = 1
     on_nonfinite: str = "stop"  # stop: raise DivergedError; skip: no update for that step
     checkpoints: Checkpoints | None = None  # write / resume checkpoints (engine.checkpoint)
+    autocast: torch.dtype | None = None  # the forward's autocast dtype (train.precision bf16-mixed)
 
 
 @dataclass
@@ -106,29 +111,78 @@ def _finite(run: Training, name: str, value: float, step: int, kept: str, local:
     return False
 
 
-def _update(run: Training, out: StepOutput, params: list[torch.nn.Parameter],
-            step: int, kept: str) -> tuple[float, dict[str, float]] | None:
-    """The step's update from its forward output: (grad norm, diagnostics), or None when the
-    loss or the gradient is not finite and ``run.on_nonfinite`` is ``skip``."""
+class MicroBatches(list):
+    """One step's batch given as micro-batches (gradient accumulation, ``grad_accum``): each is
+    forwarded and backwarded in turn (DDP syncs the gradients on the last only), so the memory
+    is that of one. The forward must give each micro-batch's loss as its share of the step's
+    loss (its terms likewise): the loop sums them, so the step is the larger batch's."""
+
+
+def _autocast(run: Training):
+    """The forward's autocast context (``run.autocast``: bf16-mixed), or none."""
+    if run.autocast is None:
+        return contextlib.nullcontext()
+    return torch.autocast(next(run.model.parameters()).device.type, dtype=run.autocast)
+
+
+def _accumulate(run: Training, micro: MicroBatches) -> tuple[StepOutput, list[list[Part]]]:
+    """Forward and backward each micro-batch; the step's output: the summed losses and terms,
+    and every micro-batch's parts (their logits dropped, each graph freed after its backward);
+    then those parts per micro-batch."""
+    outs, parts = [], []
+    for k, batch in enumerate(micro):
+        last = k == len(micro) - 1
+        with (contextlib.nullcontext() if last or not hasattr(run.model, "no_sync") else run.model.no_sync()):
+            with _autocast(run):
+                out = run.forward(run.model, batch)
+            out.loss.backward()
+        outs.append(replace(out, loss=out.loss.detach(), logits=[]))  # type: ignore[type-var]
+        parts.append([(data, None) for data, _ in out.logits])
+        del out
+    terms = {key: sum(o.terms[key] for o in outs) if isinstance(value, float) else value
+             for key, value in outs[-1].terms.items()}
+    return replace(outs[-1], loss=sum(o.loss for o in outs), terms=terms,  # type: ignore[type-var]
+                   logits=[p for ps in parts for p in ps]), parts
+
+
+def _update(run: Training, batch: Any, params: list[torch.nn.Parameter],
+            step: int, kept: str) -> tuple[StepOutput, tuple[float, dict[str, float]] | None]:
+    """The step on ``batch`` (one, or :class:`MicroBatches`): its forward output and (grad norm,
+    diagnostics), or None when the loss or the gradient is not finite and ``run.on_nonfinite``
+    is ``skip``. One batch gives the curvature sample from its forward's logits before its
+    backward; micro-batches give theirs after all the backwards, drawn as for one batch of them
+    all (``estimate_accumulated``: it forwards them again, once per curvature step)."""
     opt, curvature = run.optimizer, run.curvature
-    if not _finite(run, "loss", float(out.loss.detach()), step, kept, local=True):
-        return None
+    sample = curvature is not None and (step - 1) % run.hessian_interval == 0
     diag: dict[str, float] = {}
-    if curvature is not None and (step - 1) % run.hessian_interval == 0:
-        diag |= curvature.estimate(run.model, out.logits, opt)
-    out.loss.backward()
+    if isinstance(batch, MicroBatches) and len(batch) > 1:
+        out, micro_parts = _accumulate(run, batch)
+        if not _finite(run, "loss", float(out.loss), step, kept, local=True):
+            return out, None
+        if sample:
+            with _autocast(run):
+                diag |= curvature.estimate_accumulated(run.model, micro_parts, opt)  # type: ignore[union-attr]
+    else:
+        with _autocast(run):
+            out = run.forward(run.model, batch[0] if isinstance(batch, MicroBatches) else batch)
+        if not _finite(run, "loss", float(out.loss.detach()), step, kept, local=True):
+            return out, None
+        if sample:
+            with _autocast(run):
+                diag |= curvature.estimate(run.model, out.logits, opt)  # type: ignore[union-attr]
+        out.loss.backward()
     if run.max_grad_norm is not None:
         grad_norm = float(torch.nn.utils.clip_grad_norm_(params, run.max_grad_norm))
     else:
         grad_norm = float(torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None]))
     if not _finite(run, "gradient norm", grad_norm, step, kept):
-        return None
+        return out, None
     if curvature is not None:
         diag |= curvature.after_backward(out.logits, opt)
     opt.step()
     if hasattr(opt, "diagnostics"):
         diag |= opt.diagnostics() or {}
-    return grad_norm, diag
+    return out, (grad_norm, diag)
 
 
 def _zeroth_order_update(run: Training, batch: Any, step: int,
@@ -190,8 +244,7 @@ def train(run: Training, batches: Iterable[Any], num_steps: int, reporter: Repor
                 with torch.no_grad():
                     out, update = _zeroth_order_update(run, batch, step + 1, kept)
             else:
-                out = run.forward(model, batch)
-                update = _update(run, out, params, step + 1, kept)
+                out, update = _update(run, batch, params, step + 1, kept)
             opt.zero_grad(set_to_none=True)
             if run.scheduler is not None:
                 run.scheduler.step()

@@ -59,6 +59,15 @@ def plan_unlearning(
     return out
 
 
+def split(indices: list[int], n: int) -> list[list[int]]:
+    """``indices`` cut into ``min(n, len)`` consecutive pieces whose sizes differ by at most one
+    (the micro-batches of a step: ``n`` pieces of ``size`` when ``len == n * size``)."""
+    n = max(1, min(n, len(indices)))
+    size, extra = divmod(len(indices), n)
+    bounds = [k * size + min(k, extra) for k in range(n + 1)]
+    return [indices[a:b] for a, b in zip(bounds, bounds[1:])]
+
+
 def epoch_batches(n: int, batch_size: int, epochs: int, seed: int, rank: int = 0,
                   world_size: int = 1) -> list[list[int]]:
     """Shuffled batches for ordinary training (finetune), one permutation per epoch."""

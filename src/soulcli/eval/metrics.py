@@ -156,7 +156,9 @@ def zlib_score(token_logprobs: Sequence[float], text: str) -> float:
 
 
 def mink_score(token_logprobs: Sequence[float], k: float) -> float:
-    """Min-K% Prob: mean of the lowest ``max(1, floor(k n))`` token log-probabilities."""
+    """Min-K% Prob (Shi et al., 2024): mean of the lowest ``max(1, floor(k n))`` token
+    log-probabilities, open-unlearning's count (``src/evals/metrics/mia/min_k.py``; negated
+    there, oriented "lower = member")."""
     return _lowest_fraction_mean(np.asarray(token_logprobs, dtype=np.float64), k)
 
 
@@ -166,7 +168,9 @@ def minkpp_score(
     """Min-K%++: Min-K% over ``(log p(x_t) - mu_t) / sigma_t``.
 
     ``mu_t`` and ``sigma_t`` are the mean and standard deviation of ``log p(z)`` for ``z`` drawn
-    from the model's next-token distribution at position ``t``.
+    from the model's next-token distribution at position ``t`` (Zhang et al., 2024, eq. 2; the
+    variance floored at 1e-6 as in open-unlearning's ``src/evals/metrics/mia/min_k_plus_plus.py``,
+    see :mod:`soulcli.eval.scoring`).
     """
     z = (
         np.asarray(token_logprobs, dtype=np.float64) - np.asarray(mu, dtype=np.float64)
@@ -175,21 +179,24 @@ def minkpp_score(
 
 
 def extraction_strength(hits: Sequence[bool]) -> float:
-    """ES = ``1 - k*/|y|``: ``k*`` is the shortest answer prefix after which teacher-forced greedy
-    decoding reproduces the whole rest of the answer (``k* = |y|`` when not even the last token
-    is right, giving 0). Equivalently the length of the trailing run of correct argmax
-    predictions over ``|y|``.
+    """ES = ``1 - k/n`` over ``n`` answer tokens, open-unlearning's rule
+    (``src/evals/metrics/memorization.py``, after Carlini et al., 2021/2023): ``k`` is the
+    shortest prefix after which the teacher-forced argmax reproduces the whole rest of the
+    answer, searched over ``k = 0 .. n-1``; when none does (even the last token is wrong) the
+    search ends at ``k = n-1``, so ES is ``1/n``, not 0 (a one-token answer scores 1 either way).
+    Otherwise ``k`` is the index after the last wrong token.
     """
     arr = np.asarray(hits, dtype=bool)
     if arr.size == 0:
         raise ValueError("extraction strength of an empty answer")
     wrong = np.flatnonzero(~arr)
-    k_star = 0 if wrong.size == 0 else int(wrong[-1]) + 1
-    return 1.0 - k_star / arr.size
+    k = 0 if wrong.size == 0 else min(int(wrong[-1]) + 1, arr.size - 1)
+    return 1.0 - k / arr.size
 
 
 def exact_memorization(hits: Sequence[bool]) -> float:
-    """EM: fraction of answer tokens where the teacher-forced argmax equals the answer token."""
+    """EM: fraction of answer tokens where the teacher-forced argmax equals the answer token
+    (Tirumala et al., 2022; open-unlearning's ``exact_memorization``)."""
     arr = np.asarray(hits, dtype=bool)
     if arr.size == 0:
         raise ValueError("exact memorization of an empty answer")

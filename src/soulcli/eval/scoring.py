@@ -10,7 +10,9 @@ its continuation, a raw text) yields at each continuation token:
 * optionally the mean and standard deviation of ``log p(z)`` under that distribution (Min-K%++).
 
 :func:`score_pairs` computes these once per distinct pair, sorted by length so batches carry
-little padding, and hands them back in the caller's order.
+little padding, and hands them back in the caller's order; within a batch the answer positions
+go through :func:`position_scores` in chunks, so memory beyond the model's logits stays one
+chunk's whatever the vocabulary.
 """
 
 from __future__ import annotations
@@ -29,7 +31,6 @@ from soulcli.data.encode import (
     eval_mode,
     pad_batch,
     pad_id,
-    pick_answer_logits,
 )
 
 Progress = Callable[[str, int, int], None]
@@ -55,13 +56,23 @@ class TokenScores:
     hits: np.ndarray  # bool [n]: argmax of the next-token distribution == y_t
     mu: np.ndarray | None = None  # float64 [n]: E_z[log p(z)]
     sigma: np.ndarray | None = None  # float64 [n]: std_z[log p(z)]
+    eos: bool = False  # the last token is the closing EOS (not cut off by max_length)
     truncated: bool = False  # the sequence was cut to max_length
 
     @property
     def nll(self) -> float:
-        """Mean answer-token negative log-likelihood (TOFU's per-item loss)."""
+        """Mean answer-token negative log-likelihood (TOFU's per-item loss, EOS included)."""
         return float(-self.logprobs.mean())
 
+    @property
+    def content(self) -> slice:
+        """The continuation's own tokens: all but an appended EOS. open-unlearning's Min-K%,
+        Min-K%++, exact memorisation and extraction strength leave the EOS prediction out
+        (``tokenwise_logprobs`` / ``tokenwise_vocab_logprobs`` in its
+        ``src/evals/metrics/utils.py`` drop the last label); a continuation that is nothing but
+        its EOS keeps it, so every item has a value."""
+        n = len(self.logprobs)
+        return slice(0, n - 1 if self.eos and n > 1 else n)
 
 def model_device(model: torch.nn.Module) -> torch.device:
     return next(model.parameters()).device
@@ -86,12 +97,18 @@ def batches(
             progress(stage, start + len(chunk), len(order))
 
 
-# Variance below this is treated as this (a near one-hot distribution); keeps z finite.
-_MIN_VARIANCE = 1e-12
+# Variance below this is treated as this (a near one-hot distribution); keeps z finite. The
+# floor open-unlearning's Min-K%++ (src/evals/metrics/mia/min_k_plus_plus.py) clamps it to.
+_MIN_VARIANCE = 1e-6
+# Answer positions per chunk: about this many logits (x 8 bytes for the float64 statistics), so
+# a chunk's temporaries stay near 32 MB whatever the vocabulary.
+CHUNK_ELEMENTS = 1 << 22
 
 
 def _distribution_stats(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean and std of ``log p(z)`` for ``z ~ p = softmax(logits)``, rows of ``[N, V]``."""
+    """Mean and std of ``log p(z)`` for ``z ~ p = softmax(logits)``, rows of ``[N, V]``, in
+    float64 (Zhang et al., 2024, Min-K%++ eq. 2: ``mu = E_z log p(z)``, ``sigma^2 = E_z (log
+    p(z) - mu)^2``), the variance at least :data:`_MIN_VARIANCE`."""
     logp = torch.log_softmax(logits.double(), dim=-1)
     p = logp.exp()
     mu = (p * logp).sum(-1)
@@ -99,9 +116,46 @@ def _distribution_stats(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tenso
     return mu, var.clamp_min(_MIN_VARIANCE).sqrt()
 
 
+def position_scores(
+    logits: torch.Tensor, labels: torch.Tensor, stats: torch.Tensor,
+    chunk_elements: int = CHUNK_ELEMENTS,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """Log-probability (fp32, ``F.cross_entropy``), argmax hit and, for rows whose ``stats``
+    flag is set, Min-K%++'s ``mu``/``sigma`` of every answer position of ``[B, T, V]`` logits,
+    flattened row-major as ``labels[:, 1:][answer_mask(labels)]``.
+
+    Positions go through in chunks of about ``chunk_elements`` logits, so no full-vocabulary
+    temporary (a log-softmax, a float64 copy) is ever larger than one chunk: at a 128k
+    vocabulary a batch's answer logits in float64 would be gigabytes. Each position's numbers
+    are computed from its own row exactly as in one pass, so chunking changes no value.
+    ``mu``/``sigma`` are 0 / 1 on rows without the flag (and ``None`` if no row has it).
+    """
+    rows, cols = answer_mask(labels).nonzero(as_tuple=True)
+    targets = labels[rows, cols + 1]
+    per_position = stats[rows]
+    want_stats = bool(per_position.any())
+    n, vocab = len(rows), logits.shape[-1]
+    logprobs = torch.empty(n, dtype=torch.float32, device=logits.device)
+    hits = torch.empty(n, dtype=torch.bool, device=logits.device)
+    mu = torch.zeros(n, dtype=torch.float64, device=logits.device) if want_stats else None
+    sigma = torch.ones(n, dtype=torch.float64, device=logits.device) if want_stats else None
+    step = max(1, chunk_elements // vocab)
+    for start in range(0, n, step):
+        sl = slice(start, start + step)
+        picked = logits[rows[sl], cols[sl]]
+        picked = picked.to(torch.promote_types(picked.dtype, torch.float32))
+        logprobs[sl] = -F.cross_entropy(picked, targets[sl], reduction="none")
+        hits[sl] = picked.argmax(-1) == targets[sl]
+        keep = per_position[sl]
+        if want_stats and bool(keep.any()):
+            where = torch.arange(start, start + len(keep), device=logits.device)[keep]
+            mu[where], sigma[where] = _distribution_stats(picked[keep])
+    return logprobs, hits, mu, sigma
+
+
 @torch.inference_mode()
 def _score_batch(
-    model: torch.nn.Module, batch: dict[str, torch.Tensor], with_stats: Sequence[bool]
+    model: torch.nn.Module, batch: dict[str, torch.Tensor], with_stats: Sequence[bool],
 ) -> list[TokenScores]:
     device = model_device(model)
     logits = model(
@@ -110,19 +164,10 @@ def _score_batch(
         use_cache=False,
     ).logits
     labels = batch["labels"].to(device)
-    mask = answer_mask(labels)
-    picked = pick_answer_logits(logits, labels)  # [N, V]: only answer positions, row-major
-    flat_target = labels[:, 1:][mask]
-    logprobs = -F.cross_entropy(picked, flat_target, reduction="none")
-    hits = picked.argmax(-1) == flat_target
-    counts = mask.sum(-1).tolist()
-    row_of = torch.repeat_interleave(torch.arange(len(counts), device=device), mask.sum(-1))
-    stat_rows = torch.tensor(list(with_stats), device=device)[row_of]
-    mu = sigma = None
-    if bool(stat_rows.any()):
-        mu = torch.zeros_like(logprobs, dtype=torch.float64)
-        sigma = torch.ones_like(logprobs, dtype=torch.float64)
-        mu[stat_rows], sigma[stat_rows] = _distribution_stats(picked[stat_rows])
+    flags = torch.tensor(list(with_stats), device=device)
+    logprobs, hits, mu, sigma = position_scores(logits, labels, flags, CHUNK_ELEMENTS)
+    del logits
+    counts = answer_mask(labels).sum(-1).tolist()
     logprobs_np = logprobs.double().cpu().numpy()
     hits_np = hits.cpu().numpy()
     mu_np = mu.cpu().numpy() if mu is not None else None
@@ -171,5 +216,6 @@ def score_pairs(
         for chunk in batches(order, batch_size, "scoring", progress):
             batch = pad_batch([items[i] for i in chunk], pad_id(tokenizer), "right")
             for i, scores in zip(chunk, _score_batch(model, batch, [flags[i] for i in chunk])):
-                results[i] = replace(scores, truncated=items[i].truncated)
+                cut = items[i].truncated  # a cut sequence lost its EOS with its end
+                results[i] = replace(scores, eos=pairs[i].eos and not cut, truncated=cut)
     return results  # type: ignore[return-value]

@@ -15,6 +15,9 @@ from soulcli.errors import UserError
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
+ADAPTER_CONFIG = "adapter_config.json"  # a LoRA adapter folder (model.save: adapter)
+
+
 def _looks_like_hub_id(name: str) -> bool:
     parts = name.split("/")
     return len(parts) == 2 and all(parts) and not name.startswith((".", "/", "~"))
@@ -24,7 +27,7 @@ def resolve_model_path(name: str, marker: str = "config.json") -> str:
     """A local folder with ``marker`` (config.json), or a hub id; anything else is a user error."""
     path = Path(name).expanduser()
     if path.is_dir():
-        if not (path / marker).is_file():
+        if not (path / marker).is_file() and not (path / ADAPTER_CONFIG).is_file():
             raise UserError(
                 f"model folder '{path}' has no {marker}; point to a folder written by "
                 "save_pretrained (e.g. a run's model/ folder)"
@@ -38,6 +41,48 @@ def resolve_model_path(name: str, marker: str = "config.json") -> str:
         f"model folder '{name}' does not exist; pass an existing HF model folder or a hub id "
         "like 'org/name' (run `soul finetune` to build the built-in one)"
     )
+
+
+HUB_TIMEOUT_S = 10.0
+
+
+def hub_cache_only(name: str) -> bool:
+    """Whether hub id ``name`` must load from the local Hugging Face cache only; a hub id that
+    cannot load at all fails here, fast, with the reason in one line.
+
+    transformers retries an unreachable hub five times with backoff (over a minute per file)
+    before it gives up; soulcli asks once instead: one metadata request for its config.json (no
+    retries, :data:`HUB_TIMEOUT_S`). Unreachable with a cached copy: load the copy (``True``).
+    With ``HF_HUB_OFFLINE=1`` nothing is requested: a cached copy loads, none is an error.
+    """
+    from huggingface_hub import constants, get_hf_file_metadata, hf_hub_url, try_to_load_from_cache
+    from huggingface_hub.errors import GatedRepoError, RemoteEntryNotFoundError, RepositoryNotFoundError
+
+    cached = isinstance(try_to_load_from_cache(name, "config.json"), str)
+    if constants.HF_HUB_OFFLINE:
+        if cached:
+            return True
+        raise UserError(f"'{name}' is a hub id with no copy in the local Hugging Face cache and "
+                        f"HF_HUB_OFFLINE is set; download it where the network allows (`hf download "
+                        f"{name}`) or pass a local model folder")
+    try:
+        get_hf_file_metadata(hf_hub_url(name, "config.json"), timeout=HUB_TIMEOUT_S)
+    except GatedRepoError:  # a RepositoryNotFoundError too: first
+        raise UserError(f"hub repo '{name}' is gated; accept its terms on huggingface.co and log in "
+                        "(`hf auth login` or HF_TOKEN)") from None
+    except RepositoryNotFoundError:
+        raise UserError(f"hub repo '{name}' does not exist or is private (log in with `hf auth login` "
+                        "or HF_TOKEN for a private one); check the name, or pass a local folder") from None
+    except RemoteEntryNotFoundError:
+        raise UserError(f"hub repo '{name}' has no config.json; it is not a transformers model") from None
+    except Exception as exc:  # no network, DNS, proxy, timeout: whatever the HTTP client raises
+        if cached:
+            return True
+        detail = " ".join(str(exc).split())[:160]
+        raise UserError(f"cannot reach the Hugging Face hub for '{name}' ({exc.__class__.__name__}: "
+                        f"{detail}) and no copy is cached; check the network, or pass a local "
+                        "model folder") from None
+    return False
 
 
 #: The files a model folder's numbers depend on: config, tokenizer and weights (top level).
@@ -116,8 +161,14 @@ def load_tokenizer(name: str, trust_remote_code: bool = False):
 
     where = resolve_model_path(name, "tokenizer_config.json")
     check_model_folder(where, trust_remote_code)
+    cache_only = _cache_only(where)
     return _from_pretrained("tokenizer", name, lambda: AutoTokenizer.from_pretrained(
-        where, trust_remote_code=trust_remote_code))
+        where, trust_remote_code=trust_remote_code, local_files_only=cache_only))
+
+
+def _cache_only(where: str) -> bool:
+    """:func:`hub_cache_only` for a hub id; a local folder is read as it is."""
+    return False if Path(where).is_dir() else hub_cache_only(where)
 
 
 def _load_checked(auto, what: str, name: str, dtype: str, trust_remote_code: bool):
@@ -125,9 +176,11 @@ def _load_checked(auto, what: str, name: str, dtype: str, trust_remote_code: boo
     refusing code that is not trusted and weights that do not fit the config."""
     where = resolve_model_path(name)
     check_model_folder(where, trust_remote_code)
+    cache_only = _cache_only(where)
     tokenizer = load_tokenizer(where, trust_remote_code)
     model, info = _from_pretrained(what, name, lambda: auto.from_pretrained(
-        where, dtype=DTYPES[dtype], trust_remote_code=trust_remote_code, output_loading_info=True))
+        where, dtype=DTYPES[dtype], trust_remote_code=trust_remote_code, output_loading_info=True,
+        local_files_only=cache_only))
     unfit = sorted(info.get("missing_keys") or []) + sorted(info.get("unexpected_keys") or [])
     if unfit:  # transformers would go on with freshly initialised (or dropped) weights
         raise UserError(f"the weights of {what} '{name}' do not fit its config.json "
@@ -142,11 +195,34 @@ def load_model(name: str, dtype: str = "float32", device: str | torch.device = "
     """Load ``(model, tokenizer)`` from a folder or hub id as they are: no token is added and no
     embedding resized (padding uses an existing id, :func:`soulcli.data.encode.pad_id`), so a
     saved model keeps the source's exact vocabulary and shapes. A model that needs its own code
-    is refused unless ``trust_remote_code`` (model.trust_remote_code)."""
+    is refused unless ``trust_remote_code`` (model.trust_remote_code). A LoRA adapter folder
+    (``adapter_config.json``, no ``config.json``) loads onto the base its config records,
+    merged: the model the run trained, the tokenizer saved beside the adapter."""
     from transformers import AutoModelForCausalLM
 
+    folder = Path(name).expanduser()
+    if folder.is_dir() and not (folder / "config.json").is_file() and (folder / ADAPTER_CONFIG).is_file():
+        return _load_adapter(folder, dtype, device, trust_remote_code)
     model, tokenizer = _load_checked(AutoModelForCausalLM, "model", name, dtype, trust_remote_code)
     return model.to(device), tokenizer
+
+
+def _load_adapter(folder: Path, dtype: str, device: str | torch.device, trust_remote_code: bool):
+    from peft import PeftModel
+
+    try:
+        base = json.loads((folder / ADAPTER_CONFIG).read_text(encoding="utf-8"))["base_model_name_or_path"]
+    except (ValueError, OSError, KeyError, TypeError) as exc:
+        raise UserError(f"{folder / ADAPTER_CONFIG} does not record its base model ({exc.__class__.__name__}); "
+                        "re-save the adapter with save_pretrained") from None
+    if not isinstance(base, str) or not (Path(base).expanduser().is_dir() or _looks_like_hub_id(base)):
+        raise UserError(f"adapter folder '{folder}': its base model '{base}' is not there any more; "
+                        f"put it back, or set base_model_name_or_path in {ADAPTER_CONFIG}")
+    model, base_tokenizer = load_model(base, dtype, "cpu", trust_remote_code)
+    tokenizer = load_tokenizer(str(folder), trust_remote_code) if (folder / "tokenizer_config.json").is_file() \
+        else base_tokenizer
+    model = _from_pretrained("LoRA adapter", str(folder), lambda: PeftModel.from_pretrained(model, str(folder)))
+    return model.merge_and_unload().to(device), tokenizer
 
 
 def load_classifier(name: str, device: str | torch.device = "cpu", trust_remote_code: bool = False):
@@ -195,15 +271,23 @@ def _freeze_except(model, patterns: Sequence[str]) -> None:
         param.requires_grad_(any(p.search(name) for p in compiled))
 
 
-def export_model(model, tokenizer, out_dir: Path) -> None:
-    """Save as a plain HF model; a LoRA model is merged (its adapter is saved in ``adapter/``)."""
+def export_model(model, tokenizer, out_dir: Path, save: str = "both") -> None:
+    """Save ``model`` and its tokenizer in Hugging Face format. A LoRA model (``model.save``) is
+    saved merged (a plain HF model), as its adapter alone (``adapter_config.json`` recording
+    the base's absolute path or hub id: :func:`load_model` loads it onto that base), or
+    ``both``: merged, with the adapter in ``adapter/``."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    if hasattr(model, "merge_and_unload"):
-        model.save_pretrained(out_dir / "adapter")
-        import copy
-
-        merged = copy.deepcopy(model).merge_and_unload()
-        merged.save_pretrained(out_dir, safe_serialization=True)
-    else:
+    if not hasattr(model, "merge_and_unload"):
         model.save_pretrained(out_dir, safe_serialization=True)
+    else:
+        for config in model.peft_config.values():
+            base = Path(str(config.base_model_name_or_path)).expanduser()
+            if base.is_dir():  # a path valid from any folder
+                config.base_model_name_or_path = str(base.resolve())
+        if save in ("both", "adapter"):
+            model.save_pretrained(out_dir / "adapter" if save == "both" else out_dir)
+        if save in ("both", "merged"):
+            import copy
+
+            copy.deepcopy(model).merge_and_unload().save_pretrained(out_dir, safe_serialization=True)
     tokenizer.save_pretrained(out_dir)

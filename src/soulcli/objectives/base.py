@@ -45,6 +45,7 @@ fills the reference cache from them.
 from __future__ import annotations
 
 import abc
+import dataclasses
 import pathlib
 from dataclasses import dataclass
 from typing import Annotated, Any, Callable, ClassVar, Literal
@@ -52,7 +53,7 @@ from typing import Annotated, Any, Callable, ClassVar, Literal
 import torch
 
 from soulcli import schema
-from soulcli.data.encode import eval_mode, forward_logits
+from soulcli.data.encode import answer_mask, eval_mode, forward_logits
 from soulcli.errors import UserError
 from soulcli.objectives.logprobs import (
     kl_to_reference,
@@ -89,13 +90,17 @@ class UnlearnBatch:
     retain: Batch | None = None
     forget_refusal: Batch | None = None
     forget_alternate: Batch | None = None
+    # a micro-batch's (forget, retain) share of its step's counts (Objective.counts; gradient
+    # accumulation): its terms are scaled by them, so the micro-batches' sum is the step's
+    # loss; None: the batch is the whole step
+    share: tuple[float, float] | None = None
 
     def to(self, device: torch.device | str) -> "UnlearnBatch":
         def move(data: Batch | None) -> Batch | None:
             return None if data is None else {k: v.to(device) for k, v in data.items()}
 
         return UnlearnBatch(move(self.forget), move(self.retain), move(self.forget_refusal),
-                            move(self.forget_alternate))
+                            move(self.forget_alternate), self.share)
 
 
 class Forward:
@@ -149,6 +154,11 @@ class Objective(abc.ABC):
     uses_alternate: ClassVar[bool] = False
     needs_setup: bool = False
     retain_kind: ClassVar[str | None] = None
+    # whether micro-batches of a step add up to the step (False: the objective changes its own
+    # state at every call, as PDU's dual step does; unlearn.grad_accum must be 1)
+    accumulates: ClassVar[bool] = True
+    # the forget term is a mean over sequences, not answer tokens (NPO, SimNPO, DPO)
+    sequence_mean: ClassVar[bool] = False
 
     forget_weight: Annotated[float, NON_NEGATIVE, "gamma: the forget term's weight"] = 1.0
     retain_weight: Annotated[float, NON_NEGATIVE, "alpha: the retain term's weight"] = 1.0
@@ -205,6 +215,14 @@ class Objective(abc.ABC):
             "retain_loss": self.retain_loss,
             "kl_top_k": self.kl_top_k if "kl_top_k" in self.hyperparameters() else None,
         }
+
+    def counts(self, batch: UnlearnBatch) -> tuple[int, int]:
+        """How many things the forget and the retain term average over in ``batch`` (the
+        denominators of their means): answer tokens, the default's NLL and KL being token
+        means; a forget term that is a mean over sequences (``sequence_mean``) counts rows.
+        Gradient accumulation weights each micro-batch by its share of the step's counts."""
+        forget = row_count(batch.forget) if self.sequence_mean else answer_count(batch.forget)
+        return forget, answer_count(batch.retain)
 
     def retain_term(self, fwd: Forward, data: Batch) -> torch.Tensor:
         """NLL or KL-to-start on the retain batch (see the module docstring)."""
@@ -265,15 +283,21 @@ class Objective(abc.ABC):
                 raise ValueError(f"objective '{self.name}' needs batch.{field}")
         fwd = Forward(model)
         forget, extras = self.forget_term(fwd, batch)
-        total = self.forget_weight * forget
         logs = {"forget_loss": float(forget.detach()), **extras}
+        if batch.share is not None:
+            forget = forget * batch.share[0]
+            logs = {k: v * batch.share[0] if isinstance(v, float) else v for k, v in logs.items()}
+        total = self.forget_weight * forget
         trained = [batch.forget]
         if self.uses_retain:
             if batch.retain is None:
                 raise ValueError(f"objective '{self.name}' needs batch.retain (retain_weight > 0)")
             retain = self.retain_term(fwd, batch.retain)
-            total = total + self.retain_weight * retain
             logs["retain_loss"] = float(retain.detach())
+            if batch.share is not None:
+                retain = retain * batch.share[1]
+                logs["retain_loss"] *= batch.share[1]
+            total = total + self.retain_weight * retain
             trained.append(batch.retain)
         return ObjectiveOutput(total, logs, [(data, fwd.logits_of(data)) for data in trained])
 
@@ -288,6 +312,25 @@ class Objective(abc.ABC):
     def _reference_rows(self, table: str, data: Batch, device: torch.device) -> torch.Tensor:
         """Cached per-sequence scalars of ``table`` for the rows of ``data``, ``[B]``."""
         return torch.stack(self.cache.rows(table, data)).to(device)
+
+
+def with_shares(objective: Objective, micro: list[UnlearnBatch]) -> list[UnlearnBatch]:
+    """A step's micro-batches, each with its share of the step's forget and retain counts
+    (:meth:`Objective.counts`), so that the sum of their losses is the step's: a token mean over
+    the whole step, not a mean of the micro-batches' means."""
+    counts = [objective.counts(m) for m in micro]
+    totals = [max(1, sum(c[i] for c in counts)) for i in (0, 1)]
+    return [dataclasses.replace(m, share=(c[0] / totals[0], c[1] / totals[1])) for m, c in zip(micro, counts)]
+
+
+def answer_count(data: Batch | None) -> int:
+    """Answer tokens of a batch (0 for None): what a token-mean term averages over."""
+    return 0 if data is None else int(answer_mask(data["labels"]).sum())
+
+
+def row_count(data: Batch | None) -> int:
+    """Rows of a batch (0 for None): what a sequence-mean term averages over."""
+    return 0 if data is None else int(data["input_ids"].shape[0])
 
 
 def forget_nll(fwd: Forward, data: Batch) -> torch.Tensor:

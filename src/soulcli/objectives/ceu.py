@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from typing import Annotated
 
 from soulcli.data.encode import answer_mask
-from soulcli.objectives.base import Forward, Objective, Terms, UnlearnBatch
+from soulcli.objectives.base import Batch, Forward, Objective, Terms, UnlearnBatch, answer_count
 from soulcli.schema import NON_NEGATIVE
 
 
@@ -33,10 +33,17 @@ class CEU(Objective):
     ignore_first_n_answer_tokens: Annotated[
         int, NON_NEGATIVE, "answer tokens at the start of each answer left out of the loss"] = 1
 
+    def positions(self, data: Batch) -> torch.Tensor:
+        """``[B, T-1]`` bool: the answer positions in the loss (the first ones left out)."""
+        pos = answer_mask(data["labels"])
+        return pos & (pos.cumsum(-1) > self.ignore_first_n_answer_tokens)
+
+    def counts(self, batch: UnlearnBatch) -> tuple[int, int]:
+        return int(self.positions(batch.forget).sum()), answer_count(batch.retain)
+
     def forget_term(self, fwd: Forward, batch: UnlearnBatch) -> Terms:
         data = batch.forget
-        pos = answer_mask(data["labels"])
-        pos &= pos.cumsum(-1) > self.ignore_first_n_answer_tokens
+        pos = self.positions(data)
         z = fwd.logits(data)[:, :-1][pos].float()
         true = data["labels"][:, 1:][pos]
         target = F.softmax(z.detach().scatter(-1, true.unsqueeze(-1), float("-inf")), dim=-1)

@@ -24,6 +24,7 @@ class DPO(Objective):
     """
 
     name = "dpo"
+    sequence_mean = True
     uses_refusal = True
     needs_setup = True
     beta: Annotated[float, POSITIVE, "inverse temperature beta (0.1 as in the paper)"] = 0.1

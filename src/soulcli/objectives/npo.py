@@ -31,6 +31,7 @@ class NPO(Objective):
     """
 
     name = "npo"
+    sequence_mean = True
     needs_setup = True
     beta: Annotated[float, POSITIVE, "inverse temperature beta (the paper's default 0.1)"] = 0.1
 

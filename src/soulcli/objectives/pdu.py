@@ -42,6 +42,7 @@ class PDU(Objective):
     """
 
     name = "pdu"
+    accumulates = False  # the dual step at every call
     retain_loss_eps: Annotated[float, NON_NEGATIVE, "eps: the retain loss the constraint allows"] = 0.0
     dual_step_size: Annotated[float, POSITIVE, "step size of the dual ascent on lambda"] = 1.0
     dual_warmup_steps: Annotated[int, NON_NEGATIVE, "steps before lambda starts to move"] = 0

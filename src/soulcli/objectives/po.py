@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from soulcli.objectives.base import Forward, Objective, Terms, UnlearnBatch, forget_nll
+from soulcli.objectives.base import Forward, Objective, Terms, UnlearnBatch, answer_count, forget_nll
 
 
 class RefusalPO(Objective):
@@ -19,6 +19,10 @@ class RefusalPO(Objective):
 
     name = "po"
     uses_refusal = True
+
+    def counts(self, batch: UnlearnBatch) -> tuple[int, int]:
+        """The forget term is the token mean over the refusals' answers."""
+        return answer_count(batch.forget_refusal), answer_count(batch.retain)
 
     def forget_term(self, fwd: Forward, batch: UnlearnBatch) -> Terms:
         assert batch.forget_refusal is not None

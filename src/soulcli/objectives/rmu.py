@@ -9,7 +9,7 @@ from torch import nn
 
 from soulcli.errors import UserError
 from soulcli.data.encode import answer_mask
-from soulcli.objectives.base import Forward, Objective, ReferenceFn, Terms, UnlearnBatch
+from soulcli.objectives.base import Forward, Objective, ReferenceFn, Terms, UnlearnBatch, row_count
 from soulcli.objectives.reference import Batch
 from soulcli.schema import NON_NEGATIVE, POSITIVE
 
@@ -114,6 +114,10 @@ class RMU(Objective):
         """The unit vector ``u`` (fp32, CPU), the same for a given seed and width."""
         u = torch.rand(hidden, generator=torch.Generator().manual_seed(self.seed))
         return u / u.norm()
+
+    def counts(self, batch: UnlearnBatch) -> tuple[int, int]:
+        """Both terms are means over sequences: their counts are rows."""
+        return row_count(batch.forget), row_count(batch.retain)
 
     def forget_term(self, fwd: Forward, batch: UnlearnBatch) -> Terms:
         data = batch.forget

@@ -24,6 +24,7 @@ class SimNPO(Objective):
     """
 
     name = "simnpo"
+    sequence_mean = True
     beta: Annotated[float, POSITIVE, "inverse temperature beta (2.5 as in the paper's TOFU runs)"] = 2.5
     delta: Annotated[float, "reward margin delta on the mean answer log-likelihood"] = 0.0
 

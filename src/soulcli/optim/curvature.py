@@ -64,6 +64,10 @@ class CurvatureEstimator(Protocol):
         """After the loss's backward and clipping, every step: fold what ``p.grad`` gives."""
         ...
 
+    # an estimator that can also take a step's micro-batches (gradient accumulation) has
+    # ``estimate_accumulated(model, micro: Sequence[Sequence[Part]], opt)``: after all their
+    # backwards, the sample that ``estimate`` takes on one batch of them all
+
 
 def answer_logits(model: torch.nn.Module, batch: Batch) -> Tensor:
     """Logits of the answer positions, ``[n_tokens, vocab]``, in fp32 (fp64 stays fp64)."""
@@ -77,10 +81,14 @@ def sample_categorical(logits: Tensor, generator: torch.Generator) -> Tensor:
     Exact up to rounding, and it needs n random numbers where ``torch.multinomial`` draws
     n * V exponentials (on CPU a third of a curvature step's sampling-and-backward time).
     """
+    u = torch.rand(logits.shape[0], 1, generator=generator, dtype=torch.float64, device=logits.device)
+    return categorical_from_uniforms(logits, u)
+
+
+def categorical_from_uniforms(logits: Tensor, u: Tensor) -> Tensor:
+    """The labels :func:`sample_categorical` draws for the uniforms ``u`` (``[n, 1]`` fp64)."""
     with torch.no_grad():
         cdf = torch.softmax(logits.double(), -1).cumsum_(-1)
-        u = torch.rand(logits.shape[0], 1, generator=generator, dtype=torch.float64,
-                       device=logits.device)
         # u * total < total, so the index is at most V - 1
         picked = torch.searchsorted(cdf, u * cdf[:, -1:], right=True)
         return picked.squeeze(-1).clamp_(max=logits.shape[-1] - 1)
@@ -222,6 +230,43 @@ class GaussNewtonBartlett(RandomEstimator):
         opt.update_hessian(bs=count, grads=grads)
         return {"curvature_tokens": float(count)}
 
+    def estimate_accumulated(self, model: torch.nn.Module, micro: Sequence[Sequence[Part]],
+                             opt: Any) -> dict[str, float]:
+        """:meth:`estimate` on the union of a step's micro-batches, one micro-batch's graph at a
+        time: the same labels and the same ``bs``, so N micro-batches of b give the sample of
+        one batch of N*b. Part i of the larger batch is the micro-batches' part i in order
+        (rows in order), so its uniforms are drawn at once in that order (part by part, micro-
+        batch by micro-batch) and each micro-batch takes its slices; its gradient is that of
+        its sampled cross-entropy summed over its tokens / the step's tokens (the mean's share).
+        The parts' logits are not kept across micro-batches: each is forwarded here."""
+        params = param_list(opt)
+        live = trainable(params)
+        counts = [[answer_tokens(data) for data, _ in parts] for parts in micro]
+        total = sum(map(sum, counts))
+        if total == 0:
+            return {}
+        device = live[0].device
+        u = torch.rand(total, 1, generator=self.generator(device), dtype=torch.float64, device=device)
+        starts, at = [], 0  # starts[k][i]: where micro-batch k's part i begins in u
+        for i in range(len(counts[0])):
+            column = []
+            for k in range(len(micro)):
+                column.append(at)
+                at += counts[k][i]
+            starts.append(column)
+        summed: list[Tensor | None] = [None] * len(live)
+        for k, parts in enumerate(micro):
+            if not sum(counts[k]):
+                continue
+            logits = torch.cat([answer_logits(model, data) for data, _ in parts])
+            draws = torch.cat([u[starts[i][k]: starts[i][k] + n] for i, n in enumerate(counts[k])])
+            loss = F.cross_entropy(logits, categorical_from_uniforms(logits, draws), reduction="sum") / total
+            for j, g in enumerate(torch.autograd.grad(loss, live, allow_unused=True)):
+                if g is not None:
+                    summed[j] = g if summed[j] is None else summed[j] + g
+        opt.update_hessian(bs=total, grads=align(params, {id(p): g for p, g in zip(live, summed) if g is not None}))
+        return {"curvature_tokens": float(total)}
+
 
 class Hutchinson(RandomEstimator):
     """Hutchinson on the step's parts (one forward of their concatenation), averaging
@@ -263,6 +308,12 @@ class EmpiricalFisher:
         self.bs = bs
 
     def estimate(self, model: torch.nn.Module, parts: Sequence[Part], opt: Any) -> dict[str, float]:
+        return {}
+
+    def estimate_accumulated(self, model: torch.nn.Module, micro: Sequence[Sequence[Part]],
+                             opt: Any) -> dict[str, float]:
+        """Nothing: the accumulated ``p.grad`` is read after the backwards, the parts of every
+        micro-batch counted (the loop passes them all)."""
         return {}
 
     def after_backward(self, parts: Sequence[Part], opt: Any) -> dict[str, float]:

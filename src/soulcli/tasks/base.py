@@ -77,10 +77,11 @@ class Headline:
     """The metrics a task is judged by.
 
     compare-optimizers selects, per optimizer x objective, the setting with the best ``forget``
-    value (``forget_higher`` says which way is better) among those keeping ``utility`` within
+    value (``forget_higher`` says which way is better; with ``forget_goal``, the nearest to it) among those keeping ``utility`` within
     :meth:`utility_bound` (``utility_higher``: at least ``compare.utility_ratio`` x the target's;
     a lower-is-better utility such as perplexity: at most the target's / ``compare.utility_ratio``);
-    it tabulates ``columns`` (name, short label) and plots ``forget`` against ``utility``. ``unlearn.keep: best``
+    it tabulates ``columns`` (name, short label), and ``attacked`` after each attack of
+    ``compare.attacks``, and plots ``forget`` against ``utility``. ``unlearn.keep: best``
     keeps a run's step by the same rule (``unlearn.utility_floor``; :mod:`soulcli.workflows.tracking`).
     """
 
@@ -91,6 +92,24 @@ class Headline:
     forget_log_scale: bool = False
     plot_file: str = "forget_vs_utility.png"
     utility_higher: bool = True
+    forget_goal: float | None = None  # set: the forget value is better the closer it is to this
+    attacked: tuple[str, ...] = ()  # empty: ``forget`` alone
+
+    def forget_score(self, value: float) -> float:
+        """The forget value as a score, higher is better: ``-|value - forget_goal|`` when the
+        task has a goal (WMDP: chance accuracy 0.25, since an accuracy below chance still tells
+        the answers apart, as WMDP's paper reads it), else ``value`` or ``-value`` by
+        ``forget_higher``."""
+        if self.forget_goal is not None:
+            return -abs(value - self.forget_goal)
+        return value if self.forget_higher else -value
+
+    @property
+    def forget_better(self) -> str:
+        """Which forget value the rules prefer, in words: "highest", "lowest", "closest to 0.25"."""
+        if self.forget_goal is not None:
+            return f"closest to {self.forget_goal:g}"
+        return "highest" if self.forget_higher else "lowest"
 
     @property
     def utility_sign(self) -> float:

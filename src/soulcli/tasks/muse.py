@@ -85,7 +85,7 @@ class MuseTask(Task):
         columns=(("forget_verbmem_rougeL", "forget VerbMem"), ("forget_knowmem_rougeL", "forget KnowMem"),
                  ("retain_knowmem_rougeL", "retain KnowMem"), ("privleak", "PrivLeak"),
                  ("forget_leak_bleu", "leak BLEU")),
-        plot_file="verbmem_vs_knowmem.png")
+        plot_file="verbmem_vs_knowmem.png", attacked=("forget_verbmem_rougeL", "forget_knowmem_rougeL"))
 
     data: MuseTaskData
 

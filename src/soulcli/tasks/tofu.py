@@ -58,7 +58,7 @@ class TofuTask(Task):
         forget="forget_quality", forget_higher=True, utility="model_utility",
         columns=(("forget_quality", "FQ"), ("model_utility", "MU"), ("forget_rougeL_recall", "forget R-L"),
                  ("retain_rougeL_recall", "retain R-L"), ("forget_truth_ratio", "forget TR")),
-        forget_log_scale=True, plot_file="fq_vs_mu.png")
+        forget_log_scale=True, plot_file="fq_vs_mu.png", attacked=("forget_quality", "forget_rougeL_recall"))
 
     data: TofuData
 

@@ -120,9 +120,20 @@ class ModelPaths:
 
 
 def shaping(section) -> dict:
-    """A recipe section's fields but ``save_every``: checkpoints change no number, so they
-    are left out of every cache key."""
-    return {k: v for k, v in asdict(section).items() if k != "save_every"}
+    """A recipe section's fields but ``save_every`` (checkpoints change no number, so they are
+    left out of every cache key) and ``grad_accum`` at 1 (no accumulation: the keys of earlier
+    soulcli versions, which had none, stay)."""
+    return {k: v for k, v in asdict(section).items()
+            if k != "save_every" and not (k == "grad_accum" and v == 1)}
+
+
+def precision_key(recipe: Recipe) -> dict:
+    """``train.precision`` for the cache keys of what training makes, left out where it is
+    fp32 on a float32 model (what soulcli did before the key existed)."""
+    from soulcli.models.precision import resolve
+
+    chosen = resolve(recipe.train.precision, recipe.model.dtype)
+    return {} if chosen == "fp32" and recipe.model.dtype == "float32" else {"precision": chosen}
 
 
 def checkpoint_key(recipe: Recipe, part: str) -> str:
@@ -153,6 +164,7 @@ def builtin_models_key(recipe: Recipe, data_dir: Path) -> str:
         "max_length": recipe.data.max_length,
         "template": asdict(recipe.data.template),
         "seed": recipe.data.seed,
+        **precision_key(recipe),
     })
 
 
@@ -173,4 +185,18 @@ def objective_cache_key(recipe: Recipe, data_dir: Path, seed: int) -> str:
     the data, the starting model (the built-in one by its content key, others by name), the
     unlearning settings and the seed."""
     model = builtin_models_key(recipe, data_dir) if recipe.model.source == "builtin" else recipe.model.source
-    return short_hash([data_fingerprint(data_dir, recipe), model, shaping(recipe.unlearn), seed])
+    return short_hash([data_fingerprint(data_dir, recipe), model, shaping(recipe.unlearn), seed,
+                       *([precision_key(recipe)] if precision_key(recipe) else [])])
+
+
+def prepare_training(recipe: Recipe, model: torch.nn.Module, reporter: Reporter) -> torch.dtype | None:
+    """``train.precision`` (its default from ``model.dtype``; bf16-true warns that it is lossy)
+    and ``train.gradient_checkpointing`` applied to ``model`` before its optimizer is built;
+    the forward's autocast dtype (:mod:`soulcli.models.precision`). After training,
+    ``precision.store(model, ...)`` puts it back in ``model.dtype``."""
+    from soulcli.models import precision
+
+    chosen = precision.resolve(recipe.train.precision, recipe.model.dtype)
+    if chosen == "bf16-true":
+        reporter.info(f"[yellow]warning:[/] {precision.LOSSY}")
+    return precision.prepare(model, chosen, recipe.train.gradient_checkpointing)

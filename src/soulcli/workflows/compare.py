@@ -20,6 +20,11 @@ the learning-rate grid on the first seed, picks the learning rate per optimizer 
 the same rule on that seed, runs only that learning rate on the other seeds, and then picks the
 step by the mean over all seeds at that learning rate (the spread reported is over all seeds;
 the learning rate itself was tuned on the first seed only, which the stated rule says).
+
+``compare.attacks`` (``--attacks relearn,quantize``): after selection, the model of each selected
+optimizer x objective at its selected step is re-created per seed and attacked with `soul
+attack`'s code (:func:`attack_selected`); the attack values join the table, ``results.csv``
+and ``robustness.png``.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import statistics
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -44,6 +50,8 @@ from soulcli.tasks import Headline
 from soulcli.workflows import artifacts, common, provenance, tracking
 from soulcli.workflows.evaluate import reference_stats
 from soulcli.workflows.unlearn import PreparedRun, unlearn_model
+
+Values = dict[str, float | None]
 
 SECOND_ORDER = {"sophiag", "sophiah", "adahessian", "influence"}
 
@@ -96,7 +104,7 @@ def cell_recipe(recipe: Recipe, cell: Cell) -> Recipe:
     from soulcli.optim import optimizer_hparams
 
     if cell.optimizer == "influence":
-        return replace(recipe, seed=cell.seed, unlearn={"method": "influence", "objective": "ga"})
+        return replace(recipe, seed=cell.seed, unlearn={"method": "influence", "objective": "ga", "objective_args": {}})
     known = optimizer_hparams(cell.optimizer)
     args = {k: v for k, v in recipe.optimizer.args.items() if k in known}
     okeys = objective_hparams(cell.objective)
@@ -106,9 +114,9 @@ def cell_recipe(recipe: Recipe, cell: Cell) -> Recipe:
                    unlearn={"objective": cell.objective, "objective_args": oargs, "method": "iterative"})
 
 
-#: Recipe keys that name or place things but change no cell's numbers (the inputs' content is
-#: compared by fingerprint instead of data.source / model.source / model.reference).
-_PLACES = {"name": None, "output_dir": None, "cache_dir": None, "compare": None,
+#: Recipe keys that name or place things, or change no cell's numbers (the attack section; the
+#: inputs' content is compared by fingerprint instead of data.source / model.source / model.reference).
+_PLACES = {"name": None, "output_dir": None, "cache_dir": None, "compare": None, "attack": None,
            "data": ("source",), "model": ("source", "reference"), "unlearn": ("save_every",),
            "finetune": ("save_every",)}
 
@@ -135,19 +143,25 @@ def changed_keys(old: Any, new: Any, at: str = "") -> list[str]:
     return [] if old == new else [at or "settings"]
 
 
-def run_cell(recipe: Recipe, cell: Cell, data_dir: Path, target_dir: Path, reference: dict | None,
-             reporter: Reporter, device: torch.device, eval_every: int) -> dict[str, Any]:
-    """Unlearn from the target model with the cell's settings, evaluating along the way."""
+def cell_run(recipe: Recipe, cell: Cell, data_dir: Path, target_dir: Path, device: torch.device) -> PreparedRun:
+    """The target model (with the recipe's adapter) ready to unlearn with the cell's settings,
+    every generator seeded by the cell's seed."""
     from soulcli.models.loading import apply_adapter, load_model
 
     r = cell_recipe(recipe, cell)
     common.setup_runtime(r)
     model, tokenizer = load_model(str(target_dir), r.model.dtype, device, r.model.trust_remote_code)
     model = apply_adapter(model, r.model.adapter, r.model.lora, r.model.trainable)
-    tracker = tracking.HeadlineTracker(r, model, tokenizer, data_dir, reference, eval_every)
+    return PreparedRun(r, model, tokenizer, data_dir, target_dir, device)
+
+
+def run_cell(recipe: Recipe, cell: Cell, data_dir: Path, target_dir: Path, reference: dict | None,
+             reporter: Reporter, device: torch.device, eval_every: int) -> dict[str, Any]:
+    """Unlearn from the target model with the cell's settings, evaluating along the way."""
+    run = cell_run(recipe, cell, data_dir, target_dir, device)
+    tracker = tracking.HeadlineTracker(run.recipe, run.model, run.tokenizer, data_dir, reference, eval_every)
     with PeakMemory(device) as mem:  # the one-shot influence step is evaluated once, after it
-        record = unlearn_model(PreparedRun(r, model, tokenizer, data_dir, target_dir, device), reporter,
-                               on_step_end=tracker)
+        record = unlearn_model(run, reporter, on_step_end=tracker)
     tracker.finish(record["steps"])
     rows = record["rows"]
     step_times = [row["step_seconds"] for row in rows if "step_seconds" in row]
@@ -191,11 +205,7 @@ def select(cells: list[dict], target_utility: float, ratio: float, headline: Hea
         evs = cand["evs"]
 
         def spread(name: str) -> dict[str, float | None]:
-            vals = [e[name] for e in evs if e.get(name) is not None]
-            if not vals:
-                return {"mean": None, "std": None, "min": None, "max": None}
-            return {"mean": statistics.mean(vals), "std": statistics.pstdev(vals) if len(vals) > 1 else 0.0,
-                    "min": min(vals), "max": max(vals)}
+            return _spread([e.get(name) for e in evs])
 
         out.append({
             "objective": objective, "optimizer": optimizer, "lr": cand["lr"], "step": cand["step"],
@@ -208,16 +218,101 @@ def select(cells: list[dict], target_utility: float, ratio: float, headline: Hea
     return out
 
 
-def results_csv(cells: list[dict], headline: Headline) -> str:
+def _spread(values: list[float | None]) -> dict[str, float | None]:
+    """Mean, population std, min and max of the values that are not None (all None: all None)."""
+    vals = [v for v in values if v is not None]
+    if not vals:
+        return {"mean": None, "std": None, "min": None, "max": None}
+    return {"mean": statistics.mean(vals), "std": statistics.pstdev(vals) if len(vals) > 1 else 0.0,
+            "min": min(vals), "max": max(vals)}
+
+
+def attacked_id(cell_id: str, step: int) -> str:
+    """The folder of a cell's model at ``step`` under ``attacks/``."""
+    return f"{cell_id}-step{step}"
+
+
+def attack_selected(recipe: Recipe, selected: list[dict], results: list[dict], data_dir: Path, target_dir: Path,
+                    inputs: dict[str, str | None], out_dir: Path, reporter: Reporter,
+                    device: torch.device) -> dict[str, Values]:
+    """``compare.attacks``: attack the model of each selected optimizer x objective at its
+    selected step, for each seed, with `soul attack`'s code (:func:`soulcli.workflows.attack.run_attack`,
+    the attack section's settings, ``attack.attacks`` = ``compare.attacks``).
+
+    Cells save no model (which step is selected is known only once every cell has run), so each
+    is re-created: the cell's unlearning again, same seed and batch plan, stopped at the step
+    (``stop_after``). That costs at most one cell's training per seed and optimizer x objective,
+    where saving every evaluated step of every cell would write a model per cell evaluation; the
+    training is deterministic, and a re-created model whose headline metrics differ from the
+    cell's evaluation at that step is named in a warning. Each lands in
+    ``attacks/<cell id>-step<N>/`` (``model/``, ``attack.json``, ``attack.png``,
+    ``settings.json``: the cell's settings, the step and the attack section) and is reused while
+    ``settings.json`` matches. Adds ``attacks`` (each attack value's spread over seeds) and
+    ``attacked`` (the folders) to each selected entry; returns each folder's attack values
+    (``LABEL.METRIC``, ``LABEL.recovered.METRIC``: `soul attack`'s gate names; not ``relearn0``,
+    the unlearned model itself)."""
+    import shutil
+
+    from soulcli.models.loading import export_model
+    from soulcli.workflows.attack import run_attack
+
+    quiet = Reporter(reporter.console, quiet=True)
+    by_id = {c["id"]: c for c in results}
+    values: dict[str, Values] = {}
+    for s in selected:
+        names: list[str] = []
+        for seed in s["seeds"]:
+            cell = Cell(s["objective"], s["optimizer"], s["lr"], seed)
+            folder = out_dir / "attacks" / attacked_id(cell.id, s["step"])
+            r = replace(cell_recipe(recipe, cell), attack={"attacks": list(recipe.compare.attacks)})
+            settings = json.loads(to_json({"cell": cell_settings(recipe, cell, inputs), "step": s["step"],
+                                           "attack": recipe_to_dict(r)["attack"]}))
+            stored = folder / "settings.json"
+            if not (stored.is_file() and json.loads(stored.read_text()) == settings):
+                reporter.info(f"Attacking {folder.name} ({', '.join(recipe.compare.attacks)})")
+                shutil.rmtree(folder, ignore_errors=True)
+                run = cell_run(recipe, cell, data_dir, target_dir, device)
+                unlearn_model(run, quiet, stop_after=s["step"])
+                export_model(run.model, run.tokenizer, folder / "model")
+                del run
+                run_attack(r, quiet, None, str(folder / "model"), folder)
+                write_json(stored, settings)  # last: a folder without it is attacked again
+            report = json.loads((folder / "attack.json").read_text())
+            evaluated = next((e for e in by_id[cell.id]["evaluations"] if e["step"] == s["step"]), {})
+            if any(not _same(report["unlearned"].get(k), evaluated.get(k)) for k in report["metrics"]):
+                reporter.info(f"[yellow]warning:[/] the re-created model {folder.name} does not reproduce the "
+                              f"cell's evaluation at step {s['step']} (training not deterministic here?)")
+            values[folder.name] = {k: v for k, v in report["gates"].items()  # relearn0: the model itself
+                                   if not k.startswith(("unlearned.", "target.", "relearn0."))}
+            names += [n for n in values[folder.name] if n not in names]
+        ids = [attacked_id(Cell(s["objective"], s["optimizer"], s["lr"], seed).id, s["step"]) for seed in s["seeds"]]
+        s["attacked"] = [str(out_dir / "attacks" / i) for i in ids]
+        s["attacks"] = {n: _spread([values[i].get(n) for i in ids]) for n in names}
+    return values
+
+
+def _same(a: float | None, b: float | None) -> bool:
+    """Equal up to float rounding (a LoRA cell is evaluated unmerged, its saved model merged)."""
+    if a is None or b is None:
+        return a is b
+    return math.isclose(a, b, rel_tol=1e-6, abs_tol=1e-9) or (math.isnan(a) and math.isnan(b))
+
+
+def results_csv(cells: list[dict], headline: Headline, attacked: dict[str, Values] | None = None) -> str:
+    """One row per cell evaluation; with attacks, the row of an attacked (cell, step) also holds
+    its attack values (one column per `soul attack` gate name)."""
+    attacked = attacked or {}
+    names = list(dict.fromkeys(n for v in attacked.values() for n in v))
     buf = io.StringIO()
     fields = ["objective", "optimizer", "lr", "seed", "step", *headline.tracked, "time_per_step",
-              "peak_memory_mb", "mean_win_rate"]
+              "peak_memory_mb", "mean_win_rate", *names]
     w = csv.DictWriter(buf, fieldnames=fields)
     w.writeheader()
     for c in cells:
         for ev in c["evaluations"]:
+            extra = attacked.get(attacked_id(c["id"], ev["step"]), {})
             w.writerow({**{k: c[k] for k in ("objective", "optimizer", "lr", "seed", "time_per_step",
-                                             "peak_memory_mb", "mean_win_rate")}, **ev})
+                                             "peak_memory_mb", "mean_win_rate")}, **ev, **extra})
     return buf.getvalue()
 
 
@@ -225,14 +320,28 @@ def _label(headline: Headline, name: str) -> str:
     return dict(headline.columns).get(name, name)
 
 
+def _on_scale(v: float | None, headline: Headline) -> float | None:
+    """A forget value as plotted: on a log scale, 0 (or None) at 1e-30 so it stays on the plot."""
+    return max(v or 1e-30, 1e-30) if headline.forget_log_scale else v
+
+
+def _palette(selected: list[dict], plt) -> tuple[list[str], list[str], dict[str, str], dict[str, Any]]:
+    """Objectives, optimizers (first-order first), a marker per objective, a colour per optimizer:
+    the looks every plot of a comparison shares."""
+    objectives = sorted({s["objective"] for s in selected})
+    optimizers = sorted({s["optimizer"] for s in selected}, key=lambda o: (o in SECOND_ORDER, o))
+    markers = {o: m for o, m in zip(objectives, "osD^v<>p*")}
+    colors = {o: plt.get_cmap("tab10")(i % 10) for i, o in enumerate(optimizers)}
+    return objectives, optimizers, markers, colors
+
+
 def plot(cells: list[dict], selected: list[dict], target: dict, out_dir: Path, headline: Headline) -> list[str]:
     """The SOUL teaser (forget metric vs utility metric; TOFU: forget quality vs model utility)
     and the curves over steps."""
     fk, uk = headline.forget, headline.utility
-    floor_value = 1e-30 if headline.forget_log_scale else None
 
     def fval(v):
-        return max(v or floor_value, floor_value) if floor_value is not None else v
+        return _on_scale(v, headline)
     import matplotlib
 
     matplotlib.use("Agg")
@@ -240,10 +349,7 @@ def plot(cells: list[dict], selected: list[dict], target: dict, out_dir: Path, h
 
     files = []
     fig, ax = plt.subplots(figsize=(7.2, 4.8))
-    objectives = sorted({s["objective"] for s in selected})
-    optimizers = sorted({s["optimizer"] for s in selected}, key=lambda o: (o in SECOND_ORDER, o))
-    markers = {o: m for o, m in zip(objectives, "osD^v<>p*")}
-    colors = {o: plt.get_cmap("tab10")(i % 10) for i, o in enumerate(optimizers)}
+    objectives, optimizers, markers, colors = _palette(selected, plt)
     for s in selected:
         so = s["optimizer"] in SECOND_ORDER
         ax.scatter(s[uk]["mean"], fval(s[fk]["mean"]),
@@ -260,7 +366,8 @@ def plot(cells: list[dict], selected: list[dict], target: dict, out_dir: Path, h
     ax.legend(handles=handles, loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8)
     if headline.forget_log_scale:
         ax.set_yscale("log")
-    better = "higher" if headline.forget_higher else "lower"
+    better = ("nearer " + f"{headline.forget_goal:g}" if headline.forget_goal is not None
+              else "higher" if headline.forget_higher else "lower")
     ax.set_xlabel(f"{uk} (mean over seeds; {'higher' if headline.utility_higher else 'lower'} is better)")
     ax.set_ylabel(f"{fk} ({better} is better{', log scale' if headline.forget_log_scale else ''})")
     ax.set_title(f"{fk} vs {uk}, selected setting per optimizer x objective", fontsize=9)
@@ -310,19 +417,74 @@ def render_table(selected: list[dict], target: dict, rule: str, console, headlin
 
     fk = headline.forget
     others = [n for n, _ in headline.columns if n != fk]
+    attacked = attack_columns(selected, headline)
     table = Table(title=f"compare-optimizers ({rule})")
     for col in ("objective", "type", "optimizer", "lr", "step", f"{_label(headline, fk)} mean [min, max]",
-                *(_label(headline, n) for n in others), "win rate", "s/step"):
+                *(_label(headline, n) for n in others), "win rate", "s/step",
+                *(f"{label} {_label(headline, n)}" for label, n in attacked)):
         table.add_column(col)
-    table.add_row("target", "-", "-", "-", "0", fmt(target[fk]), *(fmt(target[n]) for n in others), "-", "-")
+    table.add_row("target", "-", "-", "-", "0", fmt(target[fk]), *(fmt(target[n]) for n in others), "-", "-",
+                  *("-" for _ in attacked))
     for s in sorted(selected, key=lambda s: (s["objective"], s["optimizer"] in SECOND_ORDER, s["optimizer"])):
         fq = s[fk]
         table.add_row(
             s["objective"], "SO" if s["optimizer"] in SECOND_ORDER else "FO", s["optimizer"],
             "-" if s["lr"] is None else f"{s['lr']:g}", str(s["step"]),
             f"{fmt(fq['mean'])} [{fmt(fq['min'])}, {fmt(fq['max'])}]" + ("" if s["meets_utility_rule"] else " *"),
-            *(fmt(s[n]["mean"]) for n in others), fmt(s["mean_win_rate"]), fmt(s["time_per_step"]))
+            *(fmt(s[n]["mean"]) for n in others), fmt(s["mean_win_rate"]), fmt(s["time_per_step"]),
+            *(fmt(s.get("attacks", {}).get(f"{label}.{n}", {}).get("mean")) for label, n in attacked))
+    if attacked:
+        table.caption = "after an attack: mean over seeds of the re-created selected model, attacked (attacks/)"
     console.print(table)
+
+
+def attack_labels(selected: list[dict]) -> list[str]:
+    """The attack points the selected entries were attacked at, in order."""
+    return list(dict.fromkeys(name.split(".")[0] for s in selected for name in s.get("attacks", {})))
+
+
+def attack_columns(selected: list[dict], headline: Headline) -> list[tuple[str, str]]:
+    """(attack point, metric) for the table: each point with ``headline.attacked`` (default: the
+    forget metric)."""
+    return [(label, n) for label in attack_labels(selected) for n in headline.attacked or (headline.forget,)]
+
+
+def plot_robustness(selected: list[dict], out_dir: Path, headline: Headline) -> str:
+    """robustness.png: per attack point, the forget metric after the attack against before it,
+    one marker per optimizer x objective (mean over seeds), with the diagonal (the attack
+    changed nothing)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fk, labels = headline.forget, attack_labels(selected)
+    fig, axes = plt.subplots(1, len(labels), figsize=(4.4 * len(labels) + 2.2, 4.2), squeeze=False)
+    _, _, markers, colors = _palette(selected, plt)
+    for ax, label in zip(axes[0], labels):
+        points = [(s, _on_scale(s[fk]["mean"], headline),
+                   _on_scale(s.get("attacks", {}).get(f"{label}.{fk}", {}).get("mean"), headline)) for s in selected]
+        points = [(s, x, y) for s, x, y in points if x is not None and y is not None]
+        for s, x, y in points:
+            ax.scatter(x, y, s=70, zorder=3, marker=markers[s["objective"]], color=colors[s["optimizer"]],
+                       edgecolor="black", label=f"{s['optimizer']} / {s['objective']}")
+        if points:
+            lo, hi = min(min(x, y) for _, x, y in points), max(max(x, y) for _, x, y in points)
+            ax.plot([lo, hi], [lo, hi], color="grey", ls="--", lw=1, zorder=1)
+        if headline.forget_log_scale:
+            ax.set_xscale("log")
+            ax.set_yscale("log")
+        ax.set_xlabel(f"{fk} before the attack")
+        ax.set_ylabel(f"{fk} after {label}")
+        ax.set_title(label)
+    axes[0][-1].legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8)
+    better = "higher" if headline.forget_higher else "lower"
+    fig.suptitle(f"{fk} after vs before each attack ({better} is better; on the diagonal: the attack "
+                 "changed nothing), selected setting per optimizer x objective", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(out_dir / "robustness.png", dpi=130)
+    plt.close(fig)
+    return "robustness.png"
 
 
 def run_compare(recipe: Recipe, reporter: Reporter, output: Path | None = None,
@@ -409,18 +571,21 @@ def compare_into(recipe: Recipe, reporter: Reporter, out_dir: Path) -> dict[str,
 
     seeds_text = (f"lr chosen on seed {c.seeds[0]}, step by the mean over seeds {list(c.seeds)} at that lr"
                   if staged else f"mean over seeds {list(c.seeds)}")
-    better = "highest" if headline.forget_higher else "lowest"
-    rule = (f"selected per optimizer x objective: {better} {headline.forget} with "
+    rule = (f"selected per optimizer x objective: {headline.forget_better} {headline.forget} with "
             f"{headline.utility_rule(target[headline.utility], c.utility_ratio)}; {seeds_text}; "
             f"* = no setting met the rule, best utility shown")
     pool = at_selected_lr(results, tuned) if staged else results
     selected = select(pool, target[headline.utility], c.utility_ratio, headline)
+    attacked = (attack_selected(recipe, selected, results, data_dir, target_dir, inputs, out_dir, reporter, device)
+                if c.attacks else {})
     diverged = [c["id"] for c in results if c.get("diverged")]
     summary = {"rule": rule, "task": recipe.task, "headline": asdict(headline), "target": target, "target_model": str(target_dir), "data": str(data_dir),
                "selected": selected, "diverged": diverged, "cells": results, "recipe": recipe_to_dict(recipe), "versions": versions()}
     write_json(out_dir / "results.json", summary)
-    atomic_write(out_dir / "results.csv", results_csv(results, headline))
+    atomic_write(out_dir / "results.csv", results_csv(results, headline, attacked))
     plots = plot(results, selected, target, out_dir, headline)
+    if attack_labels(selected):
+        plots.append(plot_robustness(selected, out_dir, headline))
     if not reporter.quiet:
         render_table(selected, target, rule, reporter.console, headline)
         reporter.info(f"Results in {out_dir}: results.json, results.csv, {', '.join(plots)}")

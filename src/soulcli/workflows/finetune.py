@@ -18,15 +18,17 @@ from typing import Sequence
 
 import torch
 
-from soulcli.data.encode import pad_batch, pad_id
+from soulcli.data.encode import answer_mask, pad_batch, pad_id
 from soulcli.data.io import atomic_dir, build_once, check_writable_dir, write_json, write_jsonl
 from soulcli.engine import checkpoint
 from soulcli.engine.checkpoint import Checkpoints
-from soulcli.engine.loop import LoopResult, Training, make_scheduler, train
+from soulcli.engine.loop import LoopResult, MicroBatches, Training, make_scheduler, train
 from soulcli.engine.progress import Reporter
 from soulcli.engine.rundir import versions
-from soulcli.engine.sampling import epoch_batches
+from soulcli.engine.sampling import epoch_batches, split
 from soulcli.errors import UserError
+from soulcli.models.loading import DTYPES
+from soulcli.models.precision import store
 from soulcli.objectives import ObjectiveOutput
 from soulcli.recipe import FinetuneConfig, Recipe, dump_recipe
 from soulcli.tasks import TrainSet, encode_train_set
@@ -34,7 +36,14 @@ from soulcli.workflows import common
 
 
 def adamw(params, lr: float, weight_decay: float, device: torch.device):
-    """torch AdamW, fused where the device supports it (about 5x faster than foreach on CPU)."""
+    """torch AdamW, fused where the device supports it (about 5x faster than foreach on CPU);
+    for parameters that are not fp32 (train.precision bf16-true) soulcli's AdamW, the same rule
+    with its state in fp32 (torch keeps the state in the parameters' dtype)."""
+    params = list(params)
+    if any(p.dtype != torch.float32 for p in params):
+        from soulcli.optim import build_optimizer
+
+        return build_optimizer("adamw", params, lr=lr, weight_decay=weight_decay)
     try:
         return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=True)
     except (RuntimeError, TypeError):
@@ -48,11 +57,17 @@ def train_lm(model, tokenizer, train_set: TrainSet, recipe: Recipe, reporter: Re
     """Supervised finetuning on a task's training set (QA: answer tokens only in the loss;
     ``checkpoints``: where to write them, and the one to resume; engine.checkpoint).
 
-    ``settings`` replace ``recipe.finetune`` (the relearning attack trains with its own),
-    ``max_steps`` cuts the batch plan, ``on_step_end(steps_done)`` runs after each step."""
+    ``settings`` replace ``recipe.finetune`` (the relearning attack trains with its own, without
+    accumulation), ``max_steps`` cuts the batch plan, ``on_step_end(steps_done)`` runs after
+    each step. The model trains in ``train.precision`` and is left in ``model.dtype``.
+    With ``finetune.grad_accum`` N a step is N micro-batches of ``batch_size`` (the plan's
+    batches N times larger, split), each loss weighted by its share of the step's answer
+    tokens: the update of the larger batch's token mean."""
     ft = settings or recipe.finetune
+    accum = recipe.finetune.grad_accum if settings is None else 1
     enc = encode_train_set(tokenizer, common.template_of(recipe), train_set, recipe.data.max_length)
-    plan = epoch_batches(len(enc), ft.batch_size, ft.epochs, seed)[:max_steps]
+    plan = epoch_batches(len(enc), ft.batch_size * accum, ft.epochs, seed)[:max_steps]
+    autocast = common.prepare_training(recipe, model, reporter)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = adamw(params, ft.lr, ft.weight_decay, device)
     sched = make_scheduler(opt, "cosine", len(plan), ft.warmup_steps, ft.min_lr_ratio)
@@ -64,17 +79,30 @@ def train_lm(model, tokenizer, train_set: TrainSet, recipe: Recipe, reporter: Re
         reporter.info(f"{description}: {cut} of {len(enc)} sequences cut at data.max_length="
                       f"{recipe.data.max_length} tokens (their ends are not trained on); raise data.max_length")
 
-    batches = ({k: v.to(device) for k, v in pad_batch([enc[i] for i in idx], pad_id(tokenizer)).items()}
-               for idx in plan)
+    def batch(idx: list[int]) -> dict[str, torch.Tensor]:
+        return {k: v.to(device) for k, v in pad_batch([enc[i] for i in idx], pad_id(tokenizer)).items()}
+
+    def step(idx: list[int]):
+        if accum == 1:
+            return batch(idx)
+        micro = [batch(piece) for piece in split(idx, accum)]
+        total = sum(int(answer_mask(m["labels"]).sum()) for m in micro)
+        return MicroBatches({**m, "share": answer_mask(m["labels"]).sum() / max(1, total)} for m in micro)
+
     training = Training(model, opt, forward=nll_forward, scheduler=sched, max_grad_norm=ft.max_grad_norm,
-                        log_every=10, checkpoints=checkpoints)
-    return train(training, batches, len(plan), reporter, description, on_step_end=on_step_end)
+                        log_every=10, checkpoints=checkpoints, autocast=autocast)
+    result = train(training, (step(idx) for idx in plan), len(plan), reporter, description,
+                   on_step_end=on_step_end)
+    store(model, DTYPES[recipe.model.dtype])
+    return result
 
 
 def nll_forward(model, batch: dict[str, torch.Tensor]) -> ObjectiveOutput:
-    """The language-model loss (mean answer-token NLL, Hugging Face's own) as a step's forward."""
-    out = model(**batch)
-    return ObjectiveOutput(out.loss, {}, [(batch, out.logits)])
+    """The language-model loss (mean answer-token NLL, Hugging Face's own) as a step's forward;
+    a micro-batch's (``batch["share"]``, its share of the step's answer tokens) is scaled by it."""
+    out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"])
+    loss = out.loss * batch["share"] if "share" in batch else out.loss
+    return ObjectiveOutput(loss, {}, [(batch, out.logits)])
 
 
 def _base_model(recipe: Recipe, data_dir: Path, reporter: Reporter, device: torch.device):

@@ -9,7 +9,7 @@ The rule (:func:`rank`, shared with compare-optimizers' selection): a setting wh
 metric is >= the floor (``unlearn.utility_floor`` x the target's; compare:
 ``compare.utility_ratio`` x) ranks above every one that is not; among those that keep utility
 the best forget metric wins (TOFU: the highest forget quality; MUSE: the lowest forget
-VerbMem), among those that do not the highest utility. A setting with a missing or non-finite
+VerbMem; WMDP: the forget accuracy nearest chance, :attr:`Headline.forget_goal`), among those that do not the highest utility. A setting with a missing or non-finite
 forget or utility value is never chosen; ties go to the earliest step. Step 0 (the target) is
 evaluated for the floor, but never kept: the run's output is an unlearned model.
 """
@@ -48,7 +48,7 @@ def rank(entry: dict[str, Any], headline: Headline, bound: float) -> tuple[bool,
     forget, utility = entry.get(headline.forget), entry.get(headline.utility)
     if forget is None or utility is None or not (math.isfinite(forget) and math.isfinite(utility)):
         return None
-    forget = forget if headline.forget_higher else -forget
+    forget = headline.forget_score(forget)
     utility, bound = headline.utility_sign * utility, headline.utility_sign * bound
     return (True, forget, utility) if utility >= bound else (False, utility, forget)
 
@@ -66,7 +66,7 @@ def choose(curve: list[dict[str, Any]], headline: Headline, floor: float) -> dic
 
 def rule_sentence(headline: Headline, ratio: float, target_utility: float | None) -> str:
     """The rule in words, with the floor's value."""
-    better = "highest" if headline.forget_higher else "lowest"
+    better = headline.forget_better
     target = "nan" if target_utility is None else f"{target_utility:.4g}"
     if headline.utility_higher:
         keeps, nearest = f"{headline.utility} >= {ratio:g} x the target's {target}", "highest"

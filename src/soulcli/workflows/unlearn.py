@@ -9,6 +9,7 @@ evaluate against the retain reference.
 from __future__ import annotations
 
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,10 +21,10 @@ from soulcli.data.io import atomic_dir, write_json
 from soulcli.engine import checkpoint
 from soulcli.engine.checkpoint import Checkpoints
 from soulcli.engine.distributed import DistContext, DistributedCurvature, init_distributed, wrap_model
-from soulcli.engine.loop import Training, make_scheduler, train
+from soulcli.engine.loop import MicroBatches, Training, make_scheduler, train
 from soulcli.engine.progress import Reporter
 from soulcli.engine.rundir import JsonlWriter, versions
-from soulcli.engine.sampling import plan_unlearning
+from soulcli.engine.sampling import plan_unlearning, split
 from soulcli.errors import UserError
 from soulcli.recipe import Recipe, dump_recipe
 from soulcli.tasks import TrainSet, encode_train_set
@@ -62,10 +63,13 @@ def _answers_instead(forget: TrainSet, what: str, objective: str) -> None:
 
 def build_step_batches(recipe: Recipe, tokenizer, objective, forget_set: TrainSet, retain_set: TrainSet,
                        device, seed: int, rank: int = 0, world_size: int = 1,
-                       alternates: list[str] | None = None):
+                       alternates: list[str] | None = None, grad_accum: int = 1):
     """Encode the sets and turn the batch plan into one UnlearnBatch per step (``alternates``:
-    one answer per forget row, for objectives with ``uses_alternate``)."""
-    from soulcli.objectives.base import UnlearnBatch
+    one answer per forget row, for objectives with ``uses_alternate``). With ``grad_accum`` N
+    the plan takes N times the batch sizes and a step is :class:`MicroBatches`: its forget and
+    retain indices split into N micro-batches (fewer when a step has fewer than N forget items),
+    each with its share of the step's :meth:`~soulcli.objectives.base.Objective.counts`."""
+    from soulcli.objectives.base import UnlearnBatch, with_shares
     from soulcli.objectives.refusals import load_refusals, pick_refusal
 
     u = recipe.unlearn
@@ -82,18 +86,27 @@ def build_step_batches(recipe: Recipe, tokenizer, objective, forget_set: TrainSe
         refusals = load_refusals(u.refusals_file)
         refusal = instead([pick_refusal(refusals, i, seed) for i in range(len(forget_set.rows))])
     alternate = instead(alternates) if objective.uses_alternate and alternates else None
-    plan = plan_unlearning(len(forget), len(retain), u.batch_size, u.retain_batch_size or u.batch_size,
+    plan = plan_unlearning(len(forget), len(retain), u.batch_size * grad_accum,
+                           (u.retain_batch_size or u.batch_size) * grad_accum,
                            u.epochs, seed, use_retain, rank, world_size, u.max_steps)
     pad = pad_id(tokenizer)
-    return [
-        UnlearnBatch(
-            forget=_batch(forget, st.forget, pad, device),
-            retain=_batch(retain, st.retain, pad, device) if st.retain is not None else None,
-            forget_refusal=_batch(refusal, st.forget, pad, device) if refusal is not None else None,
-            forget_alternate=_batch(alternate, st.forget, pad, device) if alternate is not None else None,
+
+    def step_batch(idx: list[int], retain_idx: list[int] | None) -> UnlearnBatch:
+        return UnlearnBatch(
+            forget=_batch(forget, idx, pad, device),
+            retain=_batch(retain, retain_idx, pad, device) if retain_idx is not None else None,
+            forget_refusal=_batch(refusal, idx, pad, device) if refusal is not None else None,
+            forget_alternate=_batch(alternate, idx, pad, device) if alternate is not None else None,
         )
-        for st in plan
-    ]
+
+    if grad_accum == 1:
+        return [step_batch(st.forget, st.retain) for st in plan]
+    steps = []
+    for st in plan:
+        pieces = split(st.forget, grad_accum)
+        retains = split(st.retain, len(pieces)) if st.retain is not None else [None] * len(pieces)
+        steps.append(MicroBatches(with_shares(objective, [step_batch(idx, r) for idx, r in zip(pieces, retains)])))
+    return steps
 
 
 def prepare_model(recipe: Recipe, reporter: Reporter, device,
@@ -126,13 +139,18 @@ def build_optimizer_for(recipe: Recipe, model):
 
 
 def unlearn_model(run: PreparedRun, reporter: Reporter, on_row=None, on_step_end=None,
-                  checkpoints: Checkpoints | None = None) -> dict[str, Any]:
+                  checkpoints: Checkpoints | None = None, stop_after: int | None = None) -> dict[str, Any]:
     """Unlearn ``run.model`` in place; returns the training record (steps, seconds, last row, rows).
     ``checkpoints``: where to write checkpoints, and the one to resume (engine.checkpoint).
+    ``stop_after``: take only the plan's first N steps, the learning-rate schedule still spanning
+    the whole plan, which leaves the model as a full run had it at step N (compare-optimizers
+    re-creates a selected step so; the one-shot influence step ignores it).
 
     Under torchrun (``run.dist.enabled``) the loss runs through DDP, each rank on its own
     shard of the batch plan, and curvature estimates are reduced across ranks.
     """
+    from soulcli.models.loading import DTYPES
+    from soulcli.models.precision import store
     from soulcli.objectives import build_objective
 
     recipe, u = run.recipe, run.recipe.unlearn
@@ -144,20 +162,24 @@ def unlearn_model(run: PreparedRun, reporter: Reporter, on_row=None, on_step_end
     if objective.uses_alternate:
         _answers_instead(forget_set, "alternate answers", u.objective)
         alternates = task.alternates(run.data_dir, forget_set, recipe.seed)
+    iterative = u.method != "influence"
     batches = build_step_batches(recipe, run.tokenizer, objective, forget_set, retain_set, run.device,
-                                 recipe.seed, run.dist.rank, run.dist.world_size, alternates)
+                                 recipe.seed, run.dist.rank, run.dist.world_size, alternates,
+                                 u.grad_accum if iterative else 1)
     if not batches:
         raise UserError(f"split '{forget_set.name}' gives no unlearning steps; check unlearn.epochs/max_steps")
-    if u.method == "influence":
+    if not iterative:
         return influence_step(run, reporter, batches, forget_set, retain_set, on_row)
 
+    autocast = common.prepare_training(recipe, run.model, reporter)
     if objective.needs_setup:
         reporter.info(f"Caching the starting model's reference quantities for '{u.objective}'")
         cache_dir = Path(recipe.cache_dir) / "reference_cache"
         cache_dir.mkdir(parents=True, exist_ok=True)
-        with torch.no_grad():
+        flat = [m for step in batches for m in (step if isinstance(step, MicroBatches) else [step])]
+        with torch.no_grad(), (torch.autocast(run.device.type, autocast) if autocast else nullcontext()):
             run.model.eval()
-            objective.setup(run.model, batches, cache_dir, run.cache_key or
+            objective.setup(run.model, flat, cache_dir, run.cache_key or
                             common.objective_cache_key(recipe, run.data_dir, recipe.seed))
     opt, curvature = build_optimizer_for(recipe, run.model)
     if opt.zeroth_order and run.dist.enabled:
@@ -173,8 +195,10 @@ def unlearn_model(run: PreparedRun, reporter: Reporter, on_row=None, on_step_end
         model=wrap_model(run.model, run.dist, run.device), optimizer=opt, forward=objective,
         scheduler=make_scheduler(opt, u.lr_scheduler, len(batches), u.warmup_steps),
         curvature=curvature, hessian_interval=o.hessian_interval, max_grad_norm=u.max_grad_norm,
-        log_every=u.log_every, on_nonfinite=u.on_nonfinite, checkpoints=checkpoints)
-    result = train(training, batches, len(batches), reporter, "unlearn", on_row, on_step_end)
+        log_every=u.log_every, on_nonfinite=u.on_nonfinite, checkpoints=checkpoints, autocast=autocast)
+    steps = min(stop_after or len(batches), len(batches))
+    result = train(training, batches[:steps], steps, reporter, "unlearn", on_row, on_step_end)
+    store(run.model, DTYPES[recipe.model.dtype])
     run.model.eval()
     return {"steps": result.steps, "seconds": result.seconds, "last": result.last, "rows": result.rows,
             "tokens_per_second": result.tokens / max(result.seconds, 1e-9), "skipped_steps": result.skipped}
@@ -278,7 +302,7 @@ def run_unlearn(recipe: Recipe, reporter: Reporter, output: Path | None = None,
                             "(non-finite loss or gradient; unlearn.on_nonfinite: skip)")
         for warning in warnings:
             reporter.info(f"[yellow]warning:[/] {warning}")
-        export_model(model, tokenizer, tmp / "model")
+        export_model(model, tokenizer, tmp / "model", recipe.model.save)
         evaluation = evaluate_and_report(recipe, model, tokenizer, data_dir, reporter, tmp / "eval.json",
                                          reference_model=reference, reference=stats,
                                          model_label=str(out_dir / "model"),

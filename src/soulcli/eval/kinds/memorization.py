@@ -1,5 +1,7 @@
 """Per-token memorisation of the forget answers (as OpenUnlearning collects them): extraction
-strength (after Carlini et al., 2021/2023) and exact memorisation (Tirumala et al., 2022)."""
+strength (after Carlini et al., 2021/2023) and exact memorisation (Tirumala et al., 2022), over
+the answer's own tokens: an appended EOS is left out, as open-unlearning's
+``src/evals/metrics/memorization.py`` scores them (through ``tokenwise_vocab_logprobs``)."""
 
 from __future__ import annotations
 
@@ -25,7 +27,7 @@ class _PerToken(Metric):
         return [req.score(self.pairing(row)) for row in data[self.split]]
 
     def compute(self, plan, res, done, reference, data):
-        per_item = [self.formula(res.scores[i].hits) for i in plan]
+        per_item = [self.formula(res.scores[i].hits[res.scores[i].content]) for i in plan]
         return {"value": mean(per_item), "per_item": per_item}
 
 
@@ -41,7 +43,7 @@ class ExtractionStrength(_PerToken):
 @metric_kind
 @dataclass
 class ExactMemorization(_PerToken):
-    """Mean teacher-forced argmax accuracy on the answer tokens."""
+    """Mean teacher-forced argmax accuracy on the answer tokens (:func:`soulcli.eval.metrics.exact_memorization`)."""
 
     kind = "exact_memorization"
     formula = staticmethod(M.exact_memorization)

@@ -45,9 +45,10 @@ class MembershipAUC(Metric):
             return M.loss_score(s.logprobs)
         if self.attack == "zlib":
             return M.zlib_score(s.logprobs, text)
+        own = s.content  # Min-K% and Min-K%++ leave an appended EOS out, as open-unlearning
         if self.attack == "mink":
-            return M.mink_score(s.logprobs, self.k)
-        return M.minkpp_score(s.logprobs, s.mu, s.sigma, self.k)
+            return M.mink_score(s.logprobs[own], self.k)
+        return M.minkpp_score(s.logprobs[own], s.mu[own], s.sigma[own], self.k)
 
     def compute(self, plan, res, done, reference, data):
         scores = {split: [self._score(res.scores[i], self.pairing.target(row))
