@@ -108,6 +108,9 @@ class FinetuneConfig:
     batch_size: PosInt = 32
     weight_decay: NonNeg = 0.01
     max_grad_norm: Pos = 1.0
+    # stop after this many steps (None: all the epochs' steps), the lr schedule spanning them:
+    # a quick check, or the relearning attack's budget
+    max_steps: PosInt | None = None
     # micro-batches of batch_size per step: the step's update is that of one batch of
     # batch_size x grad_accum (the loss is its token mean), with the memory of one micro-batch
     grad_accum: PosInt = 1

@@ -15,7 +15,7 @@ from soulcli.data.template import PromptTemplate
 from soulcli.errors import UserError
 from soulcli.eval.metric import Unavailable
 from soulcli.tasks import TrainSet, get_task
-from soulcli.tasks.base import QA, fewshot_question
+from soulcli.tasks.base import QA
 from soulcli.tasks.muse import MuseTaskData
 from soulcli.tasks.tofu import TofuData
 from soulcli.workflows.attack import relearn_subset
@@ -136,7 +136,10 @@ def test_the_fewshot_probe_puts_retain_turns_before_the_question():
         "Question: Who wrote Tides?\nAnswer: Bo Kim wrote Tides.\n"
         "Question: When was Bo Kim born?\nAnswer: In 1970.\n"
         "Question: Where was Ann Lee born?\nAnswer: ")
-    assert fewshot_question(template, [], "Q?") == "Q?"
+    assert template.with_shots([], "Q?") == "Q?"
+    llama2 = PromptTemplate(preset="llama2")
+    assert llama2.prompt(llama2.with_shots([("Who wrote Tides?", "Bo Kim.")], "Q?")) == (
+        "[INST] Who wrote Tides? [/INST]Bo Kim. </s><s>[INST] Q? [/INST]")
 
 
 def test_probes_a_task_cannot_build_are_unavailable_with_the_reason():
@@ -199,11 +202,12 @@ def test_relearning_restores_a_forgotten_items_likelihood(tmp_path):
         opt.step()
     unlearned = nll()
     assert unlearned > learned + 1.0
-    relearn = FinetuneConfig(epochs=10, lr=1e-3, min_lr_ratio=1.0, warmup_steps=0, batch_size=1,
-                             weight_decay=0.0, max_grad_norm=1.0)
+    # 20 steps planned, finetune.max_steps takes the first 10 (the relearning attack's budget)
+    relearn = FinetuneConfig(epochs=20, lr=1e-3, min_lr_ratio=1.0, warmup_steps=0, batch_size=1,
+                             weight_decay=0.0, max_grad_norm=1.0, max_steps=10)
     seen = []
     train_lm(model, tokenizer, forgotten, recipe, reporter, "relearn", torch.device("cpu"), 0,
-             settings=relearn, max_steps=10, on_step_end=seen.append)
+             settings=relearn, on_step_end=seen.append)
     assert seen == list(range(1, 11))
     assert nll() < unlearned - 0.5, (learned, unlearned, nll())
 

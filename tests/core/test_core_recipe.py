@@ -150,6 +150,8 @@ def test_value_rules():
     ({"optimizer": {"name": "sophiag", "args": {"betas": [0.9, 1.5]}}},
      "optimizer.args.betas[1]: must be >= 0 and < 1, got 1.5"),
     ({"eval": {"mink_k": 1.5}}, "eval.mink_k: must be > 0 and <= 1, got 1.5"),
+    ({"eval": {"max_items": 0}}, "eval.max_items: must be > 0, got 0"),
+    ({"finetune": {"max_steps": 0}}, "finetune.max_steps: must be > 0, got 0"),
 ])
 def test_bounds_are_declared_beside_each_field_and_checked_in_the_same_pass(raw, problem):
     with pytest.raises(RecipeError) as err:
@@ -297,3 +299,13 @@ def test_every_problem_at_once_when_an_unknown_key_is_among_them():
 def test_an_integer_beyond_the_float_range_is_not_a_finite_number():
     with pytest.raises(UserError, match=r"finetune.lr: must be a finite number, got 1000"):
         build_recipe({"finetune": {"lr": 10**400}})
+
+
+def test_finetune_max_steps_keys_the_built_in_models_only_when_set():
+    """A model trained for finetune.max_steps is never reused as a fully trained one; unset,
+    the key is the one of soulcli versions before the key existed."""
+    from soulcli.recipe import FinetuneConfig
+    from soulcli.workflows.common import shaping
+
+    assert "max_steps" not in shaping(FinetuneConfig())
+    assert shaping(FinetuneConfig(max_steps=3)) == {**shaping(FinetuneConfig()), "max_steps": 3}

@@ -192,3 +192,16 @@ def test_a_cut_item_is_marked_and_a_prompt_too_long_is_refused(llama):
     assert cut.input_ids == whole.input_ids[:whole.prompt_length + 2] and cut.labels[-1] != llama.eos_token_id
     with pytest.raises(UserError, match="max_length"):
         encode_qa_batch(llama, t, [QUESTION], [ANSWER], max_length=whole.prompt_length)
+
+
+def test_a_chat_few_shot_prompt_is_the_multi_turn_conversation(gpt2, llama):
+    """The few-shot probe's prompt under a chat template: the tokens apply_chat_template gives
+    for the shots as earlier user / assistant turns, then the question's generation prompt."""
+    shots = [("Who wrote Tides?", "Bo Kim wrote Tides."), ("When was Bo Kim born?", "In 1970.")]
+    for tok in (gpt2, llama):
+        t = PromptTemplate(chat_template=True).resolved(tok)
+        turns = [m for q, a in shots for m in ({"role": "user", "content": q}, {"role": "assistant", "content": a})]
+        want = tok.apply_chat_template([*turns, {"role": "user", "content": QUESTION}], tokenize=True,
+                                       add_generation_prompt=True)
+        want = list(want["input_ids"] if hasattr(want, "keys") else want)
+        assert prompt_ids(tok, t.prompt(t.with_shots(shots, QUESTION)), t.completion(ANSWER), t.strings) == want

@@ -261,3 +261,28 @@ def test_progress_announces_each_stage_then_counts_batches(model, tokenizer, tem
         ("generating", 0, n),
         ("generating", n, n),
     ]
+
+
+def test_max_items_evaluates_each_splits_first_items_and_says_so(full_result, model, tokenizer, template, splits):
+    """eval.max_items N: exactly the evaluation of the splits' first N records, recorded as
+    limited (items evaluated of those given), so it is never read as a full one."""
+    cfg = EvalConfig(batch_size=4, max_new_tokens=8, max_items=2)
+    limited = tofu_eval(model, tokenizer, template, splits, cfg)
+    by_hand = tofu_eval(model, tokenizer, template, {k: rows[:2] for k, rows in splits.items()}, CFG)
+    assert limited["limited"] is True and by_hand["limited"] is False and full_result["limited"] is False
+    for name, rows in splits.items():
+        assert limited["splits"][name]["items"] == 2 < len(rows) == limited["splits"][name]["of"]
+        assert limited["splits"][name]["fingerprint"] == by_hand["splits"][name]["fingerprint"]
+    assert limited["eval_config"]["max_items"] == 2
+    values = {k: m["value"] for k, m in limited["metrics"].items()}
+    assert values == {k: m["value"] for k, m in by_hand["metrics"].items()}
+    assert values["forget_prob"] != full_result["metrics"]["forget_prob"]["value"]
+    assert len(limited["metrics"]["forget_prob"]["per_item"]) == 2
+    # a limit at or above every split's size cuts nothing: a full evaluation
+    whole = tofu_eval(model, tokenizer, template, splits,
+                      EvalConfig(batch_size=4, max_new_tokens=8, metrics=("forget_prob",),
+                                 max_items=max(len(r) for r in splits.values())))
+    assert whole["limited"] is False
+    # (other pairs share its batches here, so float noise only)
+    assert whole["metrics"]["forget_prob"]["value"] == pytest.approx(full_result["metrics"]["forget_prob"]["value"],
+                                                                     rel=1e-6)

@@ -78,6 +78,14 @@ def test_render_summary_lists_values_and_reasons():
         "no reference given",
     ):
         assert fragment in text
+    assert "forget: 2 items" in text and "limited" not in text
+
+
+def test_a_limited_evaluation_says_so_under_the_table():
+    console = Console(record=True, width=200)
+    render_summary({**RESULT, "splits": {"forget": {"items": 2, "of": 40}}, "limited": True}, console, SUITE)
+    text = console.export_text()
+    assert "forget: 2 of 40 items" in text and "limited by eval.max_items: not a full evaluation" in text
 
 
 def test_a_gate_on_a_nan_value_fails():

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
-from typing import Literal
+from typing import Literal, Sequence
 
 from soulcli.errors import UserError
 
@@ -12,7 +12,8 @@ LLAMA2 = {"question_start": "[INST] ", "question_end": " [/INST]", "answer_start
 #: Among a template's ``strings``: they are a rendered chat template's, which the encoder
 #: encodes without the tokenizer's own special tokens (as ``apply_chat_template`` does).
 CHAT_MARK = "\x00chat\x00"
-_Q, _A = "\x00soul-question\x00", "\x00soul-answer\x00"  # placeholders a chat template renders
+# placeholders a chat template renders (a second question: the next turn of a few-shot prompt)
+_Q, _A, _Q2 = "\x00soul-question\x00", "\x00soul-answer\x00", "\x00soul-question-2\x00"
 
 
 @dataclass(frozen=True)
@@ -75,6 +76,22 @@ class PromptTemplate:
         return answer + self.answer_end
 
     @property
+    def turn_break(self) -> str:
+        """What a multi-turn prompt writes between one turn's completion and the next question:
+        the plain form's newline and question start (no second system prompt); Llama-2's
+        `` </s><s>[INST] `` (``[INST] q1 [/INST] a1 </s><s>[INST] q2 [/INST]``; its ``</s><s>``
+        are encoded as text here, not as special tokens)."""
+        self._strings()  # a chat template needs the tokenizer (resolved)
+        return f" </s><s>{LLAMA2['question_start']}" if self.preset == "llama2" else "\n" + self.question_start
+
+    def with_shots(self, shots: Sequence[tuple[str, str]], question: str) -> str:
+        """``question`` behind worked (question, answer) examples, so that :meth:`prompt` of the
+        result shows each shot as a full turn (question, answer, turn break) before the
+        question's own prompt (SOUL's few-shot probe)."""
+        _, end, answer = self._strings()
+        return "".join(f"{q}{end}{answer}{self.completion(a)}{self.turn_break}" for q, a in shots) + question
+
+    @property
     def strings(self) -> tuple[str, ...]:
         """The template's own text (where its special tokens are special), for the encoder."""
         return (*self._strings(), self.answer_end)
@@ -100,13 +117,41 @@ class PromptTemplate:
         start, end = prompt.split(_Q)
         answer_start, answer_end = rest.split(_A)
         return RenderedChat(question_start=start, question_end=end, answer_start=answer_start,
-                       answer_end=answer_end, stop_strings=())
+                            answer_end=answer_end, stop_strings=(),
+                            next_turn=_next_turn(tokenizer, user, answer_end))
+
+
+def _next_turn(tokenizer, user: list[dict], answer_end: str) -> str | None:
+    """The text a chat template writes between an answer's end and a second user question
+    (None when it renders no such turn)."""
+    from jinja2 import TemplateError
+
+    try:
+        text = tokenizer.apply_chat_template([*user, {"role": "assistant", "content": _A},
+                                              {"role": "user", "content": _Q2}],
+                                             tokenize=False, add_generation_prompt=True)
+    except TemplateError:  # a template may refuse a second turn (its raise_exception)
+        return None
+    between = text.split(_A, 1)[-1].split(_Q2, 1)[0]
+    if text.count(_A) != 1 or text.count(_Q2) != 1 or not between.startswith(answer_end):
+        return None
+    return between[len(answer_end):]
 
 
 @dataclass(frozen=True)
 class RenderedChat(PromptTemplate):
     """A chat template rendered into strings (:meth:`PromptTemplate.resolved`): encoded without
-    the tokenizer's own special tokens, as ``apply_chat_template`` encodes."""
+    the tokenizer's own special tokens, as ``apply_chat_template`` encodes. ``next_turn``: what
+    it writes between an answer and the next question (``None``: it renders no second turn)."""
+
+    next_turn: str | None = None
+
+    @property
+    def turn_break(self) -> str:
+        if self.next_turn is None:
+            raise UserError("data.template.chat_template: the tokenizer's chat template renders no second "
+                            "user turn, so no few-shot prompt; drop fewshot from attack.probe.kinds")
+        return self.next_turn
 
     @property
     def strings(self) -> tuple[str, ...]:

@@ -20,7 +20,8 @@ class EvalConfig:
     all). ``max_length``: longest scored sequence in tokens, longer answers are cut (``None``:
     the recipe's ``data.max_length``; 512 for a direct ``evaluate_model`` call).
     ``toxic_threshold``: the toxicity classifier's score above which an answer counts as toxic
-    (the detox task's toxic rate; SOUL's 0.5).
+    (the detox task's toxic rate; SOUL's 0.5). ``max_items``: evaluate only the first N records
+    of each split (``None``: all), for a quick check; the result says it is ``limited``.
     """
 
     batch_size: Annotated[int, POSITIVE] = 32
@@ -29,6 +30,7 @@ class EvalConfig:
     metrics: tuple[str, ...] | None = None
     max_length: Annotated[int, Range(ge=2)] | None = None
     toxic_threshold: Annotated[float, Range(ge=0, le=1)] = 0.5
+    max_items: Annotated[int, POSITIVE] | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.metrics, str):

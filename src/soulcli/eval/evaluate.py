@@ -128,8 +128,12 @@ def evaluate_model(
     that compare with it are unavailable. ``progress(stage, done, total)`` is called with
     ``done=0`` as a stage ("scoring", "generating") starts and after each batch.
 
-    Returns ``{"metrics": {name: {"value": ..., ...}}, "eval_config", "splits", "stats"}``;
-    an unavailable metric has ``"value": None`` and ``"unavailable": reason``.
+    With ``cfg.max_items`` each split is cut to its first N records; ``splits`` then records
+    each one's ``items`` evaluated ``of`` those given, and ``limited`` is true, so a quick
+    check is never read as a full evaluation.
+
+    Returns ``{"metrics": {name: {"value": ..., ...}}, "eval_config", "splits", "limited",
+    "stats"}``; an unavailable metric has ``"value": None`` and ``"unavailable": reason``.
     """
     cfg = cfg or EvalConfig()
     started = time.perf_counter()
@@ -139,7 +143,8 @@ def evaluate_model(
     for name in splits:
         if name not in known:
             raise unknown_name("evaluation split", name, known)
-    data = {name: list(rows) for name, rows in splits.items() if rows}
+    given = {name: len(rows) for name, rows in splits.items() if rows}
+    data = {name: list(rows)[:cfg.max_items] for name, rows in splits.items() if rows}
     ref = as_reference(reference) if reference is not None else None
 
     unavailable: dict[str, str] = {}
@@ -183,7 +188,9 @@ def evaluate_model(
     return {
         "metrics": {name: done[name] for name in selected},
         "eval_config": {**asdict(cfg), "metrics": list(cfg.metrics) if cfg.metrics is not None else None},
-        "splits": {name: {"items": len(rows), "fingerprint": fingerprint(rows)} for name, rows in data.items()},
+        "splits": {name: {"items": len(rows), "of": given[name], "fingerprint": fingerprint(rows)}
+                   for name, rows in data.items()},
+        "limited": any(len(rows) < given[name] for name, rows in data.items()),
         "stats": {
             "pairs_scored": len(req.pairs),
             "pairs_truncated": sum(s.truncated for s in scores),  # cut by max_length

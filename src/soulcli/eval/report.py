@@ -51,7 +51,12 @@ def render_summary(result: Mapping[str, Any], console: Console, suite: Suite | N
             table.add_row(name, format_value(name, value, suite), metric.description if metric else "")
     splits = result.get("splits") or {}
     stats = result.get("stats") or {}
-    parts = [f"{name}: {info.get('items')} items" for name, info in splits.items()]
+    parts = []
+    for name, info in splits.items():
+        items, given = info.get("items"), info.get("of", info.get("items"))
+        parts.append(f"{name}: {items} items" if given == items else f"{name}: {items} of {given} items")
+    if result.get("limited"):
+        parts.append("[yellow]limited by eval.max_items: not a full evaluation[/yellow]")
     if "seconds_total" in stats:
         parts.append(f"{stats['seconds_total']:.1f} s")
     if parts:

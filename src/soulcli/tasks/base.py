@@ -64,14 +64,6 @@ def encode_train_set(tokenizer, template: PromptTemplate, ts: TrainSet, max_leng
     return encode_text_chunks(tokenizer, [r["text"] for r in ts.rows], max_length)
 
 
-def fewshot_question(template: PromptTemplate, shots: list[dict], question: str) -> str:
-    """``question`` behind worked examples, so that ``template.prompt`` of the result shows each
-    shot as a full turn (prompt, answer, newline) before the question's own prompt."""
-    turns = "".join(f"{s['question']}{template.question_end}{template.answer_start}{s['answer']}\n"
-                    f"{template.question_start}" for s in shots)
-    return turns + question
-
-
 @dataclass(frozen=True)
 class Headline:
     """The metrics a task is judged by.

@@ -105,8 +105,9 @@ class DetoxTask(Task):
 
     def texts(self, folder: Path) -> list[str]:
         d = detox.load_detox(folder)
+        template = self.data.template  # a chat template's text is the tokenizer's own, not learned
         return [*(v for r in d.train for v in (r["prompt"], r["response"])), *d.prompts, *d.benign,
-                self.data.template.prompt("")]
+                *(() if template.chat_template else (template.prompt(""),))]
 
     # ---- training
     def train_set(self, folder, which, pretrained):

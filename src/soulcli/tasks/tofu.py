@@ -33,7 +33,7 @@ from soulcli.eval.kinds import (
 from soulcli.eval.kinds.mia import ATTACK_NAMES, ATTACKS
 from soulcli.eval.metric import Metric, QAPairing, Unavailable
 from soulcli.errors import UserError
-from soulcli.tasks.base import QA, DataConfig, Headline, Task, TrainSet, fewshot_question
+from soulcli.tasks.base import QA, DataConfig, Headline, Task, TrainSet
 
 QA_SPLITS = ("forget", "retain", "real_authors", "world_facts")
 UTILITY_SPLITS = ("retain", "real_authors", "world_facts")
@@ -158,8 +158,8 @@ class TofuTask(Task):
             examples = splits.get("retain", [])[:shots]
             if len(examples) < shots:
                 raise Unavailable(f"the retain split has fewer than {shots} pairs for the few-shot prefix")
-            rows = [{**r, "question": fewshot_question(self.data.template, examples, r["question"])}
-                    for r in forget]
+            shots = [(s["question"], s["answer"]) for s in examples]
+            rows = [{**r, "question": self.data.template.with_shots(shots, r["question"])} for r in forget]
         return {**splits, "forget": rows}
 
     def suite(self, cfg: EvalConfig) -> dict[str, Metric]:

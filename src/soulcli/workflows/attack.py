@@ -88,7 +88,7 @@ class _Meter:
 
     def __init__(self, recipe: Recipe, tokenizer, reference: dict | None) -> None:
         self.recipe, self.tokenizer, self.reference = recipe, tokenizer, reference
-        self.task = common.task_of(recipe)
+        self.task = common.task_of(recipe, tokenizer)
         self.suite = self.task.suite(eval_config(recipe))
         self.tracked = self.task.headline.tracked
 
@@ -120,7 +120,7 @@ def _relearn(recipe: Recipe, model, tokenizer, data_dir: Path, meter: _Meter, un
     per_epoch = -(-len(forget.rows) // r.batch_size)
     settings = FinetuneConfig(epochs=max(1, -(-steps[-1] // per_epoch)), lr=r.lr or recipe.finetune.lr,
                               min_lr_ratio=1.0, warmup_steps=0, batch_size=r.batch_size,
-                              weight_decay=r.weight_decay, max_grad_norm=r.max_grad_norm)
+                              weight_decay=r.weight_decay, max_grad_norm=r.max_grad_norm, max_steps=steps[-1])
     splits = meter.task.eval_splits(data_dir)
     points: list[dict] = []
 
@@ -133,7 +133,7 @@ def _relearn(recipe: Recipe, model, tokenizer, data_dir: Path, meter: _Meter, un
     if steps[-1] > 0:
         attacked = copy.deepcopy(model)
         train_lm(attacked, tokenizer, forget, recipe, reporter, "relearn", device, recipe.seed,
-                 settings=settings, max_steps=steps[-1], on_step_end=measure)
+                 settings=settings, on_step_end=measure)
         del attacked
     about = {"split": forget.name, "items": len(forget.rows), "fraction": r.fraction, "lr": settings.lr,
              "batch_size": r.batch_size, "weight_decay": r.weight_decay, "steps": steps}

@@ -9,6 +9,7 @@ not done here but in :mod:`soulcli.workflows.artifacts`, above finetune.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import random
@@ -17,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from soulcli.data.encode import EncodedItem
 from soulcli.data.io import MANIFEST_NAME, build_once, read_manifest
 from soulcli.data.template import PromptTemplate
 from soulcli.engine.progress import Reporter
@@ -52,9 +54,26 @@ def template_of(recipe: Recipe) -> PromptTemplate:
     return recipe.data.template
 
 
-def task_of(recipe: Recipe) -> Task:
-    """The recipe's task, configured with its ``data`` section."""
-    return get_task(recipe.data, recipe.task)
+def count_cut(reporter: Reporter, what: str, sets: dict[str, list[EncodedItem]], max_length: int) -> dict[str, int]:
+    """How many sequences of each named set ``data.max_length`` cut (their ends are not
+    trained on), said in the log whenever any is; the counts go into the run's records."""
+    cut = {name: sum(item.truncated for item in items) for name, items in sets.items()}
+    if any(cut.values()):
+        parts = ", ".join(f"{n} of {len(sets[name])} {name}" for name, n in cut.items() if n)
+        reporter.info(f"{what}: {parts} sequences cut at data.max_length={max_length} tokens "
+                      "(their ends are not trained on); raise data.max_length")
+    return cut
+
+
+def task_of(recipe: Recipe, tokenizer=None) -> Task:
+    """The recipe's task, configured with its ``data`` section. Given the model's ``tokenizer``,
+    its prompt template is resolved by it (:meth:`PromptTemplate.resolved`: a
+    ``chat_template: true`` rendered into the strings it writes), which everything that puts
+    questions to the model (evaluation, the probes) needs; without one, a chat template is
+    left as the recipe says (enough for the data, the splits, the metric names and the keys)."""
+    if tokenizer is None:
+        return get_task(recipe.data, recipe.task)
+    return get_task(dataclasses.replace(recipe.data, template=recipe.data.template.resolved(tokenizer)), recipe.task)
 
 
 # --------------------------------------------------------------------------- datasets
@@ -121,10 +140,11 @@ class ModelPaths:
 
 def shaping(section) -> dict:
     """A recipe section's fields but ``save_every`` (checkpoints change no number, so they are
-    left out of every cache key) and ``grad_accum`` at 1 (no accumulation: the keys of earlier
-    soulcli versions, which had none, stay)."""
+    left out of every cache key), ``grad_accum`` at 1 and ``max_steps`` unset (no accumulation,
+    every step: the keys of the built-in models of earlier soulcli versions, which had neither
+    key in ``finetune``, stay)."""
     return {k: v for k, v in asdict(section).items()
-            if k != "save_every" and not (k == "grad_accum" and v == 1)}
+            if k != "save_every" and not (k == "grad_accum" and v == 1) and not (k == "max_steps" and v is None)}
 
 
 def precision_key(recipe: Recipe) -> dict:
@@ -175,9 +195,11 @@ def builtin_model_paths(recipe: Recipe, data_dir: Path) -> ModelPaths:
 
 
 def reference_stats_key(recipe: Recipe, data_dir: Path) -> str:
-    """The content key of the retain model's cached reference values (stored beside it)."""
+    """The content key of the retain model's cached reference values (stored beside it);
+    ``eval.max_items`` is part of it only when set (the keys before it existed stay)."""
+    limit = [recipe.eval.max_items] if recipe.eval.max_items is not None else []
     return short_hash([data_fingerprint(data_dir, recipe), task_of(recipe).settings(),
-                       recipe.eval.max_new_tokens, recipe.eval.mink_k, "reference-v2"])
+                       recipe.eval.max_new_tokens, recipe.eval.mink_k, "reference-v2", *limit])
 
 
 def objective_cache_key(recipe: Recipe, data_dir: Path, seed: int) -> str:

@@ -56,7 +56,7 @@ def reference_stats(recipe: Recipe, reference_model: Path, data_dir: Path, repor
     model, tokenizer = load_model(str(reference_model), recipe.model.dtype, device,
                                   recipe.model.trust_remote_code)
     model.eval()
-    task = common.task_of(recipe)
+    task = common.task_of(recipe, tokenizer)
     suite = task.suite(eval_config(recipe))
     names = reference_metrics(suite)
     result = evaluate_model(model, tokenizer, suite, task.eval_splits(data_dir), eval_config(recipe, names),
@@ -81,7 +81,7 @@ def evaluate_and_report(recipe: Recipe, model, tokenizer, data_dir: Path, report
     from soulcli.eval import reference_metrics
 
     device = next(model.parameters()).device
-    task = common.task_of(recipe)
+    task = common.task_of(recipe, tokenizer)
     suite = task.suite(eval_config(recipe))
     if reference is None and reference_model is not None and reference_metrics(suite):
         reference = reference_stats(recipe, reference_model, data_dir, reporter, device)
@@ -197,8 +197,9 @@ def run_evaluate(recipe: Recipe | None, reporter: Reporter, run_dir: Path | None
                               reference_model=ref_model, reference=ref_data, model_label=model_path,
                               metrics=metrics, title=f"evaluation of {model_path}")
     result = out["result"]
-    if old is not None:
-        result = {**old, **result, "metrics": {**old["metrics"], **result["metrics"]}}
+    if old is not None:  # limited if either part was: some of its metrics are a quick check's
+        result = {**old, **result, "metrics": {**old["metrics"], **result["metrics"]},
+                  "limited": bool(old.get("limited")) or result["limited"]}
     write_json(output, result)
     return {**out, "result": result, "path": str(output), "suite": suite}
 

@@ -53,31 +53,30 @@ def adamw(params, lr: float, weight_decay: float, device: torch.device):
 def train_lm(model, tokenizer, train_set: TrainSet, recipe: Recipe, reporter: Reporter,
              description: str, device: torch.device, seed: int,
              checkpoints: Checkpoints | None = None, *, settings: FinetuneConfig | None = None,
-             max_steps: int | None = None, on_step_end=None) -> LoopResult:
+             on_step_end=None) -> LoopResult:
     """Supervised finetuning on a task's training set (QA: answer tokens only in the loss;
     ``checkpoints``: where to write them, and the one to resume; engine.checkpoint).
 
     ``settings`` replace ``recipe.finetune`` (the relearning attack trains with its own, without
-    accumulation), ``max_steps`` cuts the batch plan, ``on_step_end(steps_done)`` runs after
-    each step. The model trains in ``train.precision`` and is left in ``model.dtype``.
+    accumulation); their ``max_steps`` cuts the batch plan (the schedule spans what is left);
+    ``on_step_end(steps_done)`` runs after each step. The model trains in ``train.precision``
+    and is left in ``model.dtype``.
     With ``finetune.grad_accum`` N a step is N micro-batches of ``batch_size`` (the plan's
     batches N times larger, split), each loss weighted by its share of the step's answer
     tokens: the update of the larger batch's token mean."""
     ft = settings or recipe.finetune
     accum = recipe.finetune.grad_accum if settings is None else 1
     enc = encode_train_set(tokenizer, common.template_of(recipe), train_set, recipe.data.max_length)
-    plan = epoch_batches(len(enc), ft.batch_size * accum, ft.epochs, seed)[:max_steps]
+    plan = epoch_batches(len(enc), ft.batch_size * accum, ft.epochs, seed)[:ft.max_steps]
     autocast = common.prepare_training(recipe, model, reporter)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = adamw(params, ft.lr, ft.weight_decay, device)
     sched = make_scheduler(opt, "cosine", len(plan), ft.warmup_steps, ft.min_lr_ratio)
     n_tok = sum(sum(1 for t in e.labels if t != -100) for e in enc)
     reporter.info(f"{description}: {len(enc)} sequences, {n_tok} trained tokens per epoch, "
-                  f"{ft.epochs} epochs = {len(plan)} steps of {ft.batch_size}")
-    cut = sum(e.truncated for e in enc)
-    if cut:
-        reporter.info(f"{description}: {cut} of {len(enc)} sequences cut at data.max_length="
-                      f"{recipe.data.max_length} tokens (their ends are not trained on); raise data.max_length")
+                  f"{ft.epochs} epochs = {len(plan)} steps of {ft.batch_size}"
+                  f"{' (finetune.max_steps)' if ft.max_steps is not None and len(plan) == ft.max_steps else ''}")
+    common.count_cut(reporter, description, {"training": enc}, recipe.data.max_length)
 
     def batch(idx: list[int]) -> dict[str, torch.Tensor]:
         return {k: v.to(device) for k, v in pad_batch([enc[i] for i in idx], pad_id(tokenizer)).items()}

@@ -87,7 +87,7 @@ class HeadlineTracker:
 
     def __init__(self, recipe: Recipe, model: torch.nn.Module, tokenizer: Any, data_dir: Path,
                  reference: dict | None, every: int | None, keep_best: bool = False) -> None:
-        task = common.task_of(recipe)
+        task = common.task_of(recipe, tokenizer)
         self.headline = task.headline
         self.model, self.tokenizer, self.reference = model, tokenizer, reference
         self.cfg = eval_config(recipe, self.headline.tracked)

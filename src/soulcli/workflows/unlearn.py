@@ -62,10 +62,11 @@ def _answers_instead(forget: TrainSet, what: str, objective: str) -> None:
 
 
 def build_step_batches(recipe: Recipe, tokenizer, objective, forget_set: TrainSet, retain_set: TrainSet,
-                       device, seed: int, rank: int = 0, world_size: int = 1,
-                       alternates: list[str] | None = None, grad_accum: int = 1):
+                       device, seed: int, reporter: Reporter, rank: int = 0, world_size: int = 1,
+                       alternates: list[str] | None = None, grad_accum: int = 1) -> tuple[list, dict[str, int]]:
     """Encode the sets and turn the batch plan into one UnlearnBatch per step (``alternates``:
-    one answer per forget row, for objectives with ``uses_alternate``). With ``grad_accum`` N
+    one answer per forget row, for objectives with ``uses_alternate``), with the number of
+    sequences of each set that ``data.max_length`` cut (logged when any). With ``grad_accum`` N
     the plan takes N times the batch sizes and a step is :class:`MicroBatches`: its forget and
     retain indices split into N micro-batches (fewer when a step has fewer than N forget items),
     each with its share of the step's :meth:`~soulcli.objectives.base.Objective.counts`."""
@@ -86,6 +87,8 @@ def build_step_batches(recipe: Recipe, tokenizer, objective, forget_set: TrainSe
         refusals = load_refusals(u.refusals_file)
         refusal = instead([pick_refusal(refusals, i, seed) for i in range(len(forget_set.rows))])
     alternate = instead(alternates) if objective.uses_alternate and alternates else None
+    sets = {"forget": forget, "retain": retain, "refusal": refusal, "alternate": alternate}
+    cut = common.count_cut(reporter, "unlearn", {k: v for k, v in sets.items() if v}, recipe.data.max_length)
     plan = plan_unlearning(len(forget), len(retain), u.batch_size * grad_accum,
                            (u.retain_batch_size or u.batch_size) * grad_accum,
                            u.epochs, seed, use_retain, rank, world_size, u.max_steps)
@@ -100,13 +103,13 @@ def build_step_batches(recipe: Recipe, tokenizer, objective, forget_set: TrainSe
         )
 
     if grad_accum == 1:
-        return [step_batch(st.forget, st.retain) for st in plan]
+        return [step_batch(st.forget, st.retain) for st in plan], cut
     steps = []
     for st in plan:
         pieces = split(st.forget, grad_accum)
         retains = split(st.retain, len(pieces)) if st.retain is not None else [None] * len(pieces)
         steps.append(MicroBatches(with_shares(objective, [step_batch(idx, r) for idx, r in zip(pieces, retains)])))
-    return steps
+    return steps, cut
 
 
 def prepare_model(recipe: Recipe, reporter: Reporter, device,
@@ -140,7 +143,8 @@ def build_optimizer_for(recipe: Recipe, model):
 
 def unlearn_model(run: PreparedRun, reporter: Reporter, on_row=None, on_step_end=None,
                   checkpoints: Checkpoints | None = None, stop_after: int | None = None) -> dict[str, Any]:
-    """Unlearn ``run.model`` in place; returns the training record (steps, seconds, last row, rows).
+    """Unlearn ``run.model`` in place; returns the training record (steps, seconds, last row, rows,
+    ``truncated``: how many sequences of each set ``data.max_length`` cut).
     ``checkpoints``: where to write checkpoints, and the one to resume (engine.checkpoint).
     ``stop_after``: take only the plan's first N steps, the learning-rate schedule still spanning
     the whole plan, which leaves the model as a full run had it at step N (compare-optimizers
@@ -163,13 +167,13 @@ def unlearn_model(run: PreparedRun, reporter: Reporter, on_row=None, on_step_end
         _answers_instead(forget_set, "alternate answers", u.objective)
         alternates = task.alternates(run.data_dir, forget_set, recipe.seed)
     iterative = u.method != "influence"
-    batches = build_step_batches(recipe, run.tokenizer, objective, forget_set, retain_set, run.device,
-                                 recipe.seed, run.dist.rank, run.dist.world_size, alternates,
-                                 u.grad_accum if iterative else 1)
+    batches, cut = build_step_batches(recipe, run.tokenizer, objective, forget_set, retain_set, run.device,
+                                      recipe.seed, reporter, run.dist.rank, run.dist.world_size, alternates,
+                                      u.grad_accum if iterative else 1)
     if not batches:
         raise UserError(f"split '{forget_set.name}' gives no unlearning steps; check unlearn.epochs/max_steps")
     if not iterative:
-        return influence_step(run, reporter, batches, forget_set, retain_set, on_row)
+        return {**influence_step(run, reporter, batches, forget_set, retain_set, on_row), "truncated": cut}
 
     autocast = common.prepare_training(recipe, run.model, reporter)
     if objective.needs_setup:
@@ -201,7 +205,8 @@ def unlearn_model(run: PreparedRun, reporter: Reporter, on_row=None, on_step_end
     store(run.model, DTYPES[recipe.model.dtype])
     run.model.eval()
     return {"steps": result.steps, "seconds": result.seconds, "last": result.last, "rows": result.rows,
-            "tokens_per_second": result.tokens / max(result.seconds, 1e-9), "skipped_steps": result.skipped}
+            "tokens_per_second": result.tokens / max(result.seconds, 1e-9), "skipped_steps": result.skipped,
+            "truncated": cut}
 
 
 def _label_tokens(items) -> int:
@@ -313,9 +318,11 @@ def run_unlearn(recipe: Recipe, reporter: Reporter, output: Path | None = None,
             "objective": recipe.unlearn.objective, "optimizer": recipe.optimizer.name,
             "method": recipe.unlearn.method, "world_size": dist_ctx.world_size,
             "steps": record["steps"], "skipped_steps": record["skipped_steps"],
+            "truncated": {**record["truncated"], "max_length": recipe.data.max_length},
             "seconds": round(record["seconds"], 2),
             "final": {k: v for k, v in record["last"].items()}, "kept": kept,
-            "metrics": evaluation["aggregates"], "warnings": warnings,
+            "metrics": evaluation["aggregates"], "eval_limited": evaluation["result"]["limited"],
+            "warnings": warnings,
         }
         write_json(tmp / "summary.json", summary)
     if checkpoints is not None:
