@@ -39,6 +39,7 @@ import yaml
 from soulcli import schema
 from soulcli.errors import UserError, did_you_mean
 from soulcli.eval.config import EvalConfig
+from soulcli.models.families import FAMILIES
 from soulcli.schema import NON_NEGATIVE, POSITIVE, Range, Seed
 from soulcli.tasks import TASKS, DataConfig, TofuData, get_task
 
@@ -87,6 +88,9 @@ class ModelConfig:
     trust_remote_code: bool = False
     adapter: Literal["full", "lora"] = "full"
     lora: LoraConfig = field(default_factory=LoraConfig)
+    # the architecture `soul unlearn --dry-run` sizes when model.source's config.json is not at
+    # hand (a hub id not cached here): a known family (soulcli.models.families, e.g. llama-2-7b)
+    architecture: str | None = None
     # full-parameter unlearning: train only the parameters whose names match one of these
     # regexes (re.search; empty: all), e.g. RMU's ["layers\\.(0|1|2)\\.mlp\\.down_proj\\.weight"]
     trainable: tuple[str, ...] = ()
@@ -191,6 +195,9 @@ class TrainConfig:
     # recompute each decoder layer's activations in the backward instead of keeping them
     # (transformers' gradient checkpointing, non-reentrant; LoRA included)
     gradient_checkpointing: bool = False
+    # how a run under torchrun spreads over its devices: "ddp" replicates the model on each,
+    # "fsdp" shards parameters, gradients and optimizer state across them
+    strategy: Literal["ddp", "fsdp"] = "ddp"
 
 
 @dataclass(frozen=True)
@@ -287,6 +294,10 @@ def _check_values(recipe: Recipe, errors: list[str]) -> None:
             re.compile(pattern)
         except re.error as exc:
             errors.append(f"model.trainable[{i}]: {pattern!r} is not a regular expression ({exc})")
+    if recipe.model.architecture is not None and recipe.model.architecture not in FAMILIES:
+        errors.append(f"model.architecture: unknown architecture '{recipe.model.architecture}'"
+                      f"{did_you_mean(recipe.model.architecture, FAMILIES)}; choose one of: "
+                      f"{', '.join(FAMILIES)}")
     if recipe.model.trainable and recipe.model.adapter == "lora":
         errors.append("model.trainable: selects parameters for model.adapter: full; with LoRA choose "
                       "the adapted modules with model.lora.target_modules")
