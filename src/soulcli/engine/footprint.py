@@ -25,7 +25,7 @@ compute dtype: 2 under bf16-mixed / bf16-true, else 4; T trained and F frozen pa
   ``S * max_length * V * (c + 4)``;
 * fsdp shards weights, gradients, optimizer state and curvature across the N devices
   (``ceil(x / N)`` each) and adds the gathered parameters of two decoder layers (the one
-  computing and the one prefetched) at the weights' bytes per parameter.
+  computing and the one prefetched), each parameter at its bytes in the weights line.
 
 Activations are not divided: each device forwards its own micro-batch. Allocator
 fragmentation, the CUDA context and temporary buffers are not counted.
@@ -88,8 +88,9 @@ def estimate(model: torch.nn.Module, config: Any, optimizer: type[RuleOptimizer]
         "curvature": share(curvature),
     }
     if sharded and devices > 1:
-        layer = max((sum(p.numel() for p in m.parameters()) for m in _layers(model)), default=0)
-        out["fsdp_gathered_layers"] = 2 * layer * (trained_bytes if t else frozen_bytes)
+        layer = max((sum(p.numel() * (trained_bytes if p.requires_grad else frozen_bytes) for p in m.parameters())
+                     for m in _layers(model)), default=0)
+        out["fsdp_gathered_layers"] = 2 * layer
     tokens = sequences * max_length
     per_layer = activation_elements(config)
     layers = config.num_hidden_layers

@@ -19,7 +19,14 @@ from soulcli.engine.sampling import plan_unlearning
 from soulcli.recipe import Recipe
 from soulcli.workflows import common
 
-GIB = 2**30
+
+
+def _size(nbytes: int) -> str:
+    """``nbytes`` in binary units: ``12.57 GiB``."""
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if nbytes >= scale:
+            return f"{nbytes / scale:,.2f} {unit}"
+    return f"{nbytes} B"
 
 
 def model_config(recipe: Recipe) -> tuple[Any, str]:
@@ -144,8 +151,8 @@ def _report(result: dict[str, Any], reporter: Reporter) -> None:
             ("batch per device x accumulation x GPUs", f"{b['per_device']} x {b['grad_accum']} x {result['gpus']}"
                                                        f" = {b['global']}, {b['max_length']} tokens"),
             ("steps", "unknown until the data is read" if result["steps"] is None else f"{result['steps']:,}")]
-    rows += [(f"memory: {name.replace('_', ' ')}", f"{value / GIB:,.2f} GiB")
-             for name, value in result["memory_bytes_per_device"].items()]
+    rows += [(f"memory per device: {name.replace('_', ' ')}", _size(value))
+             for name, value in result["memory_bytes_per_device"].items() if value]
     for name, value in rows:
         table.add_row(name, value)
     reporter.console.print(table)
