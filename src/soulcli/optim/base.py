@@ -103,9 +103,16 @@ class RuleOptimizer(torch.optim.Optimizer):
         self._steps_done = 0
 
     # -- what a subclass writes -------------------------------------------------------------
+    @classmethod
+    def state_names_for(cls, p: Tensor) -> tuple[str, ...]:
+        """The fp32 state tensors, each shaped like ``p``, that this optimizer keeps for
+        parameter ``p``: what :meth:`init_state` creates and ``soul unlearn --dry-run`` counts
+        (``p`` may be a meta tensor)."""
+        return cls.state_names
+
     def init_state(self, p: Tensor, group: dict) -> dict[str, Tensor]:
         """The fresh fp32 state of (local) parameter ``p``."""
-        return zeros_state(p, self.state_names)
+        return zeros_state(p, self.state_names_for(p))
 
     def update(self, g: Tensor, state: dict[str, Tensor], group: dict) -> Tensor:
         """The direction ``d`` of the step ``p <- p - lr * d`` (``g`` and ``state`` fp32; the
