@@ -37,7 +37,7 @@ def run(optimizer: str, strategy: str | None, ctx: DistContext = DistContext()):
                  for f, r in PLAN]
         counts = torch.tensor([list(objective.counts(micro[0])) for micro in local])
         steps = [MicroBatches(with_shares(objective, micro, tuple(t), ctx.world_size))
-                 for micro, t in zip(local, global_totals(counts).tolist())]
+                 for micro, t in zip(local, global_totals(counts, ctx.world_size).tolist())]
     else:
         steps = [UnlearnBatch(batch(FORGET, f), batch(RETAIN, r)) for f, r in PLAN]
     model = tiny_llama()
@@ -49,7 +49,8 @@ def run(optimizer: str, strategy: str | None, ctx: DistContext = DistContext()):
     curvature = build_curvature("gnb", seed=3) if optimizer == "sophiag" else None
     if curvature is not None and ctx.enabled:
         curvature = DistributedCurvature(curvature, ctx, strategy or "ddp")
-    result = train(Training(wrapped, opt, objective, curvature=curvature, hessian_interval=1, max_grad_norm=1.0),
+    result = train(Training(wrapped, opt, objective, curvature=curvature, hessian_interval=1, max_grad_norm=1.0,
+                            distributed=ctx.enabled),
                    steps, len(PLAN), QUIET, "t")
     state = full_state_dict(model) if strategy == "fsdp" else model.state_dict()
     return result.rows, state

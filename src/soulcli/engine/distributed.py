@@ -100,10 +100,10 @@ def full_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
 
 
-def global_totals(counts: torch.Tensor) -> torch.Tensor:
+def global_totals(counts: torch.Tensor, world_size: int) -> torch.Tensor:
     """``counts`` (any shape, e.g. ``[steps, 2]``: each step's forget and retain counts on this
-    rank) summed over the ranks (itself in one process)."""
-    if not (dist.is_available() and dist.is_initialized()):
+    rank) summed over the ``world_size`` ranks (itself for one)."""
+    if world_size == 1:
         return counts
     counts = counts.clone()
     dist.all_reduce(counts)
@@ -111,9 +111,7 @@ def global_totals(counts: torch.Tensor) -> torch.Tensor:
 
 
 def mean_over_ranks(values: Sequence[float], device: torch.device) -> list[float]:
-    """The ranks' mean of each value (the values themselves in one process)."""
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return list(values)
+    """The ranks' mean of each value."""
     t = torch.tensor(list(values), dtype=torch.float64, device=device)
     dist.all_reduce(t)
     return (t / dist.get_world_size()).tolist()

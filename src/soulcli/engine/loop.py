@@ -60,6 +60,8 @@ class Training:
     on_nonfinite: str = "stop"  # stop: raise DivergedError; skip: no update for that step
     checkpoints: Checkpoints | None = None  # write / resume checkpoints (engine.checkpoint)
     autocast: torch.dtype | None = None  # the forward's autocast dtype (train.precision bf16-mixed)
+    # the ranks of torchrun train together: the logged loss and the finite checks are theirs
+    distributed: bool = False
 
 
 @dataclass
@@ -97,7 +99,7 @@ def _finite(run: Training, name: str, value: float, step: int, kept: str, local:
     torchrun) is decided by every rank together, so a non-finite loss on one rank stops or skips
     the step on all of them instead of leaving the others waiting in the gradient all-reduce."""
     finite = math.isfinite(value)
-    if local and torch.distributed.is_available() and torch.distributed.is_initialized():
+    if local and run.distributed:
         flag = torch.tensor([1.0 if finite else 0.0], device=next(run.model.parameters()).device)
         torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MIN)
         if finite and not flag.item():
@@ -151,8 +153,9 @@ def _logged(run: Training, out: StepOutput) -> tuple[float, dict[str, Any]]:
     """The step's loss and terms as logged: under torchrun the ranks' mean of their scaled
     values (engine.distributed), which is the global batch's."""
     names = [k for k, v in out.terms.items() if isinstance(v, float)]
-    values = mean_over_ranks([float(out.loss.detach()), *(out.terms[k] for k in names)],
-                             next(run.model.parameters()).device)
+    values = [float(out.loss.detach()), *(out.terms[k] for k in names)]
+    if run.distributed:
+        values = mean_over_ranks(values, next(run.model.parameters()).device)
     return values[0], {**out.terms, **dict(zip(names, values[1:]))}
 
 

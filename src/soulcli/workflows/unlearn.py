@@ -112,7 +112,7 @@ def build_step_batches(recipe: Recipe, tokenizer, objective, forget_set: TrainSe
         steps.append([step_batch(idx, r) for idx, r in zip(pieces, retains)])
     counts = torch.tensor([[sum(c) for c in zip(*map(objective.counts, micro))] for micro in steps])
     return [MicroBatches(with_shares(objective, micro, tuple(totals), world_size))
-            for micro, totals in zip(steps, global_totals(counts).tolist())]
+            for micro, totals in zip(steps, global_totals(counts, world_size).tolist())]
 
 
 def prepare_model(recipe: Recipe, reporter: Reporter, device,
@@ -200,7 +200,8 @@ def unlearn_model(run: PreparedRun, reporter: Reporter, on_row=None, on_step_end
         model=model, optimizer=opt, forward=objective,
         scheduler=make_scheduler(opt, u.lr_scheduler, len(batches), u.warmup_steps),
         curvature=curvature, hessian_interval=o.hessian_interval, max_grad_norm=u.max_grad_norm,
-        log_every=u.log_every, on_nonfinite=u.on_nonfinite, checkpoints=checkpoints, autocast=autocast)
+        log_every=u.log_every, on_nonfinite=u.on_nonfinite, checkpoints=checkpoints, autocast=autocast,
+        distributed=run.dist.enabled)
     result = train(training, batches, len(batches), reporter, "unlearn", on_row, on_step_end)
     if run.dist.enabled and strategy == "fsdp":
         run.model = gathered(run, reporter, full_state_dict(run.model))
