@@ -200,8 +200,8 @@ class TrainConfig:
     # recompute each decoder layer's activations in the backward instead of keeping them
     # (transformers' gradient checkpointing, non-reentrant; LoRA included)
     gradient_checkpointing: bool = False
-    # how a run under torchrun spreads over its devices: "ddp" replicates the model on each,
-    # "fsdp" shards parameters, gradients and optimizer state across them
+    # under torchrun: ddp, a model replica per rank; fsdp, FSDP2 (fully_shard): parameters,
+    # gradients and optimizer state sharded over the ranks, for models that do not fit one device
     strategy: Literal["ddp", "fsdp"] = "ddp"
 
 
