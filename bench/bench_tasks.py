@@ -9,7 +9,7 @@ retain model and each optimizer x objective's selected setting (mean [min, max] 
 the time per step (and its ratio to AdamW's), and, where the task's issue states a goal
 (WMDP: forget accuracy within 0.05 of chance with utility >= 0.95 x the target's; detox: the
 toxic rate halved with perplexity <= 1.1 x the target's), whether each selected setting meets it.
-Run: .venv/bin/python bench/bench_tasks.py [--recipe R ...] [--seeds 0,1,2] [--set key=value ...]
+Run: .venv/bin/python bench/bench_tasks.py [--recipe R ...] [--seeds 0,1,2] [--resume] [--set key=value ...]
      (default recipes: muse_sophia, wmdp_sophia, detox_sophia; `--set threads=1` for figures
      that do not depend on how torch splits work between threads)
 """
@@ -72,7 +72,7 @@ def bench(recipe: str, args: argparse.Namespace, out_dir: Path) -> None:
             others[which] = soul("evaluate", "--model", model["path"],
                                  "--output", str(out_dir / f"{name}.{which}.json"), *base)
             eval_s = time.perf_counter() - t0
-    if output.exists():
+    if output.exists() and not args.resume:
         shutil.rmtree(output)  # a timed run computes every cell
     t0 = time.perf_counter()
     res = soul("compare-optimizers", *base, "--optimizers", args.optimizers, "--seeds", args.seeds,
@@ -129,6 +129,8 @@ def main() -> None:
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--out", default=str(ROOT / "bench" / "out" / "tasks"))
     ap.add_argument("--set", action="append", default=[])
+    ap.add_argument("--resume", action="store_true",
+                    help="keep finished cells of an earlier run (the comparison's time is then not a full run's)")
     args = ap.parse_args()
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -213,6 +213,8 @@ def unlearn(
     output: Optional[Path] = OutputOpt,
     overwrite: bool = OverwriteOpt,
     resume: bool = ResumeOpt,
+    dry_run: bool = typer.Option(False, "--dry-run", help="Validate the recipe and size the run without loading weights: parameters, trainable parameters, memory per device, steps and the torchrun command (needs only the model's config.json, or model.architecture)."),
+    gpus: int = typer.Option(1, "--gpus", min=1, help="With --dry-run: the number of GPUs to size the run for (train.strategy fsdp shards across them)."),
 ) -> None:
     """Unlearn the forget set from the target model with the recipe's objective and optimizer.
 
@@ -230,7 +232,18 @@ def unlearn(
       soul unlearn --recipe recipes/tofu_sophia.yaml
 
       soul unlearn --recipe recipes/tofu_sophia.yaml --set optimizer.name=adamw
+
+      soul unlearn --recipe recipes/llama2_tofu_sophia.yaml --dry-run --gpus 8
     """
+    if dry_run:
+        from soulcli.workflows.dryrun import run_dry_run
+
+        args = [*(["--recipe", str(common.recipe)] if common.recipe else []),
+                *[a for s in common.sets or [] for a in ("--set", s)],
+                *(["--seed", str(common.seed)] if common.seed is not None else []),
+                *(["--output", str(output)] if output else [])]
+        common.run(lambda rep: run_dry_run(common.load(rep), rep, gpus, args))
+        return
     from soulcli.workflows.unlearn import run_unlearn
 
     common.run(lambda rep: run_unlearn(common.load(rep), rep, output, overwrite, resume))

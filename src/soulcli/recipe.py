@@ -39,6 +39,7 @@ import yaml
 from soulcli import schema
 from soulcli.errors import UserError, did_you_mean
 from soulcli.eval.config import EvalConfig
+from soulcli.models.families import FAMILIES
 from soulcli.schema import NON_NEGATIVE, POSITIVE, Range, Seed
 from soulcli.tasks import TASKS, DataConfig, TofuData, get_task
 
@@ -92,6 +93,9 @@ class ModelConfig:
     # and its adapter in model/adapter/), merged (no adapter), adapter (the adapter alone, with
     # its base recorded in adapter_config.json: megabytes, and no merged copy held in memory)
     save: Literal["both", "merged", "adapter"] = "both"
+    # the architecture `soul unlearn --dry-run` sizes when model.source's config.json is not at
+    # hand (a hub id not cached here): a known family (soulcli.models.families, e.g. llama-2-7b)
+    architecture: str | None = None
     # full-parameter unlearning: train only the parameters whose names match one of these
     # regexes (re.search; empty: all), e.g. RMU's ["layers\\.(0|1|2)\\.mlp\\.down_proj\\.weight"]
     trainable: tuple[str, ...] = ()
@@ -199,6 +203,9 @@ class TrainConfig:
     # recompute each decoder layer's activations in the backward instead of keeping them
     # (transformers' gradient checkpointing, non-reentrant; LoRA included)
     gradient_checkpointing: bool = False
+    # under torchrun: ddp, a model replica per rank; fsdp, FSDP2 (fully_shard): parameters,
+    # gradients and optimizer state sharded over the ranks, for models that do not fit one device
+    strategy: Literal["ddp", "fsdp"] = "ddp"
 
 
 @dataclass(frozen=True)
@@ -301,6 +308,10 @@ def _check_values(recipe: Recipe, errors: list[str]) -> None:
     if recipe.model.save == "adapter" and recipe.model.adapter != "lora":
         errors.append("model.save: adapter saves a LoRA adapter; set model.adapter: lora, or "
                       "model.save: merged for a full-parameter run's weights")
+    if recipe.model.architecture is not None and recipe.model.architecture not in FAMILIES:
+        errors.append(f"model.architecture: unknown architecture '{recipe.model.architecture}'"
+                      f"{did_you_mean(recipe.model.architecture, FAMILIES)}; choose one of: "
+                      f"{', '.join(FAMILIES)}")
     if recipe.model.trainable and recipe.model.adapter == "lora":
         errors.append("model.trainable: selects parameters for model.adapter: full; with LoRA choose "
                       "the adapted modules with model.lora.target_modules")

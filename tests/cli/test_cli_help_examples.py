@@ -54,7 +54,9 @@ def placeholders(soul, pipeline, tmp_path_factory) -> dict[str, str]:
             shutil.copy(f, tofu / f.name)
     recipe = load_recipe(MICRO, [f"cache_dir={soul.cache}"])
     retain = builtin_model_paths(recipe, Path(pipeline["prepared"]["path"])).retain
-    return {"recipes/tofu_sophia.yaml": str(MICRO), "../shared/data/tofu": str(tofu), "path/to/tofu": str(tofu),
+    shipped = Path(__file__).resolve().parents[2] / "recipes"
+    return {"recipes/tofu_sophia.yaml": str(MICRO), "recipes/llama2_tofu_sophia.yaml": str(shipped / "llama2_tofu_sophia.yaml"),
+            "../shared/data/tofu": str(tofu), "path/to/tofu": str(tofu),
             "path/to/hf_model": str(pipeline["run"] / "model"), "path/to/retain_model": str(retain),
             "runs/tofu_sophia": str(pipeline["run"])}
 

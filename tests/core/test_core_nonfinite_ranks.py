@@ -18,7 +18,7 @@ from soulcli.errors import DivergedError
 def _rank(rank: int, store: str, policy: str, out: str) -> None:
     dist.init_process_group("gloo", rank=rank, world_size=2, init_method=f"file://{store}")
     model = torch.nn.Linear(2, 2)
-    run = SimpleNamespace(on_nonfinite=policy, model=model,
+    run = SimpleNamespace(on_nonfinite=policy, model=model, distributed=True,
                           optimizer=torch.optim.SGD(model.parameters(), lr=0.5))
     loss = float("nan") if rank == 1 else 1.25
     try:

@@ -204,3 +204,29 @@ def test_weight_decay_skips_the_exempt_group(name):
         torch.testing.assert_close(p.detach(), before[id(p)] * 0.95, rtol=1e-6, atol=rounding)
     for p in exempt["params"]:
         torch.testing.assert_close(p.detach(), before[id(p)], rtol=0, atol=rounding)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_declared_state_is_what_the_optimizer_allocates(name):
+    """``state_names_for`` (what ``--dry-run`` counts) names exactly the fp32 tensors the
+    optimizer creates, so the dry run's optimizer state + curvature equal ``state_bytes()``."""
+    from soulcli.engine.footprint import estimate
+    from soulcli.models.builtin import builtin_config
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 5), nn.LayerNorm(5), nn.Linear(5, 3, bias=False))
+    model[1].weight.requires_grad_(False)  # a frozen parameter takes no state
+    opt = build_optimizer(name, [p for p in model.parameters() if p.requires_grad], lr=1e-3)
+    for group in opt.param_groups:
+        for p in group["params"]:
+            state = opt.state_of(p, group)
+            tensors = {k for k, v in state.items() if isinstance(v, torch.Tensor) and v.shape == p.shape}
+            assert tensors == set(type(opt).state_names_for(p))
+            assert all(state[k].dtype == torch.float32 for k in tensors)
+    config = builtin_config(vocab_size=300, hidden_size=8, num_layers=1, num_heads=2, intermediate_size=8)
+    memory = estimate(model, config, type(opt), precision="fp32", dtype="float32", gradient_checkpointing=False,
+                      strategy="ddp", devices=1, sequences=1, max_length=8)
+    assert memory["optimizer_state"] + memory["curvature"] == opt.state_bytes()
+    trained = 6 * 5 + 5 + 5 + 5 * 3  # both Linears and the norm's bias (its weight is frozen)
+    second_order = name in ("sophiag", "sophiah", "adahessian")
+    assert memory["curvature"] == (4 * trained if second_order else 0)

@@ -31,6 +31,7 @@ import torch
 
 from soulcli.engine import checkpoint
 from soulcli.engine.checkpoint import Checkpoints
+from soulcli.engine.distributed import mean_over_ranks
 from soulcli.engine.progress import Reporter
 from soulcli.errors import DivergedError, Interrupted
 from soulcli.optim.curvature import CurvatureEstimator, Part
@@ -59,6 +60,8 @@ class Training:
     on_nonfinite: str = "stop"  # stop: raise DivergedError; skip: no update for that step
     checkpoints: Checkpoints | None = None  # write / resume checkpoints (engine.checkpoint)
     autocast: torch.dtype | None = None  # the forward's autocast dtype (train.precision bf16-mixed)
+    # the ranks of torchrun train together: the logged loss and the finite checks are theirs
+    distributed: bool = False
 
 
 @dataclass
@@ -96,7 +99,7 @@ def _finite(run: Training, name: str, value: float, step: int, kept: str, local:
     torchrun) is decided by every rank together, so a non-finite loss on one rank stops or skips
     the step on all of them instead of leaving the others waiting in the gradient all-reduce."""
     finite = math.isfinite(value)
-    if local and torch.distributed.is_available() and torch.distributed.is_initialized():
+    if local and run.distributed:
         flag = torch.tensor([1.0 if finite else 0.0], device=next(run.model.parameters()).device)
         torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MIN)
         if finite and not flag.item():
@@ -112,10 +115,11 @@ def _finite(run: Training, name: str, value: float, step: int, kept: str, local:
 
 
 class MicroBatches(list):
-    """One step's batch given as micro-batches (gradient accumulation, ``grad_accum``): each is
-    forwarded and backwarded in turn (DDP syncs the gradients on the last only), so the memory
-    is that of one. The forward must give each micro-batch's loss as its share of the step's
-    loss (its terms likewise): the loop sums them, so the step is the larger batch's."""
+    """One step's batch given as micro-batches (gradient accumulation, ``grad_accum``; under
+    torchrun every step, one micro-batch or more): each is forwarded and backwarded in turn
+    (DDP syncs the gradients on the last only, FSDP reduce-scatters each), so the memory is that
+    of one. The forward must give each micro-batch's loss as its share of the step's loss (its
+    terms likewise): the loop sums them, so the step is the larger batch's."""
 
 
 def _autocast(run: Training):
@@ -145,6 +149,16 @@ def _accumulate(run: Training, micro: MicroBatches) -> tuple[StepOutput, list[li
                    logits=[p for ps in parts for p in ps]), parts
 
 
+def _logged(run: Training, out: StepOutput) -> tuple[float, dict[str, Any]]:
+    """The step's loss and terms as logged: under torchrun the ranks' mean of their scaled
+    values (engine.distributed), which is the global batch's."""
+    names = [k for k, v in out.terms.items() if isinstance(v, float)]
+    values = [float(out.loss.detach()), *(out.terms[k] for k in names)]
+    if run.distributed:
+        values = mean_over_ranks(values, next(run.model.parameters()).device)
+    return values[0], {**out.terms, **dict(zip(names, values[1:]))}
+
+
 def _update(run: Training, batch: Any, params: list[torch.nn.Parameter],
             step: int, kept: str) -> tuple[StepOutput, tuple[float, dict[str, float]] | None]:
     """The step on ``batch`` (one, or :class:`MicroBatches`): its forward output and (grad norm,
@@ -155,7 +169,7 @@ def _update(run: Training, batch: Any, params: list[torch.nn.Parameter],
     opt, curvature = run.optimizer, run.curvature
     sample = curvature is not None and (step - 1) % run.hessian_interval == 0
     diag: dict[str, float] = {}
-    if isinstance(batch, MicroBatches) and len(batch) > 1:
+    if isinstance(batch, MicroBatches):
         out, micro_parts = _accumulate(run, batch)
         if not _finite(run, "loss", float(out.loss), step, kept, local=True):
             return out, None
@@ -164,7 +178,7 @@ def _update(run: Training, batch: Any, params: list[torch.nn.Parameter],
                 diag |= curvature.estimate_accumulated(run.model, micro_parts, opt)  # type: ignore[union-attr]
     else:
         with _autocast(run):
-            out = run.forward(run.model, batch[0] if isinstance(batch, MicroBatches) else batch)
+            out = run.forward(run.model, batch)
         if not _finite(run, "loss", float(out.loss.detach()), step, kept, local=True):
             return out, None
         if sample:
@@ -172,9 +186,10 @@ def _update(run: Training, batch: Any, params: list[torch.nn.Parameter],
                 diag |= curvature.estimate(run.model, out.logits, opt)  # type: ignore[union-attr]
         out.loss.backward()
     if run.max_grad_norm is not None:
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, run.max_grad_norm))
+        norm = torch.nn.utils.clip_grad_norm_(params, run.max_grad_norm)
     else:
-        grad_norm = float(torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None]))
+        norm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
+    grad_norm = float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)  # FSDP: a DTensor
     if not _finite(run, "gradient norm", grad_norm, step, kept):
         return out, None
     if curvature is not None:
@@ -249,7 +264,7 @@ def train(run: Training, batches: Iterable[Any], num_steps: int, reporter: Repor
             if run.scheduler is not None:
                 run.scheduler.step()
             done.tokens += sum(int(data["attention_mask"].sum()) for data, _ in out.logits)
-            loss, terms = float(out.loss.detach()), out.terms
+            loss, terms = _logged(run, out)
             del out  # the step's graph and logits
             done.skipped += update is None
             if update is None and done.skipped == 1:

@@ -1,10 +1,14 @@
 """Batch plans, fixed before training so reference quantities can be cached in advance.
 
 * Forget items: a fresh permutation each epoch, cut into batches, so every forget item is seen
-  exactly once per epoch (per rank: each rank takes its own shard of the permutation; with N
-  ranks the permutation is wrapped to a multiple of N so all ranks take the same steps).
+  exactly once per epoch.
 * Retain items: for each step a sample without replacement from a stream of permutations that
-  depends on (seed, rank), so the retain sample differs across steps and across ranks.
+  depends on the seed, so the retain sample differs across steps.
+
+Under torchrun with N ranks a step's batch is the global one, N times ``batch_size``, and rank r
+takes its r-th slice (equal slices: the permutation is wrapped to a multiple of N, at most N - 1
+items seen twice per epoch), so N ranks train on the batches of one process with a batch N times
+larger, in the same order (rank 0's rows first).
 """
 
 from __future__ import annotations
@@ -36,27 +40,32 @@ def plan_unlearning(
     g = torch.Generator().manual_seed(seed)
     steps: list[StepPlan] = []
     for _ in range(epochs):
-        perm = torch.randperm(n_forget, generator=g).tolist()
-        # every rank must take the same number of steps (DDP): wrap the permutation so its
-        # length divides by world_size (at most world_size - 1 items seen twice per epoch)
-        perm += perm[: (-len(perm)) % world_size]
-        shard = perm[rank::world_size]  # same permutation on every rank, disjoint shards
-        steps += [StepPlan(shard[i: i + batch_size], None) for i in range(0, len(shard), batch_size)]
+        steps += [StepPlan(b, None) for b in _rank_batches(torch.randperm(n_forget, generator=g).tolist(),
+                                                            batch_size, rank, world_size)]
     if max_steps is not None:
         steps = steps[:max_steps]
     if not use_retain or n_retain == 0:
         return steps
-    rg = torch.Generator().manual_seed(seed * 1_000_003 + 7919 * (rank + 1))
+    rg = torch.Generator().manual_seed(seed * 1_000_003 + 7919)
     pool: list[int] = []
     out = []
     for st in steps:
         take: list[int] = []
-        while len(take) < retain_batch_size:
+        while len(take) < retain_batch_size * world_size:
             if not pool:
                 pool = torch.randperm(n_retain, generator=rg).tolist()
             take.append(pool.pop())
-        out.append(StepPlan(st.forget, take))
+        out.append(StepPlan(st.forget, split(take, world_size)[rank]))
     return out
+
+
+def _rank_batches(perm: list[int], batch_size: int, rank: int, world_size: int) -> list[list[int]]:
+    """``perm`` cut into global batches of ``batch_size * world_size``, each rank's slice of
+    each; the permutation is wrapped to a multiple of ``world_size`` so every slice of a batch
+    has the same size (every rank takes the same steps and micro-batches)."""
+    perm = perm + perm[: (-len(perm)) % world_size]
+    step = batch_size * world_size
+    return [split(perm[i: i + step], world_size)[rank] for i in range(0, len(perm), step)]
 
 
 def split(indices: list[int], n: int) -> list[list[int]]:
@@ -70,10 +79,10 @@ def split(indices: list[int], n: int) -> list[list[int]]:
 
 def epoch_batches(n: int, batch_size: int, epochs: int, seed: int, rank: int = 0,
                   world_size: int = 1) -> list[list[int]]:
-    """Shuffled batches for ordinary training (finetune), one permutation per epoch."""
+    """Shuffled batches for ordinary training (finetune), one permutation per epoch (under
+    torchrun this rank's slices of the global batches, as for unlearning)."""
     g = torch.Generator().manual_seed(seed)
     out: list[list[int]] = []
     for _ in range(epochs):
-        perm = torch.randperm(n, generator=g).tolist()[rank::world_size]
-        out += [perm[i: i + batch_size] for i in range(0, len(perm), batch_size)]
+        out += _rank_batches(torch.randperm(n, generator=g).tolist(), batch_size, rank, world_size)
     return out

@@ -46,6 +46,24 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int = 2048, min_frequency:
     )
 
 
+def builtin_config(vocab_size: int, hidden_size: int = 192, num_layers: int = 4, num_heads: int = 4,
+                   intermediate_size: int = 512, max_position_embeddings: int = 256, **token_ids: int):
+    """The built-in model's ``LlamaConfig`` (``token_ids``: ``bos_token_id`` ... of its tokenizer)."""
+    from transformers import LlamaConfig
+
+    return LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=hidden_size,
+        intermediate_size=intermediate_size,
+        num_hidden_layers=num_layers,
+        num_attention_heads=num_heads,
+        num_key_value_heads=num_heads,
+        max_position_embeddings=max_position_embeddings,
+        tie_word_embeddings=False,
+        **token_ids,
+    )
+
+
 def build_model(
     tokenizer,
     hidden_size: int = 192,
@@ -56,21 +74,11 @@ def build_model(
     seed: int = 0,
 ):
     """A randomly initialised ``LlamaForCausalLM`` sized for the tokenizer (a few M parameters)."""
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import LlamaForCausalLM
 
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=hidden_size,
-        intermediate_size=intermediate_size,
-        num_hidden_layers=num_layers,
-        num_attention_heads=num_heads,
-        num_key_value_heads=num_heads,
-        max_position_embeddings=max_position_embeddings,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        tie_word_embeddings=False,
-    )
+    config = builtin_config(len(tokenizer), hidden_size, num_layers, num_heads, intermediate_size,
+                            max_position_embeddings, bos_token_id=tokenizer.bos_token_id,
+                            eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         model = LlamaForCausalLM(config)

@@ -314,13 +314,17 @@ class Objective(abc.ABC):
         return torch.stack(self.cache.rows(table, data)).to(device)
 
 
-def with_shares(objective: Objective, micro: list[UnlearnBatch]) -> list[UnlearnBatch]:
+def with_shares(objective: Objective, micro: list[UnlearnBatch],
+                totals: tuple[int, int] | None = None, ranks: int = 1) -> list[UnlearnBatch]:
     """A step's micro-batches, each with its share of the step's forget and retain counts
     (:meth:`Objective.counts`), so that the sum of their losses is the step's: a token mean over
-    the whole step, not a mean of the micro-batches' means."""
+    the whole step, not a mean of the micro-batches' means. Under torchrun ``totals`` are the
+    global step's counts (every rank's) and the shares are multiplied by the ``ranks`` whose
+    gradients DDP / FSDP average, so the averaged gradient is the global step's."""
     counts = [objective.counts(m) for m in micro]
-    totals = [max(1, sum(c[i] for c in counts)) for i in (0, 1)]
-    return [dataclasses.replace(m, share=(c[0] / totals[0], c[1] / totals[1])) for m, c in zip(micro, counts)]
+    totals = totals or (sum(c[0] for c in counts), sum(c[1] for c in counts))
+    return [dataclasses.replace(m, share=(ranks * c[0] / max(1, totals[0]), ranks * c[1] / max(1, totals[1])))
+            for m, c in zip(micro, counts)]
 
 
 def answer_count(data: Batch | None) -> int:

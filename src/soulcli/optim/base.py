@@ -16,7 +16,8 @@ Conventions:
 * State is fp32 whatever the parameter dtype; low-precision gradients are upcast, and a bf16
   parameter is updated in fp32 and rounded once.
 * Only elementwise maths on the local tensors, so gradients that DDP already averaged and FSDP
-  shards (DTensor locals) work unchanged.
+  shards (DTensor locals) work unchanged; the diagnostics' sums over FSDP shards are summed
+  over the ranks (:func:`shard_sums`).
 * Parameters whose ``.grad`` is None are skipped: not updated, no weight decay, state untouched.
 * ``diagnostics()`` returns (and clears) the figures computed since the last call:
   ``update_norm`` (``lr * |d|``, the step without weight decay) every ``diagnostics_every``
@@ -103,9 +104,16 @@ class RuleOptimizer(torch.optim.Optimizer):
         self._steps_done = 0
 
     # -- what a subclass writes -------------------------------------------------------------
+    @classmethod
+    def state_names_for(cls, p: Tensor) -> tuple[str, ...]:
+        """The fp32 state tensors, each shaped like ``p``, that this optimizer keeps for
+        parameter ``p``: what :meth:`init_state` creates and ``soul unlearn --dry-run`` counts
+        (``p`` may be a meta tensor)."""
+        return cls.state_names
+
     def init_state(self, p: Tensor, group: dict) -> dict[str, Tensor]:
         """The fresh fp32 state of (local) parameter ``p``."""
-        return zeros_state(p, self.state_names)
+        return zeros_state(p, self.state_names_for(p))
 
     def update(self, g: Tensor, state: dict[str, Tensor], group: dict) -> Tensor:
         """The direction ``d`` of the step ``p <- p - lr * d`` (``g`` and ``state`` fp32; the
@@ -131,7 +139,9 @@ class RuleOptimizer(torch.optim.Optimizer):
             group["step"] += 1
             self.step_group(group, sums)
         if sums is not None:
-            self._pending.update(self.finish_diagnostics(sums))
+            keys = list(sums)
+            summed = shard_sums(param_list(self), [total(sums[k]) for k in keys])
+            self._pending.update(self.finish_diagnostics({k: [v] for k, v in zip(keys, summed)}))
         self._steps_done += 1
         return loss
 
@@ -270,8 +280,9 @@ class SecondOrderOptimizer(RuleOptimizer):
                     self.absorb(estimate, self.state_of(p, group), group, squared)
                 if self.state[p]:
                     norms.append(self.curvature_sq(self.state[p]))
+        squares = shard_sums(params, [float(torch.stack(norms).sum()) if norms else 0.0])[0]
         if norms:
-            self._pending["hessian_norm"] = math.sqrt(float(torch.stack(norms).sum()))
+            self._pending["hessian_norm"] = math.sqrt(squares)
 
 
 def total(values: Sequence[Tensor | float]) -> float:
@@ -284,6 +295,18 @@ def total(values: Sequence[Tensor | float]) -> float:
         else:
             rest += float(v)
     return rest + sum(float(torch.stack(ts).sum()) for ts in by_device.values())
+
+
+def shard_sums(params: Sequence[Tensor], values: list[float]) -> list[float]:
+    """Sums over this rank's parameters summed over the ranks when the parameters are FSDP2
+    shards (DTensors; a collective: every rank calls it), so diagnostics are the whole model's;
+    ``values`` unchanged otherwise."""
+    sharded = next((p for p in params if hasattr(p, "device_mesh")), None)
+    if sharded is None or not values:
+        return values
+    t = torch.tensor(values, dtype=torch.float64, device=local_tensor(sharded).device)
+    torch.distributed.all_reduce(t, group=sharded.device_mesh.get_group())
+    return t.tolist()
 
 
 def state_bytes(optimizer: torch.optim.Optimizer) -> int:

@@ -33,6 +33,7 @@ be driven on non-language problems (tests drive them on a quadratic and on Rosen
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Annotated, Any, Callable, Protocol, Sequence
 
 import torch
@@ -140,6 +141,30 @@ def align(params: list[Tensor], values: dict[int, Tensor]) -> list[Tensor | None
     return [values.get(id(p)) for p in params]
 
 
+@dataclass(frozen=True)
+class Placement:
+    """Where one process's micro-batches sit in the step's whole batch (torch.distributed):
+    ``counts[k][i]``, the answer tokens of part i of micro-batch k, over every rank's
+    micro-batches rank after rank, and ``first``, the index of this process's first."""
+
+    counts: list[list[int]]
+    first: int
+
+
+# the summed gradient of the losses (each a thunk, built one graph at a time) w.r.t. params
+Gradients = Callable[[Sequence[Callable[[], Tensor]], list[Tensor]], list[Tensor | None]]
+
+
+def summed_gradients(losses: Sequence[Callable[[], Tensor]], params: list[Tensor]) -> list[Tensor | None]:
+    """:data:`Gradients` by ``torch.autograd.grad``, leaving ``p.grad`` as it is."""
+    summed: list[Tensor | None] = [None] * len(params)
+    for loss in losses:
+        for j, g in enumerate(torch.autograd.grad(loss(), params, allow_unused=True)):
+            if g is not None:
+                summed[j] = g if summed[j] is None else summed[j] + g
+    return summed
+
+
 def hutchinson_diagonal(grads: list[Tensor | None], params: list[Tensor], n_samples: int,
                         generator: torch.Generator | None = None) -> list[Tensor]:
     """Mean of ``n_samples`` draws of ``u * (H u)``, ``u`` Rademacher, one tensor per parameter.
@@ -231,39 +256,46 @@ class GaussNewtonBartlett(RandomEstimator):
         return {"curvature_tokens": float(count)}
 
     def estimate_accumulated(self, model: torch.nn.Module, micro: Sequence[Sequence[Part]],
-                             opt: Any) -> dict[str, float]:
+                             opt: Any, placement: Placement | None = None,
+                             gradients: Gradients | None = None) -> dict[str, float]:
         """:meth:`estimate` on the union of a step's micro-batches, one micro-batch's graph at a
         time: the same labels and the same ``bs``, so N micro-batches of b give the sample of
         one batch of N*b. Part i of the larger batch is the micro-batches' part i in order
         (rows in order), so its uniforms are drawn at once in that order (part by part, micro-
         batch by micro-batch) and each micro-batch takes its slices; its gradient is that of
         its sampled cross-entropy summed over its tokens / the step's tokens (the mean's share).
-        The parts' logits are not kept across micro-batches: each is forwarded here."""
+        The parts' logits are not kept across micro-batches: each is forwarded here.
+
+        Under torch.distributed ``placement`` says where these micro-batches sit among every
+        rank's (rank after rank): each process draws the whole step's uniforms and takes its
+        own slices, and ``gradients`` (the strategy's backward) sums the ranks' shares, so N
+        ranks give the sample of one process with their batches one after another. Every
+        micro-batch is then forwarded, even one without answer tokens (its loss is 0): a
+        sharded model's forwards are collective."""
         params = param_list(opt)
         live = trainable(params)
         counts = [[answer_tokens(data) for data, _ in parts] for parts in micro]
-        total = sum(map(sum, counts))
+        layout, first = (placement.counts, placement.first) if placement else (counts, 0)
+        total = sum(map(sum, layout))
         if total == 0:
             return {}
         device = live[0].device
         u = torch.rand(total, 1, generator=self.generator(device), dtype=torch.float64, device=device)
-        starts, at = [], 0  # starts[k][i]: where micro-batch k's part i begins in u
-        for i in range(len(counts[0])):
+        starts, at = [], 0  # starts[i][k]: where micro-batch k's part i begins in u
+        for i in range(len(layout[0])):
             column = []
-            for k in range(len(micro)):
+            for k in range(len(layout)):
                 column.append(at)
-                at += counts[k][i]
+                at += layout[k][i]
             starts.append(column)
-        summed: list[Tensor | None] = [None] * len(live)
-        for k, parts in enumerate(micro):
-            if not sum(counts[k]):
-                continue
-            logits = torch.cat([answer_logits(model, data) for data, _ in parts])
-            draws = torch.cat([u[starts[i][k]: starts[i][k] + n] for i, n in enumerate(counts[k])])
-            loss = F.cross_entropy(logits, categorical_from_uniforms(logits, draws), reduction="sum") / total
-            for j, g in enumerate(torch.autograd.grad(loss, live, allow_unused=True)):
-                if g is not None:
-                    summed[j] = g if summed[j] is None else summed[j] + g
+
+        def loss(k: int) -> Tensor:
+            logits = torch.cat([answer_logits(model, data) for data, _ in micro[k]])
+            draws = torch.cat([u[starts[i][first + k]: starts[i][first + k] + n] for i, n in enumerate(counts[k])])
+            return F.cross_entropy(logits, categorical_from_uniforms(logits, draws), reduction="sum") / total
+
+        wanted = range(len(micro)) if placement else [k for k in range(len(micro)) if sum(counts[k])]
+        summed = (gradients or summed_gradients)([lambda k=k: loss(k) for k in wanted], live)
         opt.update_hessian(bs=total, grads=align(params, {id(p): g for p, g in zip(live, summed) if g is not None}))
         return {"curvature_tokens": float(total)}
 

@@ -28,7 +28,7 @@ from torch import Tensor
 from soulcli.errors import UserError
 from soulcli.optim.adamw import adam_direction
 from soulcli.optim.base import (DIAGNOSTICS_EVERY, Betas, DiagnosticsEvery, Eps, LearningRate,
-                                Momentum, RuleOptimizer, WeightDecay, zeros_state)
+                                Momentum, RuleOptimizer, WeightDecay)
 from soulcli.schema import AT_LEAST_ONE
 
 NS_COEFFICIENTS = (3.4445, -4.775, 2.0315)
@@ -74,8 +74,9 @@ class Muon(RuleOptimizer):
                                       adjust_lr_fn=adjust_lr_fn, adamw_betas=tuple(adamw_betas),
                                       adamw_eps=adamw_eps), diagnostics_every)
 
-    def init_state(self, p: Tensor, group: dict) -> dict[str, Tensor]:
-        return zeros_state(p, ("momentum_buffer",) if p.ndim == 2 else ("exp_avg", "exp_avg_sq"))
+    @classmethod
+    def state_names_for(cls, p: Tensor) -> tuple[str, ...]:
+        return ("momentum_buffer",) if p.ndim == 2 else ("exp_avg", "exp_avg_sq")
 
     def update(self, g: Tensor, state: dict[str, Tensor], group: dict) -> Tensor:
         if g.ndim != 2:

@@ -169,6 +169,12 @@ class Task:
         """(forget, retain) for unlearning."""
         raise NotImplementedError
 
+    def forget_size(self) -> int | None:
+        """The forget set's record count where it is known without building or fetching the
+        data (``soul unlearn --dry-run`` plans the steps from it); None where only the data
+        tells (e.g. raw text, whose chunks depend on the tokenizer)."""
+        return None
+
     def alternates(self, folder: Path, forget: TrainSet, seed: int) -> list[str]:
         """One plausible wrong answer per forget record (AltPO); tasks without them refuse."""
         raise UserError(f"task '{self.name}' has no alternate answers for its forget set; choose "

@@ -38,6 +38,8 @@ from soulcli.tasks.base import QA, DataConfig, Headline, Task, TrainSet
 QA_SPLITS = ("forget", "retain", "real_authors", "world_facts")
 UTILITY_SPLITS = ("retain", "real_authors", "world_facts")
 ANSWER, PARAPHRASED, PERTURBED = "answer", "paraphrased_answer", "perturbed_answer"
+# forget01/05/10 in TOFU's release: 1, 5, 10% of its 200 authors, 20 question-answer pairs each
+TOFU_FORGET_SIZES = {1: 40, 5: 200, 10: 400}
 
 
 @dataclass(frozen=True)
@@ -115,6 +117,15 @@ class TofuTask(Task):
         forget, _, retain = self._names()
         return (TrainSet(forget, QA, tofu.load_split(folder, forget)),
                 TrainSet(retain, QA, tofu.load_split(folder, retain)))
+
+    def forget_size(self):
+        pct = int(self.data.forget_split.removeprefix("forget"))
+        source = Path(self.data.source).expanduser()
+        if self.data.source == "builtin":
+            return synthetic.forget_author_counts(self.data.num_authors)[pct] * self.data.questions_per_author
+        if source.is_dir():
+            return len(tofu.load_split(source, self._names()[0]))
+        return TOFU_FORGET_SIZES[pct]  # a hub id: TOFU's release
 
     def alternates(self, folder, forget, seed):
         """AltPO's alternates: a ``perturbed_answer`` of the forget split's ``_perturbed`` row

@@ -206,12 +206,15 @@ def run_evaluate(recipe: Recipe | None, reporter: Reporter, run_dir: Path | None
 
 def run_finetune_command(recipe: Recipe, reporter: Reporter, which: Sequence[str],
                          output: Path | None = None, force: bool = False, overwrite: bool = False,
-                         resume: bool = False) -> dict:
-    """`soul finetune`: train (or reuse), then evaluate the target against the retain model."""
+                         resume: bool = False) -> dict | None:
+    """`soul finetune`: train (or reuse), then evaluate the target against the retain model.
+    Under torchrun every rank trains; rank 0 alone writes, evaluates and reports (None elsewhere)."""
     from soulcli.models.loading import load_model
 
     results = run_finetune(recipe, reporter, which, output, force=force or output is not None,
-                           overwrite=overwrite, resume=resume)
+                           overwrite=overwrite, resume=resume, distributed=True)
+    if results is None:
+        return None
     if "target" not in results:
         return {"models": results}
     device = common.setup_runtime(recipe)

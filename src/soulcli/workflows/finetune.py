@@ -22,6 +22,8 @@ from soulcli.data.encode import answer_mask, pad_batch, pad_id
 from soulcli.data.io import atomic_dir, build_once, check_writable_dir, write_json, write_jsonl
 from soulcli.engine import checkpoint
 from soulcli.engine.checkpoint import Checkpoints
+from soulcli.engine.distributed import (DistContext, full_state_dict, global_totals, init_distributed, sharded,
+                                        wrap_model)
 from soulcli.engine.loop import LoopResult, MicroBatches, Training, make_scheduler, train
 from soulcli.engine.progress import Reporter
 from soulcli.engine.rundir import versions
@@ -37,10 +39,11 @@ from soulcli.workflows import common
 
 def adamw(params, lr: float, weight_decay: float, device: torch.device):
     """torch AdamW, fused where the device supports it (about 5x faster than foreach on CPU);
-    for parameters that are not fp32 (train.precision bf16-true) soulcli's AdamW, the same rule
-    with its state in fp32 (torch keeps the state in the parameters' dtype)."""
+    for parameters that are not fp32 (train.precision bf16-true) or are FSDP shards, soulcli's
+    AdamW, the same rule with its state in fp32 (torch keeps the state in the parameters'
+    dtype) on the local shards."""
     params = list(params)
-    if any(p.dtype != torch.float32 for p in params):
+    if any(p.dtype != torch.float32 or hasattr(p, "to_local") for p in params):
         from soulcli.optim import build_optimizer
 
         return build_optimizer("adamw", params, lr=lr, weight_decay=weight_decay)
@@ -53,7 +56,7 @@ def adamw(params, lr: float, weight_decay: float, device: torch.device):
 def train_lm(model, tokenizer, train_set: TrainSet, recipe: Recipe, reporter: Reporter,
              description: str, device: torch.device, seed: int,
              checkpoints: Checkpoints | None = None, *, settings: FinetuneConfig | None = None,
-             on_step_end=None) -> LoopResult:
+             on_step_end=None, dist: DistContext | None = None) -> LoopResult:
     """Supervised finetuning on a task's training set (QA: answer tokens only in the loss;
     ``checkpoints``: where to write them, and the one to resume; engine.checkpoint).
 
@@ -63,12 +66,16 @@ def train_lm(model, tokenizer, train_set: TrainSet, recipe: Recipe, reporter: Re
     and is left in ``model.dtype``.
     With ``finetune.grad_accum`` N a step is N micro-batches of ``batch_size`` (the plan's
     batches N times larger, split), each loss weighted by its share of the step's answer
-    tokens: the update of the larger batch's token mean."""
-    ft = settings or recipe.finetune
+    tokens: the update of the larger batch's token mean. Under torchrun (``dist``) each rank
+    trains on its slice of every global batch, its losses weighted by their share of the global
+    step's answer tokens (engine.distributed), with ``train.strategy``; under FSDP the model is
+    left sharded (gather it with :func:`~soulcli.engine.distributed.full_state_dict`)."""
+    ft, dist = settings or recipe.finetune, dist or DistContext()
     accum = recipe.finetune.grad_accum if settings is None else 1
     enc = encode_train_set(tokenizer, common.template_of(recipe), train_set, recipe.data.max_length)
-    plan = epoch_batches(len(enc), ft.batch_size * accum, ft.epochs, seed)[:ft.max_steps]
+    plan = epoch_batches(len(enc), ft.batch_size * accum, ft.epochs, seed, dist.rank, dist.world_size)[:ft.max_steps]
     autocast = common.prepare_training(recipe, model, reporter)
+    wrapped = wrap_model(model, dist, device, recipe.train.strategy)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = adamw(params, ft.lr, ft.weight_decay, device)
     sched = make_scheduler(opt, "cosine", len(plan), ft.warmup_steps, ft.min_lr_ratio)
@@ -82,17 +89,20 @@ def train_lm(model, tokenizer, train_set: TrainSet, recipe: Recipe, reporter: Re
         return {k: v.to(device) for k, v in pad_batch([enc[i] for i in idx], pad_id(tokenizer)).items()}
 
     def step(idx: list[int]):
-        if accum == 1:
+        if accum == 1 and not dist.enabled:
             return batch(idx)
         micro = [batch(piece) for piece in split(idx, accum)]
-        total = sum(int(answer_mask(m["labels"]).sum()) for m in micro)
-        return MicroBatches({**m, "share": answer_mask(m["labels"]).sum() / max(1, total)} for m in micro)
+        total = int(global_totals(torch.tensor(sum(int(answer_mask(m["labels"]).sum()) for m in micro)),
+                                  dist.world_size))
+        return MicroBatches({**m, "share": dist.world_size * answer_mask(m["labels"]).sum() / max(1, total)}
+                            for m in micro)
 
-    training = Training(model, opt, forward=nll_forward, scheduler=sched, max_grad_norm=ft.max_grad_norm,
-                        log_every=10, checkpoints=checkpoints, autocast=autocast)
+    training = Training(wrapped, opt, forward=nll_forward, scheduler=sched, max_grad_norm=ft.max_grad_norm,
+                        log_every=10, checkpoints=checkpoints, autocast=autocast, distributed=dist.enabled)
     result = train(training, (step(idx) for idx in plan), len(plan), reporter, description,
                    on_step_end=on_step_end)
-    store(model, DTYPES[recipe.model.dtype])
+    if not sharded(model):
+        store(model, DTYPES[recipe.model.dtype])
     return result
 
 
@@ -133,20 +143,40 @@ def _base_model(recipe: Recipe, data_dir: Path, reporter: Reporter, device: torc
     return model.to(device=device, dtype=DTYPES[m.dtype]), tokenizer
 
 
+def _train_rank(recipe: Recipe, name: str, data_dir: Path, reporter: Reporter, device: torch.device,
+                dist: DistContext, checkpoints: Checkpoints | None = None):
+    """Train the ``name`` model on this rank (rank 0 first builds what is missing: the
+    tokenizer); the trained model (under FSDP rank 0's a plain copy holding the gathered
+    weights), its tokenizer, train set and loop result."""
+    train_set = common.task_of(recipe).train_set(data_dir, name, pretrained=recipe.model.base != "builtin")
+    if not dist.is_main:
+        dist.barrier()
+    model, tokenizer = _base_model(recipe, data_dir, reporter, device)
+    if dist.is_main:
+        dist.barrier()
+    n_params = sum(p.numel() for p in model.parameters())
+    reporter.info(f"Finetuning the {name} model ({n_params / 1e6:.2f}M parameters) on {train_set.name}")
+    result = train_lm(model, tokenizer, train_set, recipe, reporter, f"finetune {name}", device,
+                      seed=recipe.seed, checkpoints=checkpoints, dist=dist)
+    if sharded(model):
+        state = full_state_dict(model)
+        if dist.is_main:
+            model = _base_model(recipe, data_dir, reporter, device)[0]
+            model.load_state_dict(state)
+            store(model, DTYPES[recipe.model.dtype])
+    return model.eval(), tokenizer, train_set, result
+
+
 def _train_one(recipe: Recipe, name: str, out_dir: Path, data_dir: Path, reporter: Reporter,
-               device: torch.device, checkpoints: Checkpoints | None, replace_ok: bool) -> dict:
+               device: torch.device, checkpoints: Checkpoints | None, replace_ok: bool,
+               dist: DistContext | None = None) -> dict:
     """Train the ``name`` model (target or retain) into ``out_dir``, atomically; its record."""
     from soulcli.models.loading import export_model
 
-    task = common.task_of(recipe)
     with atomic_dir(out_dir, overwrite=replace_ok, log=reporter.info) as tmp:  # locked while training
-        train_set = task.train_set(data_dir, name, pretrained=recipe.model.base != "builtin")
-        model, tokenizer = _base_model(recipe, data_dir, reporter, device)
+        model, tokenizer, train_set, result = _train_rank(recipe, name, data_dir, reporter, device,
+                                                          dist or DistContext(), checkpoints)
         n_params = sum(p.numel() for p in model.parameters())
-        reporter.info(f"Finetuning the {name} model ({n_params / 1e6:.2f}M parameters) on {train_set.name}")
-        result = train_lm(model, tokenizer, train_set, recipe, reporter, f"finetune {name}", device,
-                          seed=recipe.seed, checkpoints=checkpoints)
-        model.eval()
         record = {
             "model": name, "task": recipe.task, "split": train_set.name, "items": len(train_set.rows),
             "parameters": n_params,
@@ -168,8 +198,11 @@ def _train_one(recipe: Recipe, name: str, out_dir: Path, data_dir: Path, reporte
 
 def run_finetune(recipe: Recipe, reporter: Reporter, which: Sequence[str] = ("target", "retain"),
                  output: Path | None = None, force: bool = True, overwrite: bool = False,
-                 resume: bool = False) -> dict[str, dict]:
+                 resume: bool = False, distributed: bool = False) -> dict[str, dict] | None:
     """Train the requested models; each is saved (atomically) with its training record.
+
+    With ``distributed`` (`soul finetune` under torchrun) every rank trains and rank 0 alone
+    builds, writes and returns the records (None elsewhere).
 
     With ``force=False`` a model already in its folder is reused, not retrained. Under
     ``output``, OUTPUT/target and OUTPUT/retain are checked before any training: an existing
@@ -180,7 +213,13 @@ def run_finetune(recipe: Recipe, reporter: Reporter, which: Sequence[str] = ("ta
     (:func:`build_once`): a second process waits, then reuses what the first trained.
     """
     device = common.setup_runtime(recipe)
+    dist, device = init_distributed(device) if distributed else (DistContext(), device)
+    if not dist.is_main:
+        reporter = Reporter(reporter.console, quiet=True)
+        dist.barrier()  # rank 0 builds the benchmark first
     data_dir = common.benchmark_dir(recipe, reporter)
+    if dist.is_main:
+        dist.barrier()
     paths = common.builtin_model_paths(recipe, data_dir)
     plans = {
         "target": output / "target" if output else paths.target,
@@ -196,7 +235,12 @@ def run_finetune(recipe: Recipe, reporter: Reporter, which: Sequence[str] = ("ta
                         "run without --resume (set finetune.save_every to write checkpoints)")
     checkpoints = {name: checkpoint.prepare(plans[name], recipe.finetune.save_every,
                                             common.checkpoint_key(recipe, f"finetune {name}"),
-                                            resume and name in resumable) for name in todo}
+                                            resume and name in resumable, dist.enabled) for name in todo}
+    dist.barrier()  # every rank has its plan before rank 0 writes
+    if not dist.is_main:  # train in step with rank 0, which writes
+        for name in todo:
+            _train_rank(recipe, name, data_dir, reporter, device, dist)
+        return None
     results: dict[str, dict] = {}
     for name in which:
         out_dir = plans[name]
@@ -206,7 +250,7 @@ def run_finetune(recipe: Recipe, reporter: Reporter, which: Sequence[str] = ("ta
 
         def build(name: str = name, out_dir: Path = out_dir) -> None:
             results[name] = _train_one(recipe, name, out_dir, data_dir, reporter, device, checkpoints[name],
-                                       replace_ok)
+                                       replace_ok, dist)
 
         if output is None:  # a cache entry: concurrent builders wait for each other
             build_once(out_dir, done, build, f"{name} model", reporter.info)

@@ -20,7 +20,8 @@ from soulcli.data.encode import IGNORE_INDEX, EncodedItem, pad_batch, pad_id
 from soulcli.data.io import atomic_dir, write_json
 from soulcli.engine import checkpoint
 from soulcli.engine.checkpoint import Checkpoints
-from soulcli.engine.distributed import DistContext, DistributedCurvature, init_distributed, wrap_model
+from soulcli.engine.distributed import (DistContext, DistributedCurvature, full_state_dict, global_totals,
+                                        init_distributed, wrap_model)
 from soulcli.engine.loop import MicroBatches, Training, make_scheduler, train
 from soulcli.engine.progress import Reporter
 from soulcli.engine.rundir import JsonlWriter, versions
@@ -69,7 +70,10 @@ def build_step_batches(recipe: Recipe, tokenizer, objective, forget_set: TrainSe
     sequences of each set that ``data.max_length`` cut (logged when any). With ``grad_accum`` N
     the plan takes N times the batch sizes and a step is :class:`MicroBatches`: its forget and
     retain indices split into N micro-batches (fewer when a step has fewer than N forget items),
-    each with its share of the step's :meth:`~soulcli.objectives.base.Objective.counts`."""
+    each with its share of the step's :meth:`~soulcli.objectives.base.Objective.counts`. Under
+    torchrun (``world_size`` > 1) every step is :class:`MicroBatches`, this rank's slice of the
+    global batch, its shares those of the global counts times ``world_size``
+    (:mod:`soulcli.engine.distributed`)."""
     from soulcli.objectives.base import UnlearnBatch, with_shares
     from soulcli.objectives.refusals import load_refusals, pick_refusal
 
@@ -102,14 +106,16 @@ def build_step_batches(recipe: Recipe, tokenizer, objective, forget_set: TrainSe
             forget_alternate=_batch(alternate, idx, pad, device) if alternate is not None else None,
         )
 
-    if grad_accum == 1:
+    if grad_accum == 1 and world_size == 1:
         return [step_batch(st.forget, st.retain) for st in plan], cut
     steps = []
     for st in plan:
         pieces = split(st.forget, grad_accum)
         retains = split(st.retain, len(pieces)) if st.retain is not None else [None] * len(pieces)
-        steps.append(MicroBatches(with_shares(objective, [step_batch(idx, r) for idx, r in zip(pieces, retains)])))
-    return steps, cut
+        steps.append([step_batch(idx, r) for idx, r in zip(pieces, retains)])
+    counts = torch.tensor([[sum(c) for c in zip(*map(objective.counts, micro))] for micro in steps])
+    return [MicroBatches(with_shares(objective, micro, tuple(totals), world_size))
+            for micro, totals in zip(steps, global_totals(counts, world_size).tolist())], cut
 
 
 def prepare_model(recipe: Recipe, reporter: Reporter, device,
@@ -185,28 +191,44 @@ def unlearn_model(run: PreparedRun, reporter: Reporter, on_row=None, on_step_end
             run.model.eval()
             objective.setup(run.model, flat, cache_dir, run.cache_key or
                             common.objective_cache_key(recipe, run.data_dir, recipe.seed))
+    strategy = recipe.train.strategy
+    model = wrap_model(run.model, run.dist, run.device, strategy)  # FSDP: before the optimizer sees the shards
     opt, curvature = build_optimizer_for(recipe, run.model)
     if opt.zeroth_order and run.dist.enabled:
         raise UserError(f"optimizer '{recipe.optimizer.name}' does not run under torchrun (its two "
                         "losses are not reduced across ranks); run it in one process")
     if curvature is not None and run.dist.enabled:
-        curvature = DistributedCurvature(curvature, run.dist)
+        curvature = DistributedCurvature(curvature, run.dist, strategy)
     o = recipe.optimizer
     every = f", curvature {type(curvature).__name__} every {o.hessian_interval} steps" if curvature else ""
     reporter.info(f"Unlearning with {u.objective} + {o.name} (lr {o.lr:g}{every}): {len(batches)} steps, "
                   f"{len(forget_set.rows)} forget items x {u.epochs} epochs")
     training = Training(
-        model=wrap_model(run.model, run.dist, run.device), optimizer=opt, forward=objective,
+        model=model, optimizer=opt, forward=objective,
         scheduler=make_scheduler(opt, u.lr_scheduler, len(batches), u.warmup_steps),
         curvature=curvature, hessian_interval=o.hessian_interval, max_grad_norm=u.max_grad_norm,
-        log_every=u.log_every, on_nonfinite=u.on_nonfinite, checkpoints=checkpoints, autocast=autocast)
+        log_every=u.log_every, on_nonfinite=u.on_nonfinite, checkpoints=checkpoints, autocast=autocast,
+        distributed=run.dist.enabled)
     steps = min(stop_after or len(batches), len(batches))
     result = train(training, batches[:steps], steps, reporter, "unlearn", on_row, on_step_end)
+    if run.dist.enabled and strategy == "fsdp":
+        run.model = gathered(run, reporter, full_state_dict(run.model))
     store(run.model, DTYPES[recipe.model.dtype])
     run.model.eval()
     return {"steps": result.steps, "seconds": result.seconds, "last": result.last, "rows": result.rows,
             "tokens_per_second": result.tokens / max(result.seconds, 1e-9), "skipped_steps": result.skipped,
             "truncated": cut}
+
+
+def gathered(run: PreparedRun, reporter: Reporter, state: dict[str, torch.Tensor]) -> torch.nn.Module:
+    """After FSDP training: on rank 0 a plain copy of the target (loaded anew, its adapter
+    applied) holding the gathered ``state`` (:func:`~soulcli.engine.distributed.full_state_dict`),
+    to save and evaluate; the sharded model elsewhere, whose ranks write nothing."""
+    if not run.dist.is_main:
+        return run.model
+    model = prepare_model(run.recipe, reporter, run.device).model
+    model.load_state_dict(state)
+    return model
 
 
 def _label_tokens(items) -> int:
@@ -271,6 +293,11 @@ def run_unlearn(recipe: Recipe, reporter: Reporter, output: Path | None = None,
 
     device = common.setup_runtime(recipe)
     dist_ctx, device = init_distributed(device)
+    if dist_ctx.enabled and recipe.train.strategy == "fsdp" and (
+            recipe.unlearn.keep == "best" or recipe.unlearn.eval_every):
+        raise UserError("unlearn.keep: best and unlearn.eval_every do not run with train.strategy: fsdp "
+                        "(rank 0 evaluates alone, the model is sharded); set unlearn.keep: last and "
+                        "unlearn.eval_every: null, or use train.strategy: ddp")
     out_dir = Path(output or recipe.output_dir or Path("runs") / recipe.name)
     checkpoints = checkpoint.prepare(out_dir, recipe.unlearn.save_every, common.checkpoint_key(recipe, "unlearn"),
                                      resume, dist_ctx.enabled)
@@ -295,6 +322,7 @@ def run_unlearn(recipe: Recipe, reporter: Reporter, output: Path | None = None,
             record = unlearn_model(run, reporter, on_row=writer, on_step_end=tracker, checkpoints=checkpoints)
         finally:
             writer.close()
+        model = run.model  # under FSDP the gathered plain copy
         tracker.finish(record["steps"])
         kept, kept_warning = tracker.kept(record["steps"])
         if tracker.keep_best:
