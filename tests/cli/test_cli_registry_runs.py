@@ -58,11 +58,15 @@ def test_influence_scale_defaults_to_forget_over_retain_answer_tokens(soul, pipe
     target = pipeline["finetuned"]["models"]["target"]["path"]
     tok = PreTrainedTokenizerFast.from_pretrained(target)
 
-    def answer_tokens(split):  # answer + EOS after [BOS] + prompt, as learned within max_length 64
+    def answer_tokens(split):  # tokens overlapping the answer + one EOS, as learned within max_length 64
         n = 0
         for r in load_split(pipeline["prepared"]["path"], split):
-            head = 1 + len(tok(f"Question: {r['question']}\nAnswer: ", add_special_tokens=False).input_ids)
-            n += min(len(tok(r["answer"], add_special_tokens=False).input_ids) + 1, 64 - head)
+            prompt = f"Question: {r['question']}\nAnswer: "
+            enc = tok(prompt + r["answer"], return_offsets_mapping=True)
+            spans = [(s, e) for t, (s, e) in zip(enc.input_ids, enc.offset_mapping)
+                     if not (t == tok.eos_token_id and s == e)]
+            head = sum(1 for s, e in spans if e <= len(prompt))
+            n += min(len(spans) - head + 1, 64 - head)
         return n
 
     run = tmp_path / "run"
