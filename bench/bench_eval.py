@@ -1,11 +1,18 @@
-"""Benchmark: full evaluation, batched, against scoring the same items one at a time.
+"""Benchmark: full evaluation with shared prompts, against whole sequences and one item at a time.
 
-Runs ``evaluate_model`` twice on the same model and items, once with ``--batch-size`` and once
-with batch size 1 (every forward pass and every generation for a single item), checks the two
-agree, and writes both timings, the speed-up and the batched result to ``bench/out/eval.json``.
+Runs ``evaluate_model`` on the same model and items three ways, checks they agree, and writes
+the timings, the speed-ups and the first one's result to ``bench/out/eval.json``:
+
+* ``shared``: ``--batch-size``, the way ``soul evaluate`` scores: a prompt once per batch, its
+  KV cache shared by its answer candidates (``score_pairs``' default);
+* ``whole``: the same batches, every whole sequence pushed through the model
+  (``score_pairs(share_prefixes=False)``, the way scoring worked before); tokens pushed, passes
+  and seconds of both are recorded, and their ratios;
+* ``one_at_a_time``: batch size 1, every forward pass and generation for a single item
+  (``--skip-one-at-a-time`` leaves it out).
 
     python bench/bench_eval.py                      # random built-in model + synthetic items
-    python bench/bench_eval.py --model DIR --data DIR [--forget forget10]
+    python bench/bench_eval.py --model DIR --data DIR [--forget forget10] [--max-new-tokens 200]
 
 ``--data DIR`` is a benchmark folder (TOFU file names: ``<forget>_perturbed``,
 ``retain_perturbed``, ``real_authors_perturbed``, ``world_facts_perturbed``, optional
@@ -16,18 +23,22 @@ model folder ``soulcli.models.loading`` can load, e.g. a built-in target model.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import functools
 import json
 import platform
 import sys
 import time
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import torch
 
 from soulcli.data.template import PromptTemplate
-from soulcli.eval import EvalConfig, evaluate_model
+from soulcli.eval import EvalConfig, evaluate, evaluate_model
 from soulcli.eval.report import render_summary
+from soulcli.eval.scoring import score_pairs
 
 OUT = Path(__file__).resolve().parent / "out" / "eval.json"
 
@@ -147,6 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-new-tokens", type=int, default=32)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--skip-one-at-a-time", action="store_true", help="leave out the batch-size-1 run")
     parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args(argv)
     if args.threads:
@@ -172,25 +184,40 @@ def main(argv: list[str] | None = None) -> int:
     evaluate_model(
         model, tokenizer, suite, {k: v[:2] for k, v in splits.items()}, single_cfg
     )  # warm-up
-    t0 = time.perf_counter()
-    batched = evaluate_model(model, tokenizer, suite, splits, batched_cfg)
-    t1 = time.perf_counter()
-    single = evaluate_model(model, tokenizer, suite, splits, single_cfg)
-    t2 = time.perf_counter()
+    runs: dict[str, dict] = {}
+    seconds: dict[str, float] = {}
+    whole_sequences = mock.patch.object(evaluate, "score_pairs", functools.partial(score_pairs, share_prefixes=False))
+    for way, cfg, patch in (("shared", batched_cfg, None), ("whole", batched_cfg, whole_sequences),
+                            ("one_at_a_time", single_cfg, None)):
+        if way == "one_at_a_time" and args.skip_one_at_a_time:
+            continue
+        t0 = time.perf_counter()
+        with patch or contextlib.nullcontext():
+            runs[way] = evaluate_model(model, tokenizer, suite, splits, cfg)
+        seconds[way] = time.perf_counter() - t0
+        print(f"{way}: {seconds[way]:.2f} s", flush=True)
+    batched, whole = runs["shared"], runs["whole"]
 
-    same_generations = all(
-        batched["metrics"][n]["generations"] == single["metrics"][n]["generations"]
-        for n in batched["metrics"]
-        if "generations" in batched["metrics"][n]
-    )
+    def same_generations(other: dict) -> bool:
+        return all(batched["metrics"][n]["generations"] == other["metrics"][n]["generations"]
+                   for n in batched["metrics"] if "generations" in batched["metrics"][n])
+
+    def stat(run: dict, key: str) -> float:
+        return run["stats"][key]
+
     bench = {
-        "seconds_batched": t1 - t0,
-        "seconds_one_at_a_time": t2 - t1,
-        "speedup": (t2 - t1) / (t1 - t0),
-        "batched_stats": batched["stats"],
-        "one_at_a_time_stats": single["stats"],
-        "max_abs_difference": _max_difference(batched, single),
-        "same_generations": same_generations,
+        "seconds": seconds,
+        "scoring": {way: {"tokens_pushed": stat(run, "tokens_scored"), "passes": stat(run, "score_passes"),
+                          "seconds_scoring": stat(run, "seconds_scoring"), "seconds_total": seconds[way]}
+                    for way, run in runs.items()},
+        "whole_over_shared": {
+            "tokens_pushed": stat(whole, "tokens_scored") / stat(batched, "tokens_scored"),
+            "seconds_scoring": stat(whole, "seconds_scoring") / stat(batched, "seconds_scoring"),
+            "seconds_total": seconds["whole"] / seconds["shared"],
+        },
+        "max_abs_difference": {way: _max_difference(batched, run) for way, run in runs.items() if way != "shared"},
+        "same_generations": {way: same_generations(run) for way, run in runs.items() if way != "shared"},
+        "stats": {way: run["stats"] for way, run in runs.items()},
         "items": {k: len(v) for k, v in splits.items()},
         "model": str(args.model) if args.model else "built-in architecture, random weights",
         "parameters": sum(p.numel() for p in model.parameters()),
@@ -201,18 +228,23 @@ def main(argv: list[str] | None = None) -> int:
         "torch_threads": torch.get_num_threads(),
         "versions": {"python": platform.python_version(), "torch": torch.__version__},
     }
+    if "one_at_a_time" in seconds:
+        bench["speedup_vs_one_at_a_time"] = seconds["one_at_a_time"] / seconds["shared"]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"bench": bench, **batched}, indent=2) + "\n", encoding="utf-8")
 
     from rich.console import Console
 
     render_summary(batched, Console(), suite)
-    print(
-        f"batched {bench['seconds_batched']:.2f} s, one at a time {bench['seconds_one_at_a_time']:.2f} s: "
-        f"{bench['speedup']:.1f}x faster; {batched['stats']['pairs_scored']} pairs scored, "
-        f"{batched['stats']['answers_generated']} answers generated; max |difference| "
-        f"{bench['max_abs_difference']:.2e}, same generations: {same_generations}; wrote {args.out}"
-    )
+    for way, row in bench["scoring"].items():
+        print(f"{way}: {row['tokens_pushed']:,} tokens in {row['passes']} passes, scoring "
+              f"{row['seconds_scoring']:.2f} s, total {row['seconds_total']:.2f} s")
+    ratio = bench["whole_over_shared"]
+    print(f"whole sequences / shared prompts: tokens {ratio['tokens_pushed']:.2f}x, scoring "
+          f"{ratio['seconds_scoring']:.2f}x, total {ratio['seconds_total']:.2f}x; "
+          f"{batched['stats']['pairs_scored']} pairs scored, {batched['stats']['answers_generated']} answers "
+          f"generated; max |difference| {bench['max_abs_difference']}, same generations "
+          f"{bench['same_generations']}; wrote {args.out}")
     return 0
 
 

@@ -9,9 +9,9 @@ TOFU-shaped items of ``bench_eval.py`` (408 scored pairs) at ``--batch-size``:
 * ``evaluate``: the whole TOFU suite through ``evaluate_model`` (scoring and generation).
 
 Each runs twice, with the answer positions scored in chunks (the default, about
-``soulcli.eval.scoring.CHUNK_ELEMENTS`` logits at a time) and in one chunk (every answer
-position of a batch at once, the way scoring worked before chunking); the two must give the
-same values. ``--compare-src DIR`` adds the same configurations run on another checkout's
+``soulcli.eval.scoring.CHUNK_ELEMENTS`` logits at a time: only those positions' hidden states
+go through the output layer) and in one chunk (every answer position of a batch through the
+output layer at once); the two must give the same values. ``--compare-src DIR`` adds the same configurations run on another checkout's
 ``src`` (e.g. an earlier commit's), whose metric values may differ by design. Writes
 ``bench/out/eval_memory.json``.
 
@@ -74,8 +74,9 @@ def child(what: str, vocab: int, batch_size: int, one_chunk: bool) -> dict:
     if what == "scoring":
         pairs = [scoring.Pair(template.prompt(r["question"]), a) for rows in splits.values() for r in rows
                  for a in (r["answer"], *r.get("perturbed_answer", []))]
-        scores = scoring.score_pairs(model, tokenizer, pairs, batch_size=batch_size,
+        scored = scoring.score_pairs(model, tokenizer, pairs, batch_size=batch_size,
                                      with_stats=[True] * len(pairs))
+        scores = getattr(scored, "scores", scored)  # an earlier src (--compare-src) returns the list
         values = {"logprobs": np.concatenate([s.logprobs for s in scores]).tolist(),
                   "mu": np.concatenate([s.mu for s in scores]).tolist(),
                   "sigma": np.concatenate([s.sigma for s in scores]).tolist()}

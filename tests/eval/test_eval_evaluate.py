@@ -171,21 +171,32 @@ def test_each_pair_is_scored_once_and_selection_skips_unneeded_work(
 ):
     splits["forget"][0]["paraphrased_answer"] = splits["forget"][0]["answer"]  # same pair twice
     cfg = EvalConfig(batch_size=4, metrics=("forget_prob", "forget_truth_ratio", "mia_*"))
-    rows_seen = []
-    handle = model.register_forward_hook(
-        lambda mod, args, kwargs, out: rows_seen.append(kwargs["input_ids"].shape[0]),
-        with_kwargs=True,
-    )
+    passes, whole = [], []  # the decoder body's passes: (rows, tokens, with a prompt's cache)
+    hooks = [model.get_decoder().register_forward_hook(
+        lambda mod, args, kwargs, out: passes.append(
+            (kwargs["input_ids"].shape[0], kwargs["input_ids"].numel(), kwargs.get("cache") is not None)),
+        with_kwargs=True), model.register_forward_hook(lambda *a: whole.append(1))]
     try:
         result = tofu_eval(model, tokenizer, template, splits, cfg)
     finally:
-        handle.remove()
+        for hook in hooks:
+            hook.remove()
     distinct = {(r["question"], r["answer"]) for r in splits["forget"] + splits["holdout"]}
     for row in splits["forget"]:
         distinct |= {
             (row["question"], a) for a in [row["paraphrased_answer"], *row["perturbed_answer"]]
         }
-    assert sum(rows_seen) == len(distinct) == result["stats"]["pairs_scored"]
+    questions = {q for q, _ in distinct}
+    # the one-sequence check of the output layer: the model once (its body inside) and its body
+    assert len(whole) == 1 and [n for n, _, _ in passes[:2]] == [1, 1]
+    scoring, batches = passes[2:], -(-len(distinct) // 4)
+    # each pair once, after its prompt's pass; a prompt once in each batch it has candidates in
+    assert sum(n for n, _, cached in scoring if cached) == len(distinct) == result["stats"]["pairs_scored"] == 29
+    prompts = sum(n for n, _, cached in scoring if not cached)
+    assert len(questions) <= prompts <= len(questions) + batches - 1 and len(questions) == 10
+    stats = result["stats"]
+    assert stats["score_passes"] == len(scoring) == 2 * batches and stats["scored_logits"] == "answer positions"
+    assert stats["tokens_scored"] == sum(t for _, t, _ in scoring)
     assert result["stats"]["answers_generated"] == 0
     assert list(result["metrics"]) == [
         "forget_prob",

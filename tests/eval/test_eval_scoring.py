@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from soulcli.errors import UserError
-from soulcli.eval.scoring import Pair, TokenScores, length_order, position_scores, score_pairs
+from soulcli.data.encode import EncodedItem, encode_pair
+from soulcli.eval.scoring import Pair, TokenScores, length_order, position_scores, prefix_order, score_pairs
 
 
 def _pairs(splits) -> list[tuple[str, str]]:
@@ -26,8 +27,8 @@ def _qa(template, pairs) -> list[Pair]:
 def test_batched_scores_equal_per_item_scores(model, tokenizer, template, splits):
     pairs = _pairs(splits)
     flags = [i % 2 == 0 for i in range(len(pairs))]
-    batched = score_pairs(model, tokenizer, _qa(template, pairs), batch_size=6, with_stats=flags)
-    single = score_pairs(model, tokenizer, _qa(template, pairs), batch_size=1, with_stats=flags)
+    batched = score_pairs(model, tokenizer, _qa(template, pairs), batch_size=6, with_stats=flags).scores
+    single = score_pairs(model, tokenizer, _qa(template, pairs), batch_size=1, with_stats=flags).scores
     assert len({len(s.logprobs) for s in batched}) > 3  # lengths vary: batches are padded
     for b, s, flag in zip(batched, single, flags):
         np.testing.assert_allclose(b.logprobs, s.logprobs, atol=1e-5, rtol=0)
@@ -46,7 +47,7 @@ def test_scores_match_an_independent_forward_pass(
     pairs = _pairs(splits)[:12]
     scored = score_pairs(
         model, tokenizer, _qa(template, pairs), batch_size=5, with_stats=[True] * len(pairs)
-    )
+    ).scores
     for (question, answer), got in zip(pairs, scored):
         logprobs, hits, mu, sigma = score_by_hand(model, question, answer)
         np.testing.assert_allclose(got.logprobs, logprobs, atol=1e-5, rtol=0)
@@ -73,7 +74,7 @@ def test_padding_with_eos_scores_exactly_as_a_distinct_pad(model, tokenizer, tem
         tokenizer_object=tokenizer.backend_tokenizer, eos_token="</s>", pad_token="</s>"
     )
     pairs = _qa(template, [("q", "a"), ("Who wrote Emma, the novel?", "Jane Austen wrote it")])
-    own, eos = score_pairs(model, tokenizer, pairs), score_pairs(model, tok, pairs)
+    own, eos = score_pairs(model, tokenizer, pairs).scores, score_pairs(model, tok, pairs).scores
     for a, b in zip(own, eos):
         np.testing.assert_allclose(a.logprobs, b.logprobs, rtol=0, atol=1e-5)
         assert len(a.logprobs) == len(b.logprobs) and list(a.hits) == list(b.hits)
@@ -85,8 +86,8 @@ def test_a_raw_text_is_scored_from_its_first_token_without_eos(model, tokenizer,
     an 'answer' to an empty prompt minus that answer's closing EOS. This tokenizer adds no BOS
     (GPT-2's does not either), so the first token is context only."""
     text = "Ada Quill writes mystery, mostly set in Lisbon."
-    (raw,) = score_pairs(model, tokenizer, [Pair("", text, eos=False)])
-    (closed,) = score_pairs(model, tokenizer, [Pair("", text)])
+    (raw,) = score_pairs(model, tokenizer, [Pair("", text, eos=False)]).scores
+    (closed,) = score_pairs(model, tokenizer, [Pair("", text)]).scores
     n = len(tokenizer(text)["input_ids"])
     assert tokenizer(text)["input_ids"][0] != tokenizer.bos_token_id
     assert len(raw.logprobs) == n - 1 and len(closed.logprobs) == n
@@ -116,7 +117,8 @@ def _reference_scores(logits: np.ndarray, labels: np.ndarray, stats: list[bool])
 def test_chunked_position_scores_equal_a_direct_computation():
     """Random logits at vocabulary 50, prefix and padding positions masked, statistics for two
     of three rows; every chunk size (one position per chunk up to all at once) gives the
-    reference values, and the chunk sizes agree with each other exactly."""
+    reference values, and the chunk sizes agree with each other exactly, as does a head (the
+    identity output layer) applied per chunk."""
     gen = torch.Generator().manual_seed(0)
     logits = torch.randn(3, 7, 50, generator=gen) * 3
     logits[1, 3] = 0.0
@@ -127,8 +129,13 @@ def test_chunked_position_scores_equal_a_direct_computation():
     labels[2, 6] = -100  # padding
     stats = [True, True, False]
     want = _reference_scores(logits.numpy(), labels.numpy(), stats)
-    runs = [position_scores(logits, labels, torch.tensor(stats), chunk_elements=c)
-            for c in (1, 120, 10**9)]
+    rows, cols = (labels[:, 1:] != -100).nonzero(as_tuple=True)
+    flat = logits.flatten(0, 1)
+    index, targets = rows * 7 + cols, labels[rows, cols + 1]
+    per_position = torch.tensor(stats)[rows]
+    runs = [position_scores(flat, index, targets, per_position, chunk_elements=c) for c in (1, 120, 10**9)]
+    weight = torch.eye(50)  # a head: the identity output layer, fed the logits as hidden states
+    runs.append(position_scores(flat, index, targets, per_position, lambda h: h @ weight, 50, 120))
     for lp, hits, mu, sigma in runs:
         np.testing.assert_allclose(lp.double().numpy(), want[0], atol=1e-6, rtol=0)
         np.testing.assert_array_equal(hits.numpy(), want[1])
@@ -145,13 +152,133 @@ def test_an_appended_eos_is_marked_and_left_out_of_content(model, tokenizer, tem
     max_length has lost its EOS, so every token is its own. (This tokenizer adds no BOS, so a
     raw text's first token has nothing before it and is not scored.)"""
     qa, raw = Pair(template.prompt("Who wrote Emma?"), "Jane Austen"), Pair("", "Jane Austen", eos=False)
-    closed, text = score_pairs(model, tokenizer, [qa, raw])
+    closed, text = score_pairs(model, tokenizer, [qa, raw]).scores
     n = len(tokenizer("Jane Austen", add_special_tokens=False)["input_ids"])
     assert closed.eos and len(closed.logprobs) == n + 1 and closed.content == slice(0, n)
     assert not text.eos and len(text.logprobs) == n - 1 and text.content == slice(0, n - 1)
     assert not closed.truncated and not text.truncated
     prompt = len(tokenizer(template.prompt("Who wrote Emma?"), add_special_tokens=False)["input_ids"])
-    (cut,) = score_pairs(model, tokenizer, [qa], max_length=prompt + n)
+    (cut,) = score_pairs(model, tokenizer, [qa], max_length=prompt + n).scores
     assert cut.truncated and not cut.eos and len(cut.logprobs) == n and cut.content == slice(0, n)
     only_eos = TokenScores(np.zeros(1), np.zeros(1, bool), eos=True)
     assert only_eos.content == slice(0, 1)  # nothing but the EOS: kept, so the item has a value
+
+
+def _candidates(template, splits) -> list[Pair]:
+    """Every TOFU-style candidate: each question with its answer, paraphrased and perturbed
+    answers (one prompt, several continuations), the paraphrased question with the answer (a
+    prompt of its own), and a raw text with no prompt."""
+    pairs = []
+    for rows in splits.values():
+        for row in rows:
+            prompt = template.prompt(row["question"])
+            pairs += [Pair(prompt, a) for a in (row["answer"], row.get("paraphrased_answer", "x"),
+                                                 *row.get("perturbed_answer", []))]
+            if "paraphrased_question" in row:
+                pairs.append(Pair(template.prompt(row["paraphrased_question"]), row["answer"]))
+    return pairs + [Pair("", "Ada Quill writes mystery, mostly set in Lisbon.", eos=False)]
+
+
+def _assert_same(a, b, flags, tol):
+    for x, y, flag in zip(a.scores, b.scores, flags):
+        assert len(x.logprobs) == len(y.logprobs)
+        np.testing.assert_allclose(x.logprobs, y.logprobs, atol=tol, rtol=0)
+        np.testing.assert_array_equal(x.hits, y.hits)
+        if flag:
+            np.testing.assert_allclose(x.mu, y.mu, atol=tol, rtol=0)
+            np.testing.assert_allclose(x.sigma, y.sigma, atol=tol, rtol=0)
+
+
+def _assert_own_logits(net, tokenizer, pair: Pair, scored: TokenScores) -> None:
+    """``scored`` is the answer's log-probabilities under the model's own forward (its logits
+    of the unpadded sequence, log-softmax in float64)."""
+    with torch.no_grad():
+        ids = torch.tensor([encode_pair(tokenizer, pair.prefix, pair.continuation).input_ids])
+        logits = net(input_ids=ids).logits[0, :-1].double()
+    n = len(scored.logprobs)
+    want = torch.log_softmax(logits[-n:], -1).gather(1, ids[0, -n:, None])[:, 0]
+    np.testing.assert_allclose(scored.logprobs, want.numpy(), atol=1e-5, rtol=0)
+
+
+def _tiny(kind: str, tokenizer):
+    """A random 2-layer model of ``kind`` for the tokenizer's vocabulary."""
+    import transformers as tf
+
+    ids = dict(vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id,
+               eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    llama_like = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                      num_key_value_heads=2, max_position_embeddings=512, initializer_range=0.3, **ids)
+    config = {
+        "gpt2": lambda: tf.GPT2Config(n_embd=32, n_layer=2, n_head=4, n_positions=512, initializer_range=0.3, **ids),
+        "llama": lambda: tf.LlamaConfig(**llama_like),
+        "gemma2": lambda: tf.Gemma2Config(head_dim=8, final_logit_softcapping=2.0, **llama_like),
+        "granite": lambda: tf.GraniteConfig(logits_scaling=8.0, **llama_like),
+    }[kind]()
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        return tf.AutoModelForCausalLM.from_config(config).eval()
+
+
+@pytest.mark.parametrize("kind", ["llama", "lora", "gpt2", "gemma2"])
+def test_shared_prefixes_score_as_whole_sequences(kind, model, tokenizer, template, splits):
+    """Each prompt once per batch, its KV cache shared by its candidates, only the answer
+    positions through the output layer: the values of pushing every whole sequence through
+    (``share_prefixes=False``) within float32 rounding, on a Llama, a LoRA-wrapped Llama, GPT-2
+    and a Gemma 2 with its logits soft-capped at 2 (so the cap changes every logit); fewer
+    tokens pushed, in two passes a batch."""
+    if kind == "lora":
+        from peft import LoraConfig, get_peft_model
+
+        with torch.random.fork_rng():
+            torch.manual_seed(1)
+            net = get_peft_model(_tiny("llama", tokenizer), LoraConfig(
+                r=4, target_modules=["q_proj", "v_proj", "lm_head"], init_lora_weights=False))
+    else:
+        net = model if kind == "llama" else _tiny(kind, tokenizer)
+    pairs = _candidates(template, splits)
+    flags = [i % 3 == 0 for i in range(len(pairs))]
+    shared = score_pairs(net, tokenizer, pairs, batch_size=8, with_stats=flags)
+    whole = score_pairs(net, tokenizer, pairs, batch_size=8, with_stats=flags, share_prefixes=False)
+    assert shared.logits == whole.logits == "answer positions"
+    _assert_same(shared, whole, flags, 1e-5)
+    assert whole.passes == -(-len(pairs) // 8) and shared.passes == 2 * whole.passes
+    assert shared.tokens < 0.8 * whole.tokens
+    _assert_own_logits(net, tokenizer, pairs[0], shared.scores[0])
+
+
+def test_no_full_vocabulary_logits_exist(model, tokenizer, template, splits, monkeypatch):
+    """The output layer sees the answer positions in chunks of at most ``CHUNK_ELEMENTS //
+    vocab`` rows, never a ``[batch, length]`` block (but for the one-sequence check)."""
+    from soulcli.eval import scoring
+
+    monkeypatch.setattr(scoring, "CHUNK_ELEMENTS", 40 * len(tokenizer))
+    shapes = []
+    hook = model.lm_head.register_forward_hook(lambda m, args, out: shapes.append(tuple(args[0].shape)))
+    try:
+        scored = score_pairs(model, tokenizer, _candidates(template, splits), batch_size=8)
+    finally:
+        hook.remove()
+    assert len(shapes[0]) == 3 and shapes[0][0] == 1 and shapes[1][0] == 1  # the check: one sequence
+    chunks = shapes[2:]
+    assert all(len(s) == 2 and s[0] <= 40 for s in chunks)
+    assert sum(s[0] for s in chunks) == sum(len(s.logprobs) for s in scored.scores)
+
+
+def test_a_head_that_rescales_its_logits_falls_back_to_full_logits(tokenizer, template, splits):
+    """Granite divides its logits by ``logits_scaling`` after the output layer: the one-sequence
+    check sees the difference, scoring uses the model's full logits and says so, and the values
+    are the model's own."""
+    net = _tiny("granite", tokenizer)
+    pairs = _candidates(template, splits)[:20]
+    shared = score_pairs(net, tokenizer, pairs, batch_size=8)
+    assert shared.logits.startswith("full: the output layer alone does not give the model's logits")
+    whole = score_pairs(net, tokenizer, pairs, batch_size=8, share_prefixes=False)
+    _assert_same(shared, whole, [False] * len(pairs), 1e-5)
+    _assert_own_logits(net, tokenizer, pairs[0], shared.scores[0])
+
+
+def test_prefix_order_keeps_a_prompts_candidates_together():
+    items = [EncodedItem([1, 2, 9], [-100, -100, 9]), EncodedItem([1, 3, 9, 9, 9], [-100, -100, 9, 9, 9]),
+             EncodedItem([1, 2, 8, 8], [-100, -100, 8, 8]), EncodedItem([1, 3, 7], [-100, -100, 7])]
+    assert prefix_order(items, [2, 2, 2, 2]) == [1, 3, 2, 0]
+    assert prefix_order(items, [len(it.input_ids) for it in items]) == [1, 2, 0, 3]

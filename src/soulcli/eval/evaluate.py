@@ -7,9 +7,10 @@ The order of work, top to bottom:
 2. Check that each metric's splits and fields exist; one that lacks its data (or, later, its
    reference) is reported as unavailable with the reason, never dropped.
 3. Let every metric register its requests (:class:`soulcli.eval.metric.Requests`): each distinct
-   (prefix, continuation) pair is scored in one sorted, batched pass
-   (:func:`soulcli.eval.scoring.score_pairs`), each distinct prompt generated once per token
-   budget (:func:`soulcli.eval.generation.generate_texts`).
+   (prefix, continuation) pair is scored in sorted batches, a prompt its answer candidates
+   share going through the model once per batch (:func:`soulcli.eval.scoring.score_pairs`),
+   each distinct prompt generated once per token budget
+   (:func:`soulcli.eval.generation.generate_texts`).
 4. Compute each metric from the stored per-token data, dependencies first.
 
 The suite, the splits and their meaning are the task's (:mod:`soulcli.tasks`); nothing here
@@ -19,7 +20,6 @@ knows a benchmark.
 from __future__ import annotations
 
 import fnmatch
-import math
 import time
 from dataclasses import asdict
 from typing import Any, Iterable, Mapping, Sequence
@@ -161,8 +161,9 @@ def evaluate_model(
         except Unavailable as exc:
             unavailable[name] = str(exc)
 
-    scores = score_pairs(model, tokenizer, req.pairs, batch_size=cfg.batch_size,
+    scored = score_pairs(model, tokenizer, req.pairs, batch_size=cfg.batch_size,
                          max_length=cfg.max_length or 512, with_stats=req.stats, progress=progress)
+    scores = scored.scores
     scored_at = time.perf_counter()
     res = Results(scores, _generate(model, tokenizer, req, cfg, progress), tokenizer, model_device(model))
     generated_at = time.perf_counter()
@@ -194,7 +195,9 @@ def evaluate_model(
         "stats": {
             "pairs_scored": len(req.pairs),
             "pairs_truncated": sum(s.truncated for s in scores),  # cut by max_length
-            "score_batches": math.ceil(len(req.pairs) / cfg.batch_size),
+            "tokens_scored": scored.tokens,  # positions pushed through the model, padding included
+            "score_passes": scored.passes,
+            "scored_logits": scored.logits,  # "answer positions", or "full: <why>"
             "answers_generated": len(req.generations),
             "seconds_scoring": scored_at - started,
             "seconds_generating": generated_at - scored_at,

@@ -9,14 +9,17 @@ its continuation, a raw text) yields at each continuation token:
 * whether it is the argmax of the next-token distribution,
 * optionally the mean and standard deviation of ``log p(z)`` under that distribution (Min-K%++).
 
-:func:`score_pairs` computes these once per distinct pair, sorted by length so batches carry
-little padding, and hands them back in the caller's order; within a batch the answer positions
-go through :func:`position_scores` in chunks, so memory beyond the model's logits stays one
+:func:`score_pairs` computes these once per distinct pair, the pairs that share a prompt (a
+question's answer candidates) batched together so the prompt goes through the model once per
+batch (its KV cache copied to each candidate), and hands them back in the caller's order. Only
+the answer positions' final hidden states go through the output layer, in chunks
+(:func:`position_scores`), so no ``[batch, length, vocab]`` logits exist and memory stays one
 chunk's whatever the vocabulary.
 """
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass, replace
 from typing import Callable, Iterator, Sequence
 
@@ -25,7 +28,8 @@ import torch
 import torch.nn.functional as F
 
 from soulcli.data.encode import (
-    answer_mask,
+    IGNORE_INDEX,
+    EncodedItem,
     check_special_tokens,
     encode_pair,
     eval_mode,
@@ -84,6 +88,15 @@ def length_order(lengths: Sequence[int]) -> list[int]:
     return sorted(range(len(lengths)), key=lambda i: -lengths[i])
 
 
+def prefix_order(items: Sequence[EncodedItem], splits: Sequence[int]) -> list[int]:
+    """:func:`length_order`, with the pairs that share a prefix (``input_ids[:split]``) kept
+    together where their longest one comes: batches hold few distinct prefixes."""
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for i in length_order([len(it.input_ids) for it in items]):
+        groups.setdefault(tuple(items[i].input_ids[:splits[i]]), []).append(i)
+    return [i for members in groups.values() for i in members]
+
+
 def batches(
     order: list[int], batch_size: int, stage: str, progress: Progress | None
 ) -> Iterator[list[int]]:
@@ -104,6 +117,8 @@ _MIN_VARIANCE = 1e-6
 # a chunk's temporaries stay near 32 MB whatever the vocabulary.
 CHUNK_ELEMENTS = 1 << 22
 
+Head = Callable[[torch.Tensor], torch.Tensor]
+
 
 def _distribution_stats(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean and std of ``log p(z)`` for ``z ~ p = softmax(logits)``, rows of ``[N, V]``, in
@@ -117,57 +132,168 @@ def _distribution_stats(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tenso
 
 
 def position_scores(
-    logits: torch.Tensor, labels: torch.Tensor, stats: torch.Tensor,
-    chunk_elements: int = CHUNK_ELEMENTS,
+    states: torch.Tensor, index: torch.Tensor, targets: torch.Tensor, stats: torch.Tensor,
+    head: Head | None = None, vocab: int | None = None, chunk_elements: int = CHUNK_ELEMENTS,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-    """Log-probability (fp32, ``F.cross_entropy``), argmax hit and, for rows whose ``stats``
-    flag is set, Min-K%++'s ``mu``/``sigma`` of every answer position of ``[B, T, V]`` logits,
-    flattened row-major as ``labels[:, 1:][answer_mask(labels)]``.
+    """Log-probability of ``targets[i]`` (fp32, ``F.cross_entropy``), argmax hit and, where
+    ``stats[i]`` is set, Min-K%++'s ``mu``/``sigma``, for each answer position ``i``, whose
+    row of ``states`` is ``index[i]``: its logits (``head`` None) or its final hidden state,
+    which ``head`` (the model's output layer, ``vocab`` logits) turns into logits.
 
     Positions go through in chunks of about ``chunk_elements`` logits, so no full-vocabulary
-    temporary (a log-softmax, a float64 copy) is ever larger than one chunk: at a 128k
-    vocabulary a batch's answer logits in float64 would be gigabytes. Each position's numbers
-    are computed from its own row exactly as in one pass, so chunking changes no value.
-    ``mu``/``sigma`` are 0 / 1 on rows without the flag (and ``None`` if no row has it).
+    tensor (the logits, a log-softmax, a float64 copy) is ever larger than one chunk: at a 128k
+    vocabulary a batch's answer logits alone would be a gigabyte. Each position's numbers are
+    computed from its own row exactly as in one pass, so chunking changes no value.
+    ``mu``/``sigma`` are 0 / 1 where ``stats`` is unset (and ``None`` if it is set nowhere).
     """
-    rows, cols = answer_mask(labels).nonzero(as_tuple=True)
-    targets = labels[rows, cols + 1]
-    per_position = stats[rows]
-    want_stats = bool(per_position.any())
-    n, vocab = len(rows), logits.shape[-1]
-    logprobs = torch.empty(n, dtype=torch.float32, device=logits.device)
-    hits = torch.empty(n, dtype=torch.bool, device=logits.device)
-    mu = torch.zeros(n, dtype=torch.float64, device=logits.device) if want_stats else None
-    sigma = torch.ones(n, dtype=torch.float64, device=logits.device) if want_stats else None
-    step = max(1, chunk_elements // vocab)
+    n, device = len(targets), states.device
+    want_stats = bool(stats.any())
+    logprobs = torch.empty(n, dtype=torch.float32, device=device)
+    hits = torch.empty(n, dtype=torch.bool, device=device)
+    mu = torch.zeros(n, dtype=torch.float64, device=device) if want_stats else None
+    sigma = torch.ones(n, dtype=torch.float64, device=device) if want_stats else None
+    step = max(1, chunk_elements // (vocab or states.shape[-1]))
     for start in range(0, n, step):
         sl = slice(start, start + step)
-        picked = logits[rows[sl], cols[sl]]
+        picked = states[index[sl]]
+        picked = picked if head is None else head(picked)
         picked = picked.to(torch.promote_types(picked.dtype, torch.float32))
         logprobs[sl] = -F.cross_entropy(picked, targets[sl], reduction="none")
         hits[sl] = picked.argmax(-1) == targets[sl]
-        keep = per_position[sl]
+        keep = stats[sl]
         if want_stats and bool(keep.any()):
-            where = torch.arange(start, start + len(keep), device=logits.device)[keep]
+            where = torch.arange(start, start + len(keep), device=device)[keep]
             mu[where], sigma[where] = _distribution_stats(picked[keep])
     return logprobs, hits, mu, sigma
 
 
-@torch.inference_mode()
+@dataclass(frozen=True)
+class Scored:
+    """What :func:`score_pairs` returns: the scores, in the pairs' order, and what they cost."""
+
+    scores: list[TokenScores]
+    tokens: int  # token positions pushed through the model, padding included
+    passes: int  # forward passes
+    logits: str  # "answer positions" (only those through the output layer), or "full: <why>"
+
+
+@dataclass(frozen=True)
+class _Forward:
+    """How a batch goes through the model: ``body`` returns final hidden states that ``head``
+    turns into logits (``head`` None: ``body`` is the model itself, returning full logits)."""
+
+    body: torch.nn.Module
+    head: Head | None
+    vocab: int  # logits per position
+    cache_name: str  # the forward's KV-cache argument: "cache" (transformers 5) or "past_key_values"
+
+    def __call__(self, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor,
+                 cache=None, keep_cache: bool = False):
+        out = self.body(input_ids=ids, attention_mask=mask, position_ids=positions,
+                        use_cache=keep_cache, **({self.cache_name: cache} if cache is not None else {}))
+        states = out.logits if self.head is None else out.last_hidden_state
+        return states, (getattr(out, "cache", None) or getattr(out, "past_key_values", None)) if keep_cache else None
+
+
+def _cache_name(module: torch.nn.Module) -> str:
+    return "cache" if "cache" in inspect.signature(module.forward).parameters else "past_key_values"
+
+
+def _split_model(model: torch.nn.Module) -> tuple[torch.nn.Module, Head] | str:
+    """The decoder body (final norm included) and the output layer of a Hugging Face causal LM,
+    a peft-wrapped one's (its LoRA layers live inside them), with Gemma's
+    ``final_logit_softcapping`` (``cap * tanh(logits / cap)``) applied as the model applies it;
+    or why the model has no such split."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if not (hasattr(base, "get_decoder") and hasattr(base, "get_output_embeddings")):
+        return "no get_decoder / get_output_embeddings"
+    body, out = base.get_decoder(), base.get_output_embeddings()
+    if body is base or out is None:
+        return "no separate decoder body and output layer"
+    cap = getattr(getattr(base, "config", None), "final_logit_softcapping", None)
+
+    def head(hidden: torch.Tensor) -> torch.Tensor:
+        logits = out(hidden)
+        return logits if not cap else torch.tanh(logits / cap) * cap
+
+    return body, head
+
+
+def _forward_for(model: torch.nn.Module, probe: dict[str, torch.Tensor]) -> tuple[_Forward, str]:
+    """The model's forward for scoring, and its ``Scored.logits`` label: body + output layer
+    at the answer positions only, where that reproduces the model's own logits on ``probe``
+    (one short sequence); else the model's full logits, saying why (a head that scales its
+    logits, e.g. Cohere's ``logit_scale`` or Granite's ``logits_scaling``, fails the check)."""
+    positions = torch.arange(probe["input_ids"].shape[1], device=probe["input_ids"].device)[None]
+    own = model(input_ids=probe["input_ids"], attention_mask=probe["attention_mask"], position_ids=positions,
+                use_cache=False).logits
+    full = _Forward(model, None, own.shape[-1], _cache_name(model))
+    split = _split_model(model)
+    if isinstance(split, str):
+        return full, f"full: {split}"
+    forward = _Forward(*split, own.shape[-1], _cache_name(split[0]))
+    mine = forward.head(forward(probe["input_ids"], probe["attention_mask"], positions)[0])
+    gap = float((own.float() - mine.float()).abs().max())
+    tolerance = max(1e-4, 8 * torch.finfo(own.dtype).eps) * (1 + float(own.float().abs().max()))
+    if not gap <= tolerance:
+        return full, f"full: the output layer alone does not give the model's logits (max |difference| {gap:.2g})"
+    return forward, "answer positions"
+
+
+def _split_point(item) -> int:
+    """Where a pair's shared prefix ends: its prompt (at least one token, which a raw text's
+    first token, never scored, serves as)."""
+    return max(item.prompt_length, 1)
+
+
 def _score_batch(
-    model: torch.nn.Module, batch: dict[str, torch.Tensor], with_stats: Sequence[bool],
-) -> list[TokenScores]:
-    device = model_device(model)
-    logits = model(
-        input_ids=batch["input_ids"].to(device),
-        attention_mask=batch["attention_mask"].to(device),
-        use_cache=False,
-    ).logits
-    labels = batch["labels"].to(device)
-    flags = torch.tensor(list(with_stats), device=device)
-    logprobs, hits, mu, sigma = position_scores(logits, labels, flags, CHUNK_ELEMENTS)
-    del logits
-    counts = answer_mask(labels).sum(-1).tolist()
+    forward: _Forward, items: Sequence, splits: Sequence[int], with_stats: Sequence[bool], pad: int,
+) -> tuple[list[TokenScores], int, int]:
+    """One batch: each distinct prefix ``input_ids[:split]`` through the model once, its KV
+    cache copied to the rows that share it, then each row's remaining tokens; the answer
+    positions' states of both passes through the output layer in chunks. Returns the scores,
+    tokens pushed and passes."""
+    device = model_device(forward.body)
+    prefixes: dict[tuple[int, ...], int] = {}
+    group = [prefixes.setdefault(tuple(it.input_ids[:s]), len(prefixes)) for it, s in zip(items, splits)]
+    heads = [EncodedItem(list(ids), list(ids)) for ids in prefixes]
+    first = pad_batch(heads, pad, "right")
+    ids, mask = first["input_ids"].to(device), first["attention_mask"].to(device)
+    width = ids.shape[1]
+    rest = [EncodedItem(it.input_ids[s:], it.labels[s:]) for it, s in zip(items, splits)]
+    more = max(len(r.input_ids) for r in rest) > 0
+    prefix_states, cache = forward(ids, mask, torch.arange(width, device=device)[None].expand_as(ids),
+                                   keep_cache=more)
+    tokens, passes = ids.numel(), 1
+    # Position t of a row predicts token t + 1: t < split reads the prefix pass (group g, column
+    # t), t >= split the second pass (row r, column t - split).
+    sources = [prefix_states.flatten(0, 1)]
+    index, targets = [], []
+    second, tail_width = width * len(prefixes), 0
+    if more:
+        tail = pad_batch([r if r.input_ids else EncodedItem([pad], [IGNORE_INDEX]) for r in rest], pad, "right")
+        tail_ids = tail["input_ids"].to(device)
+        rows = torch.tensor(group, device=device)
+        cache.reorder_cache(rows)
+        starts = torch.tensor(list(splits), device=device)[:, None]
+        tail_states, _ = forward(tail_ids, torch.cat([mask[rows], tail["attention_mask"].to(device)], 1),
+                                 starts + torch.arange(tail_ids.shape[1], device=device)[None], cache)
+        sources.append(tail_states.flatten(0, 1))
+        tokens, passes = tokens + tail_ids.numel(), 2
+        tail_width = tail_ids.shape[1]
+    counts = []
+    for r, (it, s) in enumerate(zip(items, splits)):
+        positions = [t for t in range(len(it.labels) - 1) if it.labels[t + 1] != IGNORE_INDEX]
+        index += [group[r] * width + t if t < s else second + r * tail_width + t - s for t in positions]
+        targets += [it.labels[t + 1] for t in positions]
+        counts.append(len(positions))
+    states = torch.cat(sources) if len(sources) > 1 else sources[0]
+    del sources, prefix_states, cache
+    flags = torch.repeat_interleave(torch.tensor(list(with_stats), device=device),
+                                    torch.tensor(counts, device=device))
+    logprobs, hits, mu, sigma = position_scores(
+        states, torch.tensor(index, dtype=torch.long, device=device), torch.tensor(targets, device=device),
+        flags, forward.head, forward.vocab, CHUNK_ELEMENTS)
     logprobs_np = logprobs.double().cpu().numpy()
     hits_np = hits.cpu().numpy()
     mu_np = mu.cpu().numpy() if mu is not None else None
@@ -186,7 +312,7 @@ def _score_batch(
                 sigma=sigma_np[sl] if keep else None,
             )
         )
-    return out
+    return out, tokens, passes
 
 
 def score_pairs(
@@ -197,25 +323,45 @@ def score_pairs(
     batch_size: int = 32,
     max_length: int = 512,
     with_stats: Sequence[bool] | None = None,
+    share_prefixes: bool = True,
     progress: Progress | None = None,
-) -> list[TokenScores]:
+) -> Scored:
     """Score each pair in batches of ``batch_size``, right-padded.
 
+    Pairs whose sequences start with the same prompt tokens (a question's answer, paraphrased
+    and perturbed answers) are batched together and share one pass over that prompt: its KV
+    cache is copied to each candidate, and only the candidates' own tokens go through the
+    model again. Only the answer positions' hidden states go through the output layer (in
+    chunks, :func:`position_scores`), so no ``[batch, length, vocab]`` logits exist, where the
+    model's output layer alone reproduces its logits (checked on the shortest pair; else its
+    full logits are used, and ``Scored.logits`` says why). ``share_prefixes=False`` pushes
+    every whole sequence through once instead (the way scoring worked before; the benchmark's
+    baseline): the same values within float rounding.
+
     ``with_stats[i]`` asks for the Min-K%++ distribution statistics of pair ``i`` (they cost a
-    full-vocabulary softmax in float64, so only the pairs that need them pay). Results come back
+    full-vocabulary softmax in float64, so only the pairs that need them pay). Scores come back
     in the order of ``pairs``; duplicates are the caller's business (see ``evaluate``).
     """
     check_special_tokens(tokenizer)
     if not pairs:
-        return []
+        return Scored([], 0, 0, "none")
     flags = list(with_stats) if with_stats is not None else [False] * len(pairs)
     items = [encode_pair(tokenizer, p.prefix, p.continuation, max_length, p.eos, p.specials) for p in pairs]
-    order = length_order([len(it.input_ids) for it in items])
+    splits = [_split_point(it) if share_prefixes else len(it.input_ids) for it in items]
+    order = prefix_order(items, splits)
     results: list[TokenScores | None] = [None] * len(pairs)
-    with eval_mode(model):
+    tokens = passes = 0
+    pad = pad_id(tokenizer)
+    device = model_device(model)
+    with eval_mode(model), torch.inference_mode():
+        shortest = min(items, key=lambda it: len(it.input_ids))
+        probe = {k: v.to(device) for k, v in pad_batch([shortest], pad).items()}
+        forward, logits = _forward_for(model, probe)
         for chunk in batches(order, batch_size, "scoring", progress):
-            batch = pad_batch([items[i] for i in chunk], pad_id(tokenizer), "right")
-            for i, scores in zip(chunk, _score_batch(model, batch, [flags[i] for i in chunk])):
+            scores, pushed, runs = _score_batch(forward, [items[i] for i in chunk], [splits[i] for i in chunk],
+                                                [flags[i] for i in chunk], pad)
+            tokens, passes = tokens + pushed, passes + runs
+            for i, scored in zip(chunk, scores):
                 cut = items[i].truncated  # a cut sequence lost its EOS with its end
-                results[i] = replace(scores, eos=pairs[i].eos and not cut, truncated=cut)
-    return results  # type: ignore[return-value]
+                results[i] = replace(scored, eos=pairs[i].eos and not cut, truncated=cut)
+    return Scored(results, tokens, passes, logits)  # type: ignore[arg-type]
