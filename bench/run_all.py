@@ -13,6 +13,7 @@ BENCHES = [
     ["bench/bench_unlearn_step.py"],
     ["bench/bench_objectives_memory.py"],
     ["bench/bench_eval.py"],
+    ["bench/bench_generate.py"],
     ["bench/bench_eval_memory.py"],
     ["bench/bench_compare.py"],
     ["bench/bench_tasks.py"],

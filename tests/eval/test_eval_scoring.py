@@ -6,8 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from soulcli.errors import UserError
+from tiny_models import tiny_model
+
 from soulcli.data.encode import EncodedItem, encode_pair
+from soulcli.errors import UserError
 from soulcli.eval.scoring import Pair, TokenScores, length_order, position_scores, prefix_order, score_pairs
 
 
@@ -200,25 +202,6 @@ def _assert_own_logits(net, tokenizer, pair: Pair, scored: TokenScores) -> None:
     np.testing.assert_allclose(scored.logprobs, want.numpy(), atol=1e-5, rtol=0)
 
 
-def _tiny(kind: str, tokenizer):
-    """A random 2-layer model of ``kind`` for the tokenizer's vocabulary."""
-    import transformers as tf
-
-    ids = dict(vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id,
-               eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
-    llama_like = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                      num_key_value_heads=2, max_position_embeddings=512, initializer_range=0.3, **ids)
-    config = {
-        "gpt2": lambda: tf.GPT2Config(n_embd=32, n_layer=2, n_head=4, n_positions=512, initializer_range=0.3, **ids),
-        "llama": lambda: tf.LlamaConfig(**llama_like),
-        "gemma2": lambda: tf.Gemma2Config(head_dim=8, final_logit_softcapping=2.0, **llama_like),
-        "granite": lambda: tf.GraniteConfig(logits_scaling=8.0, **llama_like),
-    }[kind]()
-    with torch.random.fork_rng():
-        torch.manual_seed(0)
-        return tf.AutoModelForCausalLM.from_config(config).eval()
-
-
 @pytest.mark.parametrize("kind", ["llama", "lora", "gpt2", "gemma2"])
 def test_shared_prefixes_score_as_whole_sequences(kind, model, tokenizer, template, splits):
     """Each prompt once per batch, its KV cache shared by its candidates, only the answer
@@ -231,10 +214,10 @@ def test_shared_prefixes_score_as_whole_sequences(kind, model, tokenizer, templa
 
         with torch.random.fork_rng():
             torch.manual_seed(1)
-            net = get_peft_model(_tiny("llama", tokenizer), LoraConfig(
+            net = get_peft_model(tiny_model("llama", tokenizer), LoraConfig(
                 r=4, target_modules=["q_proj", "v_proj", "lm_head"], init_lora_weights=False))
     else:
-        net = model if kind == "llama" else _tiny(kind, tokenizer)
+        net = model if kind == "llama" else tiny_model(kind, tokenizer)
     pairs = _candidates(template, splits)
     flags = [i % 3 == 0 for i in range(len(pairs))]
     shared = score_pairs(net, tokenizer, pairs, batch_size=8, with_stats=flags)
@@ -243,6 +226,20 @@ def test_shared_prefixes_score_as_whole_sequences(kind, model, tokenizer, templa
     _assert_same(shared, whole, flags, 1e-5)
     assert whole.passes == -(-len(pairs) // 8) and shared.passes == 2 * whole.passes
     assert shared.tokens < 0.8 * whole.tokens
+    _assert_own_logits(net, tokenizer, pairs[0], shared.scores[0])
+
+
+@pytest.mark.parametrize("kind", ["mistral", "gemma2"])
+def test_a_sliding_window_shorter_than_the_sequences_scores_whole_sequences(kind, tokenizer, template, splits):
+    """A sliding-window layer's cache keeps only the last ``window`` columns of a padded prefix
+    pass: with a window of 8 tokens (shorter than every pair) nothing is shared, one pass a
+    batch, and the values are the model's own."""
+    net = tiny_model(kind, tokenizer, window=8)
+    pairs = _candidates(template, splits)[:24]
+    shared = score_pairs(net, tokenizer, pairs, batch_size=8)
+    whole = score_pairs(net, tokenizer, pairs, batch_size=8, share_prefixes=False)
+    assert shared.passes == whole.passes == 3 and shared.tokens == whole.tokens
+    _assert_same(shared, whole, [False] * len(pairs), 0.0)
     _assert_own_logits(net, tokenizer, pairs[0], shared.scores[0])
 
 
@@ -268,7 +265,7 @@ def test_a_head_that_rescales_its_logits_falls_back_to_full_logits(tokenizer, te
     """Granite divides its logits by ``logits_scaling`` after the output layer: the one-sequence
     check sees the difference, scoring uses the model's full logits and says so, and the values
     are the model's own."""
-    net = _tiny("granite", tokenizer)
+    net = tiny_model("granite", tokenizer)
     pairs = _candidates(template, splits)[:20]
     shared = score_pairs(net, tokenizer, pairs, batch_size=8)
     assert shared.logits.startswith("full: the output layer alone does not give the model's logits")

@@ -14,6 +14,10 @@ class EvalConfig:
     """Knobs of an evaluation (recipe section ``eval``).
 
     ``batch_size``: sequences per forward pass (scoring) and prompts per generation batch.
+    ``generate_batch_size``: prompts per generation batch if not ``batch_size`` (``None``). A
+    finished answer leaves its batch at once, so a larger one costs only its KV cache
+    (prompt + ``max_new_tokens`` positions a row) and saves the per-token step overhead, which
+    dominates a small model's generation: the built-in recipes set 128.
     ``max_new_tokens``: cap on each greedy answer to a question (TOFU's ROUGE; a task's other
     generations declare their own budgets). ``mink_k``: fraction of lowest-scoring tokens
     that Min-K% and Min-K%++ average. ``metrics``: names or glob patterns to compute (``None``:
@@ -25,6 +29,7 @@ class EvalConfig:
     """
 
     batch_size: Annotated[int, POSITIVE] = 32
+    generate_batch_size: Annotated[int, POSITIVE] | None = None
     max_new_tokens: Annotated[int, POSITIVE] = 200  # TOFU generates up to 200 new tokens
     mink_k: Annotated[float, Range(gt=0, le=1)] = 0.4
     metrics: tuple[str, ...] | None = None

@@ -105,7 +105,8 @@ def _generate(model, tokenizer, req: Requests, cfg: EvalConfig, progress) -> lis
         groups.setdefault((g.max_new_tokens, g.stops), []).append(i)
     for (budget, stops), indices in groups.items():
         texts = generate_texts(model, tokenizer, [req.generations[i].prompt for i in indices],
-                               batch_size=cfg.batch_size, max_new_tokens=budget, stop_strings=stops,
+                               batch_size=cfg.generate_batch_size or cfg.batch_size, max_new_tokens=budget,
+                               stop_strings=stops,
                                progress=progress)
         for i, text in zip(indices, texts):
             out[i] = text

@@ -219,7 +219,7 @@ def _split_model(model: torch.nn.Module) -> tuple[torch.nn.Module, Head] | str:
     return body, head
 
 
-def _forward_for(model: torch.nn.Module, probe: dict[str, torch.Tensor]) -> tuple[_Forward, str]:
+def forward_for(model: torch.nn.Module, probe: dict[str, torch.Tensor]) -> tuple[_Forward, str]:
     """The model's forward for scoring, and its ``Scored.logits`` label: body + output layer
     at the answer positions only, where that reproduces the model's own logits on ``probe``
     (one short sequence); else the model's full logits, saying why (a head that scales its
@@ -336,7 +336,9 @@ def score_pairs(
     model's output layer alone reproduces its logits (checked on the shortest pair; else its
     full logits are used, and ``Scored.logits`` says why). ``share_prefixes=False`` pushes
     every whole sequence through once instead (the way scoring worked before; the benchmark's
-    baseline): the same values within float rounding.
+    baseline): the same values within float rounding. A model with a sliding attention window
+    (``config.sliding_window``: Mistral, Gemma 2/3) scores whole sequences whenever one is longer
+    than the window.
 
     ``with_stats[i]`` asks for the Min-K%++ distribution statistics of pair ``i`` (they cost a
     full-vocabulary softmax in float64, so only the pairs that need them pay). Scores come back
@@ -347,6 +349,11 @@ def score_pairs(
         return Scored([], 0, 0, "none")
     flags = list(with_stats) if with_stats is not None else [False] * len(pairs)
     items = [encode_pair(tokenizer, p.prefix, p.continuation, max_length, p.eos, p.specials) for p in pairs]
+    window = getattr(getattr(model, "config", None), "sliding_window", None)
+    if isinstance(window, int) and max(len(it.input_ids) for it in items) > window:
+        # a sliding-window layer's cache keeps only the last `window` columns of the padded
+        # prefix pass, which for a shorter prefix are padding: no sharing then
+        share_prefixes = False
     splits = [_split_point(it) if share_prefixes else len(it.input_ids) for it in items]
     order = prefix_order(items, splits)
     results: list[TokenScores | None] = [None] * len(pairs)
@@ -356,7 +363,7 @@ def score_pairs(
     with eval_mode(model), torch.inference_mode():
         shortest = min(items, key=lambda it: len(it.input_ids))
         probe = {k: v.to(device) for k, v in pad_batch([shortest], pad).items()}
-        forward, logits = _forward_for(model, probe)
+        forward, logits = forward_for(model, probe)
         for chunk in batches(order, batch_size, "scoring", progress):
             scores, pushed, runs = _score_batch(forward, [items[i] for i in chunk], [splits[i] for i in chunk],
                                                 [flags[i] for i in chunk], pad)
