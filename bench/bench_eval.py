@@ -136,6 +136,33 @@ def load_splits(data: Path, forget: str) -> dict[str, list[dict]]:
     return splits
 
 
+def add_source_args(parser: argparse.ArgumentParser) -> None:
+    """The model and items a benchmark runs on, and its threads (see :func:`model_and_splits`)."""
+    parser.add_argument("--model", type=Path, help="a Hugging Face model directory (default: random built-in)")
+    parser.add_argument("--data", type=Path, help="a directory of TOFU-named split files (default: synthetic)")
+    parser.add_argument("--forget", default="forget10", help="forget split in --data")
+    parser.add_argument("--limit", type=int, help="use at most this many rows per split")
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+
+
+def model_and_splits(args: argparse.Namespace, device: str = "cpu"):
+    """``(model, tokenizer, splits)`` from :func:`add_source_args`' options, threads set: the
+    splits of ``--data`` (else synthetic ones), cut to ``--limit``, and ``--model`` (else the
+    built-in architecture with random weights and a tokenizer trained on the items)."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    splits = load_splits(args.data, args.forget) if args.data else synthetic_splits()
+    if args.limit:
+        splits = {k: v[: args.limit] for k, v in splits.items()}
+    if args.model:
+        from soulcli.models.loading import load_model
+
+        model, tokenizer = load_model(str(args.model), "float32", device)
+    else:
+        model, tokenizer = random_builtin_model(splits)
+    return model, tokenizer, splits
+
+
 def _max_difference(a: dict[str, Any], b: dict[str, Any]) -> float:
     worst = 0.0
     for name, entry in a["metrics"].items():
@@ -150,29 +177,14 @@ def _max_difference(a: dict[str, Any], b: dict[str, Any]) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", type=Path, help="a Hugging Face model directory")
-    parser.add_argument("--data", type=Path, help="a directory of TOFU-named split files")
-    parser.add_argument("--forget", default="forget10", help="forget split in --data")
-    parser.add_argument("--limit", type=int, help="use at most this many rows per split")
+    add_source_args(parser)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--max-new-tokens", type=int, default=32)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--skip-one-at-a-time", action="store_true", help="leave out the batch-size-1 run")
     parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-
-    splits = load_splits(args.data, args.forget) if args.data else synthetic_splits()
-    if args.limit:
-        splits = {k: v[: args.limit] for k, v in splits.items()}
-    if args.model:
-        from soulcli.models.loading import load_model
-
-        model, tokenizer = load_model(str(args.model), "float32", args.device)
-    else:
-        model, tokenizer = random_builtin_model(splits)
+    model, tokenizer, splits = model_and_splits(args, args.device)
     model.to(args.device).eval()
     template = PromptTemplate()
     from soulcli.tasks import TofuData, TofuTask

@@ -36,7 +36,7 @@ import torch
 from transformers import GenerationConfig
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_eval import load_splits, random_builtin_model, synthetic_splits  # noqa: E402
+from bench_eval import add_source_args, model_and_splits  # noqa: E402
 
 from soulcli.data.encode import eval_mode, pad_id, pad_prompts, prompt_ids  # noqa: E402
 from soulcli.data.template import PromptTemplate  # noqa: E402
@@ -74,27 +74,13 @@ def hf_generate(model, tokenizer, prompts: list[Pair], batch_size: int, max_new_
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", type=Path, help="a Hugging Face model directory (default: random built-in)")
-    parser.add_argument("--data", type=Path, help="a directory of TOFU-named split files (default: synthetic)")
-    parser.add_argument("--forget", default="forget10", help="forget split in --data")
-    parser.add_argument("--limit", type=int, help="use at most this many rows per split")
+    add_source_args(parser)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--large-batch-size", type=int, default=128)
     parser.add_argument("--max-new-tokens", type=int, default=200)
-    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    splits = load_splits(args.data, args.forget) if args.data else synthetic_splits()
-    if args.limit:
-        splits = {k: v[:args.limit] for k, v in splits.items()}
-    if args.model:
-        from soulcli.models.loading import load_model
-
-        model, tokenizer = load_model(str(args.model))
-    else:
-        model, tokenizer = random_builtin_model(splits)
+    model, tokenizer, splits = model_and_splits(args)
     template = PromptTemplate()
     stops = tuple(template.stop_strings)
     pairing = QAPairing(template)  # the pairs soul evaluate's ROUGE metrics generate from
