@@ -58,7 +58,7 @@ def generate_texts(
     hidden state goes through the output layer (the split scoring uses,
     :func:`~soulcli.eval.scoring.forward_for`). The returned text is cut before the first stop
     string and stripped of surrounding whitespace; the tokens are those of ``generate``'s
-    greedy search (``tests/eval/test_eval_generation.py`` checks that on eight architectures).
+    greedy search (``tests/eval/test_eval_generation.py`` checks that on nine architectures).
     """
     check_special_tokens(tokenizer)
     if not prompts or max_new_tokens < 1:
