@@ -153,7 +153,7 @@ class _TableLM:
     def reorder_cache(self, rows):
         self.kept.append(rows.tolist())
 
-    def __call__(self, ids, mask, positions, cache=None, keep_cache=False):
+    def __call__(self, ids, mask, positions, cache=None, keep_cache=False, last_only=False):
         self.widths.append(ids.shape[0])
         self.positions.append(positions.tolist())
         nxt = torch.tensor([[self.table.get(t, self.default) for t in row] for row in ids.tolist()])

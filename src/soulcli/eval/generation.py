@@ -78,7 +78,7 @@ def generate_texts(
             batch = pad_prompts([prompts[i] for i in chunk], pad)
             mask = batch["attention_mask"].to(device)
             positions = (mask.cumsum(-1) - 1).clamp(min=0)
-            states, cache = forward(batch["input_ids"].to(device), mask, positions, keep_cache=True)
+            states, cache = forward(batch["input_ids"].to(device), mask, positions, keep_cache=True, last_only=True)
             logits = head(states[:, -1])
             rows, last = list(chunk), positions[:, -1]
             new: dict[int, list[int]] = {i: [] for i in chunk}
@@ -101,7 +101,7 @@ def generate_texts(
                     rows = [rows[r] for r in going]
                 mask = torch.cat([mask, mask.new_ones(len(rows), 1)], 1)
                 last = last + 1
-                states, cache = forward(token[:, None], mask, last[:, None], cache, keep_cache=True)
+                states, cache = forward(token[:, None], mask, last[:, None], cache, keep_cache=True, last_only=True)
                 logits = head(states[:, -1])
             for i in chunk:
                 answers[i] = cut_at_stop(tokenizer.decode(new[i], skip_special_tokens=True), stops).strip()

@@ -188,9 +188,14 @@ class _Forward:
     cache_name: str  # the forward's KV-cache argument: "cache" (transformers 5) or "past_key_values"
 
     def __call__(self, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor,
-                 cache=None, keep_cache: bool = False):
+                 cache=None, keep_cache: bool = False, last_only: bool = False):
+        """``last_only``: only the last position is wanted (generation), so the full-logits
+        path computes that position's logits alone (``logits_to_keep=1``), never ``[B, T, V]``."""
+        extra = {self.cache_name: cache} if cache is not None else {}
+        if last_only and self.head is None:
+            extra["logits_to_keep"] = 1
         out = self.body(input_ids=ids, attention_mask=mask, position_ids=positions,
-                        use_cache=keep_cache, **({self.cache_name: cache} if cache is not None else {}))
+                        use_cache=keep_cache, **extra)
         states = out.logits if self.head is None else out.last_hidden_state
         return states, (getattr(out, "cache", None) or getattr(out, "past_key_values", None)) if keep_cache else None
 
