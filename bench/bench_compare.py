@@ -9,7 +9,8 @@ With ``--attacks relearn,quantize`` each selected setting is also attacked (comp
 and evaluated after each of ``attack.relearn.steps``, quantized to each of ``attack.quantize.bits``)
 and a second table gives forget quality and forget ROUGE-L before and after each attack (mean
 [min, max] over seeds; issue 13's figures: ``--optimizers adamw,signum,sophiag,zo --objectives
-graddiff,npo --attacks relearn,quantize``).
+graddiff,npo --attacks relearn,quantize``, zo with its own lr grid and step budget through
+``compare.per_optimizer.zo``: ``make bench`` runs it as ``--tag robustness``).
 Run: .venv/bin/python bench/bench_compare.py [--optimizers ...] [--objectives ...] [--lr-grid ...]
      [--attacks relearn,quantize] [--set key=value ...]
 """
@@ -61,12 +62,15 @@ def main() -> None:
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--seed-policy", default="selected")
     ap.add_argument("--eval-every", default="26")
-    ap.add_argument("--output", default=str(ROOT / "bench" / "out" / "compare_run"))
+    ap.add_argument("--output", default=None, help="the comparison's folder (default: bench/out/TAG_run)")
     ap.add_argument("--set", action="append", default=[])
     ap.add_argument("--attacks", default="", help="comma-separated attacks of each selected setting")
+    ap.add_argument("--tag", default="compare",
+                    help="name of the figures: bench/out/TAG.json and TAG.md (default: compare)")
     ap.add_argument("--resume", action="store_true",
                     help="keep finished cells of an earlier run (the time then is not a full run's)")
     args = ap.parse_args()
+    args.output = args.output or str(ROOT / "bench" / "out" / f"{args.tag}_run")
     if not args.resume and Path(args.output).exists():
         import shutil
 
@@ -122,8 +126,8 @@ def main() -> None:
     out = {"seconds": seconds, "cells": len(cells), "step_cost_vs_adamw": cost, "target": target,
            "selected": res["selected"], "command": " ".join(cmd[1:])}
     (ROOT / "bench" / "out").mkdir(parents=True, exist_ok=True)
-    (ROOT / "bench" / "out" / "compare.json").write_text(json.dumps(out, indent=2) + "\n")
-    (ROOT / "bench" / "out" / "compare.md").write_text("\n".join(lines) + "\n")
+    (ROOT / "bench" / "out" / f"{args.tag}.json").write_text(json.dumps(out, indent=2) + "\n")
+    (ROOT / "bench" / "out" / f"{args.tag}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 

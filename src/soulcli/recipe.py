@@ -209,6 +209,18 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
+class OptimizerCells:
+    """One optimizer's own settings in a comparison (``compare.per_optimizer.<name>``): its
+    learning-rate grid (empty: ``compare.lr_grid``), ``unlearn`` keys (e.g. a step budget,
+    ``max_grad_norm``, ``eval_every``) and ``optimizer.args`` that its cells use instead of the
+    recipe's. A zeroth-order method, for one, needs far more steps and no gradient clipping."""
+
+    lr_grid: tuple[Pos, ...] = ()
+    unlearn: dict[str, Any] = field(default_factory=dict)
+    args: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class CompareConfig:
     optimizers: tuple[str, ...] = ("adamw", "signum", "sophiag")
     objectives: tuple[str, ...] = ("graddiff",)
@@ -222,6 +234,8 @@ class CompareConfig:
     # attacks (`soul attack`'s, with the attack section's settings) run on the model of each
     # selected optimizer x objective at its selected step, per seed; empty: none
     attacks: tuple[AttackName, ...] = ()
+    # per optimizer name: its own lr grid, unlearn keys and optimizer args (OptimizerCells)
+    per_optimizer: dict[str, OptimizerCells] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -371,6 +385,19 @@ def _check_values(recipe: Recipe, errors: list[str]) -> None:
     for i, name in enumerate(recipe.compare.optimizers):
         if name not in OPTIMIZERS:
             errors.append(f"compare.optimizers[{i}]: unknown optimizer '{name}'{did_you_mean(name, OPTIMIZERS)}")
+    for name, own in recipe.compare.per_optimizer.items():
+        at = f"compare.per_optimizer.{name}"
+        if name not in recipe.compare.optimizers:
+            errors.append(f"{at}: '{name}' is not in compare.optimizers "
+                          f"({', '.join(recipe.compare.optimizers)}){did_you_mean(name, recipe.compare.optimizers)}")
+            continue
+        schema.check(schema.params_of(UnlearnConfig), own.unlearn, f"{at}.unlearn", errors, owner="unlearn")
+        for key in ("method", "objective", "objective_args"):
+            if key in own.unlearn:
+                errors.append(f"{at}.unlearn.{key}: set by the comparison's cell, not per optimizer")
+        if name in OPTIMIZERS:
+            schema.check(schema.params_of(OPTIMIZERS[name], skip=OPTIMIZER_COMMON), own.args,
+                         f"{at}.args", errors, owner=f"optimizer '{name}'")
     for i, name in enumerate(recipe.compare.objectives):
         if name not in OBJECTIVES:
             errors.append(f"compare.objectives[{i}]: unknown objective '{name}'{did_you_mean(name, OBJECTIVES)}")

@@ -214,6 +214,11 @@ def _coerce(value: Any, tp: Any, path: str, errors: list[str]) -> Any:
         if not isinstance(value, Mapping):
             errors.append(f"{path}: expected a mapping, got {value!r}")
             return MISSING
+        kinds = typing.get_args(tp)
+        if len(kinds) == 2 and kinds[1] is not Any:  # dict[str, X]: every value checked as an X
+            before = len(errors)
+            out = {k: coerce(v, kinds[1], f"{path}.{k}", errors) for k, v in value.items()}
+            return MISSING if len(errors) > before else out
         return dict(value)
     if tp is bool:
         if isinstance(value, bool):

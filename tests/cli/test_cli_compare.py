@@ -162,3 +162,62 @@ def test_lrs_that_round_alike_are_two_cells_and_changed_settings_rerun(soul, pip
     assert [c["steps"] for c in cells] == [4, 4]
     log, _ = compare(2)
     assert "running it again" not in log and log.count("(done before)") == 2  # both reused
+
+
+def test_per_optimizer_settings_reach_only_that_optimizers_cells():
+    """compare.per_optimizer: zo gets its own lr grid, step budget, clipping and eps; the other
+    optimizers keep the recipe's."""
+    from pathlib import Path
+
+    from soulcli.recipe import load_recipe
+    from soulcli.workflows.compare import Cell, cell_recipe, grid, step_plan
+
+    recipe = load_recipe(Path(__file__).parents[1] / "assets" / "micro.yaml", [
+        "compare.optimizers=[adamw,zo]", "compare.lr_grid=[1e-3]", "compare.include_influence=false",
+        "compare.per_optimizer.zo.lr_grid=[1e-2,3e-2]", "compare.per_optimizer.zo.unlearn.max_grad_norm=null",
+        "compare.per_optimizer.zo.unlearn.epochs=3", "compare.per_optimizer.zo.unlearn.eval_every=5",
+        "compare.per_optimizer.zo.args.eps=0.01"])
+    assert [c.id for c in grid(recipe)] == ["graddiff-adamw-lr0.001-s0", "graddiff-zo-lr0.01-s0",
+                                            "graddiff-zo-lr0.03-s0"]
+    zo = cell_recipe(recipe, Cell("graddiff", "zo", 1e-2, 0))
+    adamw = cell_recipe(recipe, Cell("graddiff", "adamw", 1e-3, 0))
+    assert (zo.unlearn.max_grad_norm, zo.unlearn.epochs, zo.unlearn.eval_every, zo.optimizer.args) == (
+        None, 3, 5, {"diagnostics_every": 1, "eps": 0.01})  # the recipe's diagnostics_every carries over
+    assert (adamw.unlearn.max_grad_norm, adamw.unlearn.epochs, adamw.unlearn.eval_every) == (1.0, 1, None)
+    assert zo.unlearn.objective == "graddiff" and zo.optimizer.lr == 1e-2
+    # 16 forget items (20 authors x 4 questions, forget10) in batches of 4: 4 steps an epoch
+    assert step_plan(zo, 16) == (12, 5) and step_plan(adamw, 16) == (4, 1)
+
+
+@pytest.mark.parametrize("override, problem", [
+    ("compare.per_optimizer.lion.lr_grid=[1e-3]", "compare.per_optimizer.lion: 'lion' is not in compare.optimizers"),
+    ("compare.per_optimizer.zo.unlearn.epoch=3", "compare.per_optimizer.zo.unlearn.epoch: unknown key of unlearn (did you mean 'epochs'?)"),
+    ("compare.per_optimizer.zo.unlearn.objective=npo", "compare.per_optimizer.zo.unlearn.objective: set by the comparison's cell"),
+    ("compare.per_optimizer.zo.args.rho=10", "compare.per_optimizer.zo.args.rho: unknown key of optimizer 'zo'"),
+    ("compare.per_optimizer.zo.lr_grid=[-1]", "compare.per_optimizer.zo.lr_grid[0]: must be > 0"),
+    ("compare.per_optimizer.zo.unlearn.max_grad_norm=-1", "compare.per_optimizer.zo.unlearn.max_grad_norm: must be > 0"),
+])
+def test_bad_per_optimizer_settings_are_refused_before_any_cell(override, problem):
+    from pathlib import Path
+
+    from soulcli.recipe import RecipeError, load_recipe
+
+    with pytest.raises(RecipeError) as err:
+        load_recipe(Path(__file__).parents[1] / "assets" / "micro.yaml",
+                    ["compare.optimizers=[adamw,zo]", override])
+    assert problem in str(err.value), str(err.value)
+
+
+def test_per_optimizer_step_budget_in_a_comparison(soul, pipeline, tmp_path):
+    """zo's cells run their own step budget and evaluation interval, and say so."""
+    out = tmp_path / "cmp"
+    res = soul("compare-optimizers", "--optimizers", "adamw,zo", "--objectives", "graddiff", "--lr-grid", "1e-3",
+               "--set", "compare.include_influence=false", "--set", "unlearn.eval_every=1",
+               "--set", "compare.per_optimizer.zo.unlearn.epochs=2", "--set", "compare.per_optimizer.zo.unlearn.eval_every=2",
+               "--set", "compare.per_optimizer.zo.unlearn.max_grad_norm=null", "--output", str(out))
+    assert res.exit_code == 0, res.output
+    assert "2 steps each, evaluated every 1 steps (adamw); 4 steps each, evaluated every 2 steps (zo)" in res.output
+    cells = {c["optimizer"]: c for c in json.loads((out / "results.json").read_text())["cells"]}
+    assert (cells["adamw"]["steps"], [e["step"] for e in cells["adamw"]["evaluations"]]) == (2, [1, 2])
+    assert (cells["zo"]["steps"], [e["step"] for e in cells["zo"]["evaluations"]]) == (4, [2, 4])
+    assert cells["zo"]["settings"]["recipe"]["unlearn"]["max_grad_norm"] is None

@@ -75,12 +75,18 @@ def grid(recipe: Recipe, seeds: tuple[int, ...] | None = None) -> list[Cell]:
     """Every cell of the grid, with ``seeds`` (default: ``compare.seeds``)."""
     c = recipe.compare
     seeds = c.seeds if seeds is None else seeds
-    lrs = c.lr_grid or (recipe.optimizer.lr,)
     cells = [Cell(obj, opt, lr, seed) for obj in c.objectives for opt in c.optimizers
-             for lr in lrs for seed in seeds]
+             for lr in lr_grid(recipe, opt) for seed in seeds]
     if c.include_influence:
         cells += [Cell("ga", "influence", None, seed) for seed in seeds]
     return cells
+
+
+def lr_grid(recipe: Recipe, optimizer: str) -> tuple[float, ...]:
+    """The learning rates an optimizer's cells run: ``compare.per_optimizer.<name>.lr_grid``,
+    else ``compare.lr_grid``, else ``optimizer.lr``."""
+    own = recipe.compare.per_optimizer.get(optimizer)
+    return (own.lr_grid if own else ()) or recipe.compare.lr_grid or (recipe.optimizer.lr,)
 
 
 def follow_up_cells(selected: list[dict], seeds: tuple[int, ...]) -> list[Cell]:
@@ -98,7 +104,8 @@ def cell_recipe(recipe: Recipe, cell: Cell) -> Recipe:
     """The base recipe with the cell's optimizer, objective, learning rate and seed.
 
     Optimizer ``args`` and ``objective_args`` carry over only where the new optimizer /
-    objective takes them (rho means nothing to AdamW).
+    objective takes them (rho means nothing to AdamW); then the optimizer's own
+    ``compare.per_optimizer`` ``unlearn`` keys and ``args`` replace the recipe's.
     """
     from soulcli.objectives import objective_hparams
     from soulcli.optim import optimizer_hparams
@@ -109,9 +116,11 @@ def cell_recipe(recipe: Recipe, cell: Cell) -> Recipe:
     args = {k: v for k, v in recipe.optimizer.args.items() if k in known}
     okeys = objective_hparams(cell.objective)
     oargs = {k: v for k, v in recipe.unlearn.objective_args.items() if k in okeys}
+    own = recipe.compare.per_optimizer.get(cell.optimizer)
     return replace(recipe, seed=cell.seed,
-                   optimizer={"name": cell.optimizer, "lr": cell.lr, "args": args},
-                   unlearn={"objective": cell.objective, "objective_args": oargs, "method": "iterative"})
+                   optimizer={"name": cell.optimizer, "lr": cell.lr, "args": {**args, **(own.args if own else {})}},
+                   unlearn={**(own.unlearn if own else {}), "objective": cell.objective,
+                            "objective_args": oargs, "method": "iterative"})
 
 
 #: Recipe keys that name or place things, or change no cell's numbers (the attack section; the
@@ -155,10 +164,18 @@ def cell_run(recipe: Recipe, cell: Cell, data_dir: Path, target_dir: Path, devic
     return PreparedRun(r, model, tokenizer, data_dir, target_dir, device)
 
 
+def step_plan(recipe: Recipe, n_forget: int) -> tuple[int, int]:
+    """A cell recipe's (steps, evaluation interval): ``unlearn.eval_every``, or about five
+    evaluations per run (an optimizer's ``compare.per_optimizer`` keys can change both)."""
+    steps = tracking.planned_steps(recipe, n_forget)
+    return steps, tracking.eval_interval(recipe, steps)
+
+
 def run_cell(recipe: Recipe, cell: Cell, data_dir: Path, target_dir: Path, reference: dict | None,
-             reporter: Reporter, device: torch.device, eval_every: int) -> dict[str, Any]:
+             reporter: Reporter, device: torch.device, n_forget: int) -> dict[str, Any]:
     """Unlearn from the target model with the cell's settings, evaluating along the way."""
     run = cell_run(recipe, cell, data_dir, target_dir, device)
+    eval_every = step_plan(run.recipe, n_forget)[1]
     tracker = tracking.HeadlineTracker(run.recipe, run.model, run.tokenizer, data_dir, reference, eval_every)
     with PeakMemory(device) as mem:  # the one-shot influence step is evaluated once, after it
         record = unlearn_model(run, reporter, on_step_end=tracker)
@@ -529,14 +546,19 @@ def compare_into(recipe: Recipe, reporter: Reporter, out_dir: Path) -> dict[str,
         target = {k: v for k, v in start.items() if k != "step"}
         write_json(target_file, {"settings": target_key, "values": target})
 
-    steps = tracking.planned_steps(recipe, len(task.unlearn_sets(data_dir)[0].rows))
-    eval_every = tracking.eval_interval(recipe, steps)
+    n_forget = len(task.unlearn_sets(data_dir)[0].rows)
     c = recipe.compare
+    plans = {opt: step_plan(cell_recipe(recipe, Cell(c.objectives[0], opt, lr_grid(recipe, opt)[0], recipe.seed)),
+                            n_forget) for opt in c.optimizers}
     staged = c.seed_policy == "selected" and len(c.seeds) > 1
     cells = grid(recipe, c.seeds[:1] if staged else c.seeds)
     groups = len({(cell.objective, cell.optimizer) for cell in cells})
     total = len(cells) + (groups * (len(c.seeds) - 1) if staged else 0)
-    reporter.info(f"Comparing {total} cells ({steps} steps each, evaluated every {eval_every} steps) in {out_dir}")
+    plan = sorted({(steps, every): [o for o in c.optimizers if plans[o] == (steps, every)]
+                   for steps, every in plans.values()}.items())
+    plan_text = "; ".join(f"{steps} steps each, evaluated every {every} steps"
+                          + (f" ({', '.join(opts)})" if len(plan) > 1 else "") for (steps, every), opts in plan)
+    reporter.info(f"Comparing {total} cells ({plan_text}) in {out_dir}")
     results: list[dict] = []
     with reporter.task("grid", total) as task:
 
@@ -555,7 +577,7 @@ def compare_into(recipe: Recipe, reporter: Reporter, out_dir: Path) -> dict[str,
                                   f"{', ...' if len(changed) > 4 else ''}); running it again")
                 reporter.info(f"cell {cell.id}")
                 try:
-                    res = run_cell(recipe, cell, data_dir, target_dir, reference, reporter, device, eval_every)
+                    res = run_cell(recipe, cell, data_dir, target_dir, reference, reporter, device, n_forget)
                 except DivergedError as exc:
                     reporter.info(f"[yellow]warning:[/] cell {cell.id} diverged ({exc}); recorded, never selected")
                     res = {**asdict(cell), "id": cell.id, "diverged": str(exc), "evaluations": []}
