@@ -87,9 +87,15 @@ def test_values_on_the_grid_are_kept_exactly():
     assert torch.equal(fake_quantize(w.to(torch.bfloat16), 4), w.to(torch.bfloat16))
 
 
-def test_a_group_size_that_does_not_divide_the_inputs_is_a_user_error():
-    with pytest.raises(UserError, match="group_size: 12 does not divide a layer's 32 input features"):
-        fake_quantize(torch.randn(4, 32), 4, 12)
+def test_a_group_size_that_does_not_divide_the_inputs_leaves_a_shorter_last_group():
+    """192 inputs (the built-in model's MLP width) in groups of 128: one group of 128 and one of
+    64, each the same as quantizing that slice alone."""
+    torch.manual_seed(0)
+    w = torch.randn(6, 192) * 2
+    q = fake_quantize(w, 4, 128)
+    assert torch.equal(q[:, :128], fake_quantize(w[:, :128], 4)) and torch.equal(q[:, 128:], fake_quantize(w[:, 128:], 4))
+    assert torch.equal(fake_quantize(w, 4, 50)[:, 150:], fake_quantize(w[:, 150:], 4))  # 50, 50, 50, 42
+    assert not torch.equal(q, fake_quantize(w, 4))  # not one group per row
 
 
 class HeadLM(nn.Module):

@@ -25,28 +25,31 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from soulcli.errors import UserError
 
 
 def fake_quantize(weight: Tensor, bits: int, group_size: int | None = None) -> Tensor:
     """``weight`` ([out, in]) rounded to ``bits`` bits per group of ``group_size`` input weights
-    of each row (None, or a size of at least ``in``: one group per output channel); computed in
-    fp32 and returned in the weight's dtype."""
+    of each row (None, or a size of at least ``in``: one group per output channel; where
+    ``group_size`` does not divide ``in``, each row's last group holds the ``in % group_size``
+    weights left); computed in fp32 and
+    returned in the weight's dtype."""
     if weight.ndim != 2:
         raise ValueError(f"expected a [out, in] weight, got shape {tuple(weight.shape)}")
     out_features, in_features = weight.shape
     size = in_features if group_size is None or group_size >= in_features else group_size
-    if in_features % size:
-        raise UserError(f"attack.quantize.group_size: {group_size} does not divide a layer's "
-                        f"{in_features} input features; choose a divisor (or null: per channel)")
-    w = weight.detach().float().reshape(out_features, in_features // size, size)
+    groups = -(-in_features // size)
+    w = weight.detach().float()
+    if in_features % size:  # the last group is shorter: padded with its own last column, which
+        # leaves its min and max, so its grid, unchanged; the padding is cut off below
+        w = torch.cat([w, w[:, -1:].expand(out_features, groups * size - in_features)], 1)
+    w = w.reshape(out_features, groups, size)
     lo, hi = w.amin(-1, keepdim=True), w.amax(-1, keepdim=True)
     levels = 2**bits - 1
     flat = hi == lo
     scale = torch.where(flat, torch.ones_like(hi), (hi - lo) / levels)
     zero = torch.round(-lo / scale)
     q = (torch.clamp(torch.round(w / scale) + zero, 0, levels) - zero) * scale
-    return torch.where(flat, w, q).reshape(weight.shape).to(weight.dtype)
+    return torch.where(flat, w, q).reshape(out_features, -1)[:, :in_features].to(weight.dtype)
 
 
 def quantize_linears(model: nn.Module, bits: int, group_size: int | None = None) -> list[str]:
