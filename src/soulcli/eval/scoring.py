@@ -19,6 +19,7 @@ chunk's whatever the vocabulary.
 
 from __future__ import annotations
 
+import copy
 import inspect
 from dataclasses import dataclass, replace
 from typing import Callable, Iterator, Sequence
@@ -98,16 +99,63 @@ def prefix_order(items: Sequence[EncodedItem], splits: Sequence[int]) -> list[in
 
 
 def batches(
-    order: list[int], batch_size: int, stage: str, progress: Progress | None
+    order: list[int], batch_size: int, stage: str, progress: Progress | None,
+    keys: Sequence | None = None,
 ) -> Iterator[list[int]]:
-    """Consecutive chunks of ``order``; reports ``(stage, 0, n)`` first, then each chunk done."""
+    """Consecutive chunks of ``order`` of at most ``batch_size``; reports ``(stage, 0, n)``
+    first, then each chunk done. With ``keys`` (one per index), a run of consecutive indices
+    with one key is not split across chunks unless it alone is longer than ``batch_size``
+    (then it fills chunks of its own): a prompt's answer candidates share one prefix pass."""
     if progress is not None:
         progress(stage, 0, len(order))
-    for start in range(0, len(order), batch_size):
-        chunk = order[start : start + batch_size]
+    runs: list[list[int]] = []
+    for i in order:
+        if keys is not None and runs and keys[runs[-1][-1]] == keys[i] and len(runs[-1]) < batch_size:
+            runs[-1].append(i)
+        else:
+            runs.append([i])
+    chunk: list[int] = []
+    done = 0
+    for run in runs:
+        if chunk and len(chunk) + len(run) > batch_size:
+            yield chunk
+            done += len(chunk)
+            if progress is not None:
+                progress(stage, done, len(order))
+            chunk = []
+        chunk += run
+    if chunk:
         yield chunk
         if progress is not None:
-            progress(stage, start + len(chunk), len(order))
+            progress(stage, done + len(chunk), len(order))
+
+
+# A forward pass's fixed cost, in token positions, when a batch's continuations are split into
+# passes of similar lengths (:func:`tail_passes`): about a pass's overhead on the built-in model
+# on CPU (3-4 ms at ~75 us a position); a larger model's positions cost more, so fewer passes
+# would pay, but the split only ever trades padding for passes.
+PASS_COST = 48
+
+
+def tail_passes(lengths: Sequence[int], pass_cost: int = PASS_COST) -> list[list[int]]:
+    """The rows of a batch (indices into ``lengths``, its continuations' token counts) split into
+    passes, each padded to its longest row: the split of the rows sorted longest first that
+    minimises positions pushed + ``pass_cost`` per pass (exact, by dynamic programming over the
+    cut points). Rows of length 0 need no pass and are in none."""
+    order = sorted((i for i, n in enumerate(lengths) if n > 0), key=lambda i: -lengths[i])
+    n = len(order)
+    best = [0] + [None] * n
+    cut = [0] * (n + 1)
+    for j in range(1, n + 1):
+        for i in range(j):  # rows order[i:j] in one pass, padded to order[i]'s length
+            cost = best[i] + lengths[order[i]] * (j - i) + pass_cost
+            if best[j] is None or cost < best[j]:
+                best[j], cut[j] = cost, i
+    out = []
+    while n:
+        out.append(order[cut[n]:n])
+        n = cut[n]
+    return out[::-1]
 
 
 # Variance below this is treated as this (a near one-hot distribution); keeps z finite. The
@@ -255,9 +303,9 @@ def _score_batch(
     forward: _Forward, items: Sequence, splits: Sequence[int], with_stats: Sequence[bool], pad: int,
 ) -> tuple[list[TokenScores], int, int]:
     """One batch: each distinct prefix ``input_ids[:split]`` through the model once, its KV
-    cache copied to the rows that share it, then each row's remaining tokens; the answer
-    positions' states of both passes through the output layer in chunks. Returns the scores,
-    tokens pushed and passes."""
+    cache copied to the rows that share it, then each row's remaining tokens, in passes of
+    similar lengths (:func:`tail_passes`); the answer positions' states of all passes through
+    the output layer in chunks. Returns the scores, tokens pushed and passes."""
     device = model_device(forward.body)
     prefixes: dict[tuple[int, ...], int] = {}
     group = [prefixes.setdefault(tuple(it.input_ids[:s]), len(prefixes)) for it, s in zip(items, splits)]
@@ -266,30 +314,35 @@ def _score_batch(
     ids, mask = first["input_ids"].to(device), first["attention_mask"].to(device)
     width = ids.shape[1]
     rest = [EncodedItem(it.input_ids[s:], it.labels[s:]) for it, s in zip(items, splits)]
-    more = max(len(r.input_ids) for r in rest) > 0
+    parts = tail_passes([len(r.input_ids) for r in rest])
     prefix_states, cache = forward(ids, mask, torch.arange(width, device=device)[None].expand_as(ids),
-                                   keep_cache=more)
+                                   keep_cache=bool(parts))
     tokens, passes = ids.numel(), 1
     # Position t of a row predicts token t + 1: t < split reads the prefix pass (group g, column
-    # t), t >= split the second pass (row r, column t - split).
+    # t), t >= split the pass that ran the row's remaining tokens (its row's first state at
+    # row_start[r], column t - split).
     sources = [prefix_states.flatten(0, 1)]
-    index, targets = [], []
-    second, tail_width = width * len(prefixes), 0
-    if more:
-        tail = pad_batch([r if r.input_ids else EncodedItem([pad], [IGNORE_INDEX]) for r in rest], pad, "right")
+    offset = width * len(prefixes)
+    row_start = [0] * len(items)
+    for k, part in enumerate(parts):
+        tail = pad_batch([rest[r] for r in part], pad, "right")
         tail_ids = tail["input_ids"].to(device)
-        rows = torch.tensor(group, device=device)
-        cache.reorder_cache(rows)
-        starts = torch.tensor(list(splits), device=device)[:, None]
+        rows = torch.tensor([group[r] for r in part], device=device)
+        own = cache if k == len(parts) - 1 else copy.deepcopy(cache)  # each pass extends its copy
+        own.reorder_cache(rows)
+        starts = torch.tensor([splits[r] for r in part], device=device)[:, None]
         tail_states, _ = forward(tail_ids, torch.cat([mask[rows], tail["attention_mask"].to(device)], 1),
-                                 starts + torch.arange(tail_ids.shape[1], device=device)[None], cache)
+                                 starts + torch.arange(tail_ids.shape[1], device=device)[None], own)
+        del own
         sources.append(tail_states.flatten(0, 1))
-        tokens, passes = tokens + tail_ids.numel(), 2
-        tail_width = tail_ids.shape[1]
-    counts = []
+        for j, r in enumerate(part):
+            row_start[r] = offset + j * tail_ids.shape[1]
+        offset += tail_ids.numel()
+        tokens, passes = tokens + tail_ids.numel(), passes + 1
+    index, targets, counts = [], [], []
     for r, (it, s) in enumerate(zip(items, splits)):
         positions = [t for t in range(len(it.labels) - 1) if it.labels[t + 1] != IGNORE_INDEX]
-        index += [group[r] * width + t if t < s else second + r * tail_width + t - s for t in positions]
+        index += [group[r] * width + t if t < s else row_start[r] + t - s for t in positions]
         targets += [it.labels[t + 1] for t in positions]
         counts.append(len(positions))
     states = torch.cat(sources) if len(sources) > 1 else sources[0]
@@ -369,7 +422,8 @@ def score_pairs(
         shortest = min(items, key=lambda it: len(it.input_ids))
         probe = {k: v.to(device) for k, v in pad_batch([shortest], pad).items()}
         forward, logits = forward_for(model, probe)
-        for chunk in batches(order, batch_size, "scoring", progress):
+        keys = [tuple(it.input_ids[:s]) for it, s in zip(items, splits)] if share_prefixes else None
+        for chunk in batches(order, batch_size, "scoring", progress, keys):
             scores, pushed, runs = _score_batch(forward, [items[i] for i in chunk], [splits[i] for i in chunk],
                                                 [flags[i] for i in chunk], pad)
             tokens, passes = tokens + pushed, passes + runs
