@@ -170,7 +170,8 @@ def test_per_optimizer_settings_reach_only_that_optimizers_cells():
     from pathlib import Path
 
     from soulcli.recipe import load_recipe
-    from soulcli.workflows.compare import Cell, cell_recipe, grid, step_plan
+    from soulcli.workflows.compare import Cell, cell_recipe, grid
+    from soulcli.workflows.tracking import step_plan
 
     recipe = load_recipe(Path(__file__).parents[1] / "assets" / "micro.yaml", [
         "compare.optimizers=[adamw,zo]", "compare.lr_grid=[1e-3]", "compare.include_influence=false",

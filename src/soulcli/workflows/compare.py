@@ -164,18 +164,11 @@ def cell_run(recipe: Recipe, cell: Cell, data_dir: Path, target_dir: Path, devic
     return PreparedRun(r, model, tokenizer, data_dir, target_dir, device)
 
 
-def step_plan(recipe: Recipe, n_forget: int) -> tuple[int, int]:
-    """A cell recipe's (steps, evaluation interval): ``unlearn.eval_every``, or about five
-    evaluations per run (an optimizer's ``compare.per_optimizer`` keys can change both)."""
-    steps = tracking.planned_steps(recipe, n_forget)
-    return steps, tracking.eval_interval(recipe, steps)
-
-
 def run_cell(recipe: Recipe, cell: Cell, data_dir: Path, target_dir: Path, reference: dict | None,
              reporter: Reporter, device: torch.device, n_forget: int) -> dict[str, Any]:
     """Unlearn from the target model with the cell's settings, evaluating along the way."""
     run = cell_run(recipe, cell, data_dir, target_dir, device)
-    eval_every = step_plan(run.recipe, n_forget)[1]
+    eval_every = tracking.step_plan(run.recipe, n_forget)[1]  # compare.per_optimizer can change it
     tracker = tracking.HeadlineTracker(run.recipe, run.model, run.tokenizer, data_dir, reference, eval_every)
     with PeakMemory(device) as mem:  # the one-shot influence step is evaluated once, after it
         record = unlearn_model(run, reporter, on_step_end=tracker)
@@ -548,16 +541,17 @@ def compare_into(recipe: Recipe, reporter: Reporter, out_dir: Path) -> dict[str,
 
     n_forget = len(task.unlearn_sets(data_dir)[0].rows)
     c = recipe.compare
-    plans = {opt: step_plan(cell_recipe(recipe, Cell(c.objectives[0], opt, lr_grid(recipe, opt)[0], recipe.seed)),
-                            n_forget) for opt in c.optimizers}
+    by_plan: dict[tuple[int, int], list[str]] = {}
+    for opt in c.optimizers:
+        first = cell_recipe(recipe, Cell(c.objectives[0], opt, lr_grid(recipe, opt)[0], recipe.seed))
+        by_plan.setdefault(tracking.step_plan(first, n_forget), []).append(opt)
     staged = c.seed_policy == "selected" and len(c.seeds) > 1
     cells = grid(recipe, c.seeds[:1] if staged else c.seeds)
     groups = len({(cell.objective, cell.optimizer) for cell in cells})
     total = len(cells) + (groups * (len(c.seeds) - 1) if staged else 0)
-    plan = sorted({(steps, every): [o for o in c.optimizers if plans[o] == (steps, every)]
-                   for steps, every in plans.values()}.items())
     plan_text = "; ".join(f"{steps} steps each, evaluated every {every} steps"
-                          + (f" ({', '.join(opts)})" if len(plan) > 1 else "") for (steps, every), opts in plan)
+                          + (f" ({', '.join(opts)})" if len(by_plan) > 1 else "")
+                          for (steps, every), opts in sorted(by_plan.items()))
     reporter.info(f"Comparing {total} cells ({plan_text}) in {out_dir}")
     results: list[dict] = []
     with reporter.task("grid", total) as task:

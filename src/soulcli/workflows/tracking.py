@@ -40,6 +40,12 @@ def eval_interval(recipe: Recipe, steps: int) -> int:
     return recipe.unlearn.eval_every or max(1, steps // 5)
 
 
+def step_plan(recipe: Recipe, n_forget: int) -> tuple[int, int]:
+    """A run's (steps, evaluation interval): :func:`planned_steps` and :func:`eval_interval`."""
+    steps = planned_steps(recipe, n_forget)
+    return steps, eval_interval(recipe, steps)
+
+
 def rank(entry: dict[str, Any], headline: Headline, bound: float) -> tuple[bool, float, float] | None:
     """How an evaluated setting ranks under the rule (the greater, the better): first whether its
     utility keeps ``bound`` (:meth:`Headline.utility_bound`: at least it, or at most it for a
@@ -171,6 +177,6 @@ def unlearn_tracker(recipe: Recipe, model: torch.nn.Module, tokenizer: Any, data
         return HeadlineTracker(recipe, model, tokenizer, data_dir, reference, None)
     n_forget = len(common.task_of(recipe).unlearn_sets(data_dir)[0].rows)
     tracker = HeadlineTracker(recipe, model, tokenizer, data_dir, reference,
-                              eval_interval(recipe, planned_steps(recipe, n_forget)), u.keep == "best")
+                              step_plan(recipe, n_forget)[1], u.keep == "best")
     tracker.evaluate(0)
     return tracker
